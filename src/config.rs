@@ -1,1 +1,461 @@
-pub fn x(){}
+//! Configuration: `.env`, then the process environment, then CLI flags of the same
+//! names. Every value is validated up front; a bad one is reported in one line naming
+//! the variable, the value and the form it wants, and the daemon exits with code 2.
+
+use crate::eth;
+use crate::store::oplog::MIN_OPLOG_SIZE;
+use clap::{Args, Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// GenosDB's default relays (genosrtc-transport.md §1.1), in its order.
+pub const DEFAULT_RELAYS: [&str; 8] = [
+    "wss://relay.primal.net",
+    "wss://relay.snort.social",
+    "wss://nostr.oxtr.dev",
+    "wss://nostr.vulpem.com",
+    "wss://relay.nostr.net",
+    "wss://nostr.sathoarder.com",
+    "wss://nostr.data.haus",
+    "wss://relay.mostr.pub",
+];
+
+pub const MAX_OPLOG_SIZE: usize = 1_000_000;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "genosdb-fallback",
+    version,
+    about = "Always-on superpeer for GenosDB rooms"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: RawSettings,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Write every node as one JSON line to stdout, from a consistent read of DATA_DIR.
+    Export,
+    /// Write one compacted snapshot to FILE; restore by copying it to DATA_DIR/<DB_NAME>.bin.
+    Backup { file: PathBuf },
+}
+
+/// Settings as given, before validation. Each flag also reads its env variable.
+#[derive(Args, Debug, Default)]
+pub struct RawSettings {
+    /// Database name; the room is graph-sync-room-<DB_NAME>.
+    #[arg(long, env = "DB_NAME", global = true)]
+    pub db_name: Option<String>,
+    /// Join the room over Nostr-signalled WebRTC.
+    #[arg(long, env = "RTC_ENABLED", global = true)]
+    pub rtc_enabled: Option<String>,
+    /// Comma list of ws:// or wss:// Nostr relays (empty: none).
+    #[arg(long, env = "RELAY_URLS", global = true)]
+    pub relay_urls: Option<String>,
+    /// Address the HTTP server binds.
+    #[arg(long, env = "HOST", global = true)]
+    pub host: Option<String>,
+    /// HTTP port for /health and /metrics (0 picks a free one).
+    #[arg(long, env = "PORT", global = true)]
+    pub port: Option<String>,
+    /// Verify Security Manager signatures.
+    #[arg(long, env = "SM_ENABLED", global = true)]
+    pub sm_enabled: Option<String>,
+    /// Comma list of superadmin 0x addresses.
+    #[arg(long, env = "SUPER_ADMINS", global = true)]
+    pub super_admins: Option<String>,
+    /// Directory holding <DB_NAME>.bin and its journal.
+    #[arg(long, env = "DATA_DIR", global = true)]
+    pub data_dir: Option<String>,
+    /// Group-commit interval of the journal, in milliseconds.
+    #[arg(long, env = "FLUSH_MS", global = true)]
+    pub flush_ms: Option<String>,
+    /// Oplog window (delta size), at least 200.
+    #[arg(long, env = "OPLOG_SIZE", global = true)]
+    pub oplog_size: Option<String>,
+    /// Journal size that triggers a background compaction, in bytes.
+    #[arg(long, env = "COMPACT_BYTES", global = true)]
+    pub compact_bytes: Option<String>,
+    /// text or json.
+    #[arg(long, env = "LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info or genosdb_fallback=debug.
+    #[arg(long, env = "RUST_LOG", global = true)]
+    pub rust_log: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub db_name: String,
+    pub rtc_enabled: bool,
+    pub relay_urls: Vec<String>,
+    pub host: IpAddr,
+    pub port: u16,
+    pub sm_enabled: bool,
+    pub super_admins: Vec<String>,
+    pub data_dir: PathBuf,
+    pub flush_every: Duration,
+    pub oplog_size: usize,
+    pub compact_bytes: u64,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+}
+
+/// A refused setting: `invalid DB_NAME "../x": expected …`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var} {value:?}: expected {expected}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+fn bad(var: &'static str, value: &str, expected: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        value: value.to_owned(),
+        expected: expected.into(),
+    }
+}
+
+impl RawSettings {
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        Ok(Config {
+            db_name: db_name(self.db_name.as_deref().unwrap_or("default"))?,
+            rtc_enabled: boolean("RTC_ENABLED", self.rtc_enabled.as_deref(), true)?,
+            relay_urls: relay_urls(self.relay_urls.as_deref())?,
+            host: parse_host(self.host.as_deref().unwrap_or("0.0.0.0"))?,
+            port: number(
+                "PORT",
+                self.port.as_deref(),
+                3000,
+                0,
+                u16::MAX as u64,
+                "a port number from 0 to 65535",
+            )? as u16,
+            sm_enabled: boolean("SM_ENABLED", self.sm_enabled.as_deref(), false)?,
+            super_admins: super_admins(self.super_admins.as_deref().unwrap_or(""))?,
+            data_dir: data_dir(self.data_dir.as_deref().unwrap_or("./data"))?,
+            flush_every: Duration::from_millis(number(
+                "FLUSH_MS",
+                self.flush_ms.as_deref(),
+                200,
+                1,
+                60_000,
+                "milliseconds from 1 to 60000",
+            )?),
+            oplog_size: number(
+                "OPLOG_SIZE",
+                self.oplog_size.as_deref(),
+                1000,
+                MIN_OPLOG_SIZE as u64,
+                MAX_OPLOG_SIZE as u64,
+                format!("a whole number from {MIN_OPLOG_SIZE} to {MAX_OPLOG_SIZE}"),
+            )? as usize,
+            compact_bytes: number(
+                "COMPACT_BYTES",
+                self.compact_bytes.as_deref(),
+                64 << 20,
+                4096,
+                u64::MAX >> 1,
+                "a byte count of at least 4096",
+            )?,
+            log_format: log_format(self.log_format.as_deref().unwrap_or("text"))?,
+            log_filter: log_filter(self.rust_log.as_deref().unwrap_or("info"))?,
+        })
+    }
+}
+
+/// The room names this database uses.
+impl Config {
+    pub fn sync_room(&self) -> String {
+        format!("graph-sync-room-{}", self.db_name)
+    }
+}
+
+fn db_name(v: &str) -> Result<String, ConfigError> {
+    let ok = (1..=128).contains(&v.len())
+        && !v.starts_with('.')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(bad(
+            "DB_NAME",
+            v,
+            "1 to 128 characters of letters, digits, '.', '_' or '-', not starting with '.'",
+        ))
+    }
+}
+
+fn boolean(var: &'static str, v: Option<&str>, default: bool) -> Result<bool, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(bad(var, v, "true, false, 1, 0, yes or no")),
+    }
+}
+
+fn number(
+    var: &'static str,
+    v: Option<&str>,
+    default: u64,
+    min: u64,
+    max: u64,
+    expected: impl Into<String>,
+) -> Result<u64, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    match v.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(bad(var, v, expected)),
+    }
+}
+
+fn relay_urls(v: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let Some(v) = v else {
+        return Ok(DEFAULT_RELAYS.iter().map(|s| s.to_string()).collect());
+    };
+    let mut urls = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let rest = part
+            .strip_prefix("wss://")
+            .or_else(|| part.strip_prefix("ws://"));
+        let host_ok = rest.is_some_and(|r| {
+            let host = r.split(['/', '?', '#']).next().unwrap_or("");
+            !host.is_empty() && !host.contains(char::is_whitespace)
+        });
+        if !host_ok {
+            return Err(bad(
+                "RELAY_URLS",
+                v,
+                "a comma list of ws:// or wss:// URLs (or empty for none)",
+            ));
+        }
+        if !urls.iter().any(|u| u == part) {
+            urls.push(part.to_owned());
+        }
+    }
+    Ok(urls)
+}
+
+fn parse_host(v: &str) -> Result<IpAddr, ConfigError> {
+    v.trim()
+        .parse()
+        .map_err(|_| bad("HOST", v, "an IP address such as 0.0.0.0 or 127.0.0.1"))
+}
+
+fn super_admins(v: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let addr = eth::parse_address(part).map_err(|e| {
+            bad(
+                "SUPER_ADMINS",
+                v,
+                format!("a comma list of 0x addresses (40 hex digits, EIP-55 checksummed when mixed case); {part} {e}"),
+            )
+        })?;
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    Ok(out)
+}
+
+fn data_dir(v: &str) -> Result<PathBuf, ConfigError> {
+    if v.trim().is_empty() {
+        return Err(bad("DATA_DIR", v, "a directory path"));
+    }
+    Ok(PathBuf::from(v))
+}
+
+fn log_format(v: &str) -> Result<LogFormat, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(bad("LOG_FORMAT", v, "text or json")),
+    }
+}
+
+fn log_filter(v: &str) -> Result<String, ConfigError> {
+    tracing_subscriber::EnvFilter::try_new(v)
+        .map(|_| v.to_owned())
+        .map_err(|_| {
+            bad(
+                "RUST_LOG",
+                v,
+                "a tracing filter such as info or genosdb_fallback=debug,warn",
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut RawSettings)) -> Result<Config, ConfigError> {
+        let mut raw = RawSettings::default();
+        f(&mut raw);
+        raw.validate()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = with(|_| {}).unwrap();
+        assert_eq!(c.db_name, "default");
+        assert!(c.rtc_enabled);
+        assert_eq!(c.relay_urls.len(), 8);
+        assert_eq!(c.port, 3000);
+        assert!(!c.sm_enabled);
+        assert!(c.super_admins.is_empty());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.flush_every, Duration::from_millis(200));
+        assert_eq!(c.oplog_size, 1000);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.sync_room(), "graph-sync-room-default");
+    }
+
+    #[test]
+    fn db_name_rules() {
+        for ok in ["a", "my-app-db", "v1.2_x", &"x".repeat(128)] {
+            assert!(with(|r| r.db_name = Some(ok.into())).is_ok(), "{ok}");
+        }
+        for no in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "a b",
+            "é",
+            &"x".repeat(129),
+            "a\\b",
+        ] {
+            let e = with(|r| r.db_name = Some(no.into())).unwrap_err();
+            assert_eq!(e.var, "DB_NAME", "{no}");
+        }
+    }
+
+    #[test]
+    fn booleans_any_case() {
+        for (v, want) in [
+            ("TRUE", true),
+            ("yes", true),
+            ("1", true),
+            ("No", false),
+            ("0", false),
+        ] {
+            assert_eq!(
+                with(|r| r.rtc_enabled = Some(v.into()))
+                    .unwrap()
+                    .rtc_enabled,
+                want
+            );
+        }
+        let e = with(|r| r.sm_enabled = Some("maybe".into())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid SM_ENABLED \"maybe\": expected true, false, 1, 0, yes or no"
+        );
+    }
+
+    #[test]
+    fn relay_urls_rules() {
+        let c =
+            with(|r| r.relay_urls = Some("ws://127.0.0.1:7000, wss://r.example/x".into())).unwrap();
+        assert_eq!(c.relay_urls, ["ws://127.0.0.1:7000", "wss://r.example/x"]);
+        assert!(
+            with(|r| r.relay_urls = Some(String::new()))
+                .unwrap()
+                .relay_urls
+                .is_empty()
+        );
+        for no in ["http://x", "ws://", "wss://a b", "relay.example"] {
+            assert_eq!(
+                with(|r| r.relay_urls = Some(no.into())).unwrap_err().var,
+                "RELAY_URLS"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_in_range() {
+        assert_eq!(
+            with(|r| r.oplog_size = Some("199".into())).unwrap_err().var,
+            "OPLOG_SIZE"
+        );
+        assert_eq!(
+            with(|r| r.oplog_size = Some("200".into()))
+                .unwrap()
+                .oplog_size,
+            200
+        );
+        assert_eq!(
+            with(|r| r.port = Some("70000".into())).unwrap_err().var,
+            "PORT"
+        );
+        assert_eq!(
+            with(|r| r.port = Some("-1".into())).unwrap_err().var,
+            "PORT"
+        );
+        assert_eq!(
+            with(|r| r.flush_ms = Some("0".into())).unwrap_err().var,
+            "FLUSH_MS"
+        );
+        assert_eq!(
+            with(|r| r.flush_ms = Some("abc".into())).unwrap_err().var,
+            "FLUSH_MS"
+        );
+    }
+
+    #[test]
+    fn super_admins_are_checksummed() {
+        let c = with(|r| {
+            r.super_admins = Some("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266 , 0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed".into())
+        })
+        .unwrap();
+        assert_eq!(
+            c.super_admins,
+            [
+                "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
+                "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+            ]
+        );
+        let e =
+            with(|r| r.super_admins = Some("0xF39Fd6e51aad88F6F4ce6aB8827279cffFb92266".into()))
+                .unwrap_err();
+        assert_eq!(e.var, "SUPER_ADMINS");
+        assert!(e.expected.contains("EIP-55"));
+    }
+
+    #[test]
+    fn log_settings() {
+        assert_eq!(
+            with(|r| r.log_format = Some("JSON".into()))
+                .unwrap()
+                .log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            with(|r| r.log_format = Some("xml".into())).unwrap_err().var,
+            "LOG_FORMAT"
+        );
+        assert_eq!(
+            with(|r| r.rust_log = Some("[[[".into())).unwrap_err().var,
+            "RUST_LOG"
+        );
+    }
+}

@@ -1,1 +1,60 @@
-fn main(){}
+use clap::Parser;
+use genosdb_fallback::config::{Cli, Command, Config, LogFormat};
+use genosdb_fallback::{daemon, tools};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("genosdb-fallback: invalid .env: {e}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse();
+    let cfg = match cli.settings.validate() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("genosdb-fallback: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(&cfg);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cfg),
+        Command::Export => tools::export(&cfg, std::io::stdout().lock()).map(|n| {
+            tracing::info!(nodes = n, "exported");
+        }),
+        Command::Backup { file } => tools::backup(&cfg, &file).map(|(nodes, bytes)| {
+            tracing::info!(nodes, bytes, file = %file.display(), "backup written");
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("genosdb-fallback: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(daemon::run(cfg))
+}
+
+/// Logs go to stderr so that `export` can own stdout.
+fn init_logs(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&cfg.log_filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -16,8 +16,12 @@ fn vectors() -> PathBuf {
 
 fn load(name: &str) -> Value {
     let path = vectors().join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e} (CI copies shared/ beside the repo)", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "read {}: {e} (CI copies shared/ beside the repo)",
+            path.display()
+        )
+    });
     serde_json::from_str(&text).unwrap()
 }
 
@@ -109,7 +113,9 @@ fn rules_probes_replay_like_a_browser() {
     store.apply(
         Op::Upsert(UpsertOp {
             id: "x1".into(),
-            value: Some(genosdb_fallback::store::RawJson::parse(r#"{"v":"local"}"#.into()).unwrap()),
+            value: Some(
+                genosdb_fallback::store::RawJson::parse(r#"{"v":"local"}"#.into()).unwrap(),
+            ),
             ts: Hlc::new(1_795_592_350_046, 1),
         }),
         now,
@@ -129,7 +135,10 @@ fn rules_probes_replay_like_a_browser() {
             .unwrap();
         let batch = match incoming.get("wireHex") {
             Some(frames) => decode_frames(frames.as_array().unwrap()),
-            None => sync::message::parse_msgpack(&hex(incoming["decoded"]["binaryHex"].as_str().unwrap())).unwrap(),
+            None => sync::message::parse_msgpack(&hex(incoming["decoded"]["binaryHex"]
+                .as_str()
+                .unwrap()))
+            .unwrap(),
         };
         let (replies, full) = receive(&mut store, batch, now);
         let state = &probe["state"];
@@ -138,8 +147,12 @@ fn rules_probes_replay_like_a_browser() {
             | "older-timestamp-loses"
             | "newer-physical-wins-even-with-lower-logical"
             | "newer-upsert-resurrects" => assert_eq!(node(&store, "x1"), *state, "{name}"),
-            "future-drift-capped-2h" => assert_eq!(node(&store, "fut")["timestamp"], state["ts"], "{name}"),
-            "priority-user-node-bypasses-lww" => assert_eq!(node(&store, "user:0xabc"), *state, "{name}"),
+            "future-drift-capped-2h" => {
+                assert_eq!(node(&store, "fut")["timestamp"], state["ts"], "{name}")
+            }
+            "priority-user-node-bypasses-lww" => {
+                assert_eq!(node(&store, "user:0xabc"), *state, "{name}")
+            }
             "priority-on-plain-node-stripped-and-lww" => {
                 assert_eq!(node(&store, "x1"), state[0], "{name}");
                 assert_eq!(node(&store, "pp"), state[1], "{name}");
@@ -158,7 +171,15 @@ fn rules_probes_replay_like_a_browser() {
                 // Browser tail: link, the second no-op link, remove x1. We log the no-op
                 // link not at all, and keep the remove of the unknown "ghost" as a tombstone.
                 let ops = parse(&store.delta_json())["operations"].clone();
-                let tail: Vec<Value> = ops.as_array().unwrap().iter().rev().take(3).rev().cloned().collect();
+                let tail: Vec<Value> = ops
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .rev()
+                    .cloned()
+                    .collect();
                 let expected = state["oplogTail"].as_array().unwrap();
                 assert_eq!(tail[0], expected[0], "{name}");
                 assert_eq!(
@@ -185,9 +206,15 @@ fn rules_probes_replay_like_a_browser() {
             "deltaSync-array" => {
                 assert_eq!(node(&store, "d1"), state["d1"], "{name}");
                 assert_eq!(node(&store, "d2"), Value::Null, "{name}");
-                assert_eq!(parse(&store.global_ts().unwrap().to_json()), state["gts"], "{name}");
+                assert_eq!(
+                    parse(&store.global_ts().unwrap().to_json()),
+                    state["gts"],
+                    "{name}"
+                );
             }
-            "deltaSync-legacy-compressed-object" => assert_eq!(node(&store, "legacy"), *state, "{name}"),
+            "deltaSync-legacy-compressed-object" => {
+                assert_eq!(node(&store, "legacy"), *state, "{name}")
+            }
             "binary-msgpack-message" => assert_eq!(node(&store, "bin"), *state, "{name}"),
             "fullStateSync-merge" => {
                 for id in ["d1", "fs1", "vals", "bin"] {
@@ -234,7 +261,10 @@ fn assert_full_state_matches(store: &Store, browser: &Value) {
 fn assert_delta_matches(store: &Store, browser: &Value) {
     let mut ours = parse(&store.delta_json());
     let ops = ours["operations"].as_array_mut().unwrap();
-    let ghost = ops.iter().position(|op| op["id"] == "ghost").expect("ghost tombstone");
+    let ghost = ops
+        .iter()
+        .position(|op| op["id"] == "ghost")
+        .expect("ghost tombstone");
     assert_eq!(ops.remove(ghost)["type"], "remove");
     assert_eq!(ours["timestamp"], browser["timestamp"]);
     let expected: Vec<Value> = browser["operations"]
@@ -280,7 +310,10 @@ fn basic_session_replays_like_genossrv() {
                 .iter()
                 .find(|e| {
                     e["dir"] == "in"
-                        && matches!(e["msg"][0]["type"].as_str(), Some("fullStateSync" | "deltaSync"))
+                        && matches!(
+                            e["msg"][0]["type"].as_str(),
+                            Some("fullStateSync" | "deltaSync")
+                        )
                 })
                 .map(|e| &e["msg"][0]);
             let Some(answer) = answer else { continue };

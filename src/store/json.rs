@@ -233,20 +233,28 @@ mod tests {
         let keys: Vec<&str> = o.members.iter().map(|(k, _)| k.as_ref()).collect();
         assert_eq!(keys, ["b", "a", "big"]);
         assert_eq!(o.get("b").unwrap().get(), "1.50");
-        assert_eq!(o.get("big").unwrap().get(), "123456789012345678901234567890");
+        assert_eq!(
+            o.get("big").unwrap().get(),
+            "123456789012345678901234567890"
+        );
     }
 
     #[test]
     fn duplicate_keys_last_wins() {
         let r = raw(r#"{"priority":false,"priority":true}"#);
-        assert!(is_true(RawObject::parse(&r).unwrap().get("priority").unwrap()));
+        assert!(is_true(
+            RawObject::parse(&r).unwrap().get("priority").unwrap()
+        ));
     }
 
     #[test]
     fn strip_member() {
         let r = raw(r#"{"role":"admin","priority":true,"esc\"k":"v\n"}"#);
         let o = RawObject::parse(&r).unwrap();
-        assert_eq!(o.to_json_without("priority"), r#"{"role":"admin","esc\"k":"v\n"}"#);
+        assert_eq!(
+            o.to_json_without("priority"),
+            r#"{"role":"admin","esc\"k":"v\n"}"#
+        );
     }
 
     #[test]
@@ -267,13 +275,22 @@ mod tests {
             Ok(Some(Hlc::new(5, 2)))
         );
         assert_eq!(parse_hlc(&raw("null")), Ok(None));
-        assert_eq!(parse_hlc(&raw(r#"{"physical":-1,"logical":2}"#)), Err(HlcError::Range));
-        assert_eq!(parse_hlc(&raw(r#"{"physical":1.5,"logical":2}"#)), Err(HlcError::Range));
+        assert_eq!(
+            parse_hlc(&raw(r#"{"physical":-1,"logical":2}"#)),
+            Err(HlcError::Range)
+        );
+        assert_eq!(
+            parse_hlc(&raw(r#"{"physical":1.5,"logical":2}"#)),
+            Err(HlcError::Range)
+        );
         assert_eq!(
             parse_hlc(&raw(r#"{"physical":9007199254740992,"logical":2}"#)),
             Err(HlcError::Range)
         );
-        assert_eq!(parse_hlc(&raw(r#"{"physical":"1","logical":2}"#)), Err(HlcError::Shape));
+        assert_eq!(
+            parse_hlc(&raw(r#"{"physical":"1","logical":2}"#)),
+            Err(HlcError::Shape)
+        );
         assert_eq!(parse_hlc(&raw("7")), Err(HlcError::Shape));
     }
 

@@ -73,6 +73,16 @@ pub enum SyncReply {
     Delta,
 }
 
+/// Live merges by kind, for /metrics. Replay does not count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MergeCounts {
+    pub upsert: u64,
+    pub remove: u64,
+    pub link: u64,
+    /// Nodes adopted from full states.
+    pub adopt: u64,
+}
+
 /// Receives every effect the store applies, in order (the journal).
 pub trait EffectSink: Send {
     fn record(&mut self, effect: &Effect);
@@ -87,6 +97,7 @@ pub struct Store {
     global_ts: Option<Hlc>,
     clock: Clock,
     sink: Option<Box<dyn EffectSink>>,
+    merged: MergeCounts,
 }
 
 impl Store {
@@ -98,6 +109,7 @@ impl Store {
             global_ts: None,
             clock: Clock::default(),
             sink: None,
+            merged: MergeCounts::default(),
         }
     }
 
@@ -163,6 +175,10 @@ impl Store {
 
     pub fn global_ts(&self) -> Option<Hlc> {
         self.global_ts
+    }
+
+    pub fn merged(&self) -> MergeCounts {
+        self.merged
     }
 
     pub fn clock(&self) -> &Clock {
@@ -251,7 +267,10 @@ impl Store {
     pub fn full_state(&mut self, msg: FullState) -> FullStateOutcome {
         let mut outcome = FullStateOutcome::default();
         let mut sent_ids: std::collections::HashSet<String, RandomState> =
-            std::collections::HashSet::with_capacity_and_hasher(msg.nodes.len(), RandomState::new());
+            std::collections::HashSet::with_capacity_and_hasher(
+                msg.nodes.len(),
+                RandomState::new(),
+            );
         for (id, node) in msg.nodes {
             let local_ts = self
                 .nodes
@@ -376,6 +395,13 @@ impl Store {
     // ---- effects -------------------------------------------------------------------------
 
     fn commit(&mut self, effect: Effect) {
+        match &effect {
+            Effect::Upsert { .. } => self.merged.upsert += 1,
+            Effect::Remove { .. } => self.merged.remove += 1,
+            Effect::Link { .. } => self.merged.link += 1,
+            Effect::Adopt { .. } => self.merged.adopt += 1,
+            Effect::GlobalTs(_) => {}
+        }
         if let Some(sink) = self.sink.as_mut() {
             sink.record(&effect);
         }

@@ -148,8 +148,14 @@ mod tests {
     #[test]
     fn refuses_malformed_nodes() {
         assert_eq!(Node::from_json(&raw("42")), Err(NodeError::NotObject));
-        assert_eq!(Node::from_json(&raw(r#"{"edges":[1]}"#)), Err(NodeError::Edges));
-        assert_eq!(Node::from_json(&raw(r#"{"edges":"x"}"#)), Err(NodeError::Edges));
+        assert_eq!(
+            Node::from_json(&raw(r#"{"edges":[1]}"#)),
+            Err(NodeError::Edges)
+        );
+        assert_eq!(
+            Node::from_json(&raw(r#"{"edges":"x"}"#)),
+            Err(NodeError::Edges)
+        );
         assert!(matches!(
             Node::from_json(&raw(r#"{"timestamp":{"physical":"x","logical":1}}"#)),
             Err(NodeError::Timestamp(_))

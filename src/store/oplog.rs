@@ -14,10 +14,16 @@ pub const MIN_OPLOG_SIZE: usize = 200;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
-    Upsert { id: Box<str> },
-    Remove { id: Box<str> },
+    Upsert {
+        id: Box<str>,
+    },
+    Remove {
+        id: Box<str>,
+    },
     /// A link entry is the whole received op, as browsers store it.
-    Link { op: RawJson },
+    Link {
+        op: RawJson,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,10 @@ pub const MAX_INFLATED_BYTES: u64 = 16 * 1024 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     Sync(Option<Hlc>),
-    Delta { ops: Vec<Op>, ts: Option<Hlc> },
+    Delta {
+        ops: Vec<Op>,
+        ts: Option<Hlc>,
+    },
     Full(FullState),
     Op(Op),
     /// A `type` we do not know; browsers ignore it too.
@@ -148,9 +151,7 @@ fn optional_ts(obj: &RawObject) -> Option<Hlc> {
 }
 
 fn parse_delta(obj: &RawObject) -> Result<Message, String> {
-    let ops_raw = obj
-        .get("operations")
-        .ok_or("deltaSync has no operations")?;
+    let ops_raw = obj.get("operations").ok_or("deltaSync has no operations")?;
     let text = ops_raw.get().trim_start();
     let ops = if text.starts_with('[') {
         parse_op_array(ops_raw.get())?
@@ -190,7 +191,8 @@ fn inflate_legacy(raw: &RawValue) -> Result<String, String> {
     let obj = RawObject::parse(raw).ok_or("legacy operations are not an object")?;
     let mut bytes = Vec::with_capacity(obj.members.len());
     for (_, v) in &obj.members {
-        let b: u8 = serde_json::from_str(v.get()).map_err(|_| "legacy operations hold a non-byte")?;
+        let b: u8 =
+            serde_json::from_str(v.get()).map_err(|_| "legacy operations hold a non-byte")?;
         bytes.push(b);
     }
     let mut inflated = Vec::new();
@@ -308,6 +310,10 @@ mod tests {
         let text = format!(r#"[{{"type":"deltaSync","operations":{{{obj}}},"timestamp":null}}]"#);
         let b = parse_json(&text).unwrap();
         assert!(b.messages.is_empty());
-        assert!(b.rejected[0].reason.contains("size limit"), "{:?}", b.rejected);
+        assert!(
+            b.rejected[0].reason.contains("size limit"),
+            "{:?}",
+            b.rejected
+        );
     }
 }

@@ -1,0 +1,138 @@
+//! Wires the layers together: HTTP first, then the store and its persistence, then
+//! waiting for SIGTERM/SIGINT, then a clean flush.
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::persist::files::{self, Layout};
+use crate::persist::{PersistConfig, Persistence, unix_ms};
+use anyhow::Context;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Heroku sends SIGKILL 30 s after SIGTERM; we promise to be gone within 10 s.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    log_config(&cfg);
+    let relays = if cfg.rtc_enabled {
+        cfg.relay_urls.len()
+    } else {
+        0
+    };
+    let state = AppState::new(&cfg.db_name, relays);
+
+    let listener = TcpListener::bind((cfg.host, cfg.port))
+        .await
+        .with_context(|| format!("cannot bind {}:{} (HOST, PORT)", cfg.host, cfg.port))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening for /health and /metrics");
+    let (stop_http, stopped) = watch::channel(false);
+    let server = tokio::spawn(serve(listener, state.clone(), stopped));
+
+    let layout = Layout::new(&cfg.data_dir, &cfg.db_name);
+    let started = Instant::now();
+    let oplog_size = cfg.oplog_size;
+    let open_layout = layout.clone();
+    let (lock, loaded, writer) =
+        tokio::task::spawn_blocking(move || files::open_for_daemon(&open_layout, oplog_size))
+            .await?
+            .context("cannot open the store")?;
+    let mut store = loaded.store;
+    store.start_clock(unix_ms());
+    tracing::info!(
+        dir = %cfg.data_dir.display(),
+        nodes = store.len(),
+        oplog = store.oplog().len(),
+        snapshot_bytes = loaded.snapshot_bytes,
+        journal_records = loaded.journal_records,
+        torn_bytes = loaded.torn_bytes,
+        took_ms = started.elapsed().as_millis() as u64,
+        "store loaded"
+    );
+    if loaded.torn_bytes > 0 {
+        tracing::warn!(
+            torn_bytes = loaded.torn_bytes,
+            "ignored a journal record torn by an earlier crash"
+        );
+    }
+    let store = Arc::new(Mutex::new(store));
+    let persistence = Persistence::start(
+        PersistConfig {
+            layout,
+            oplog_size,
+            flush_every: cfg.flush_every,
+            compact_bytes: cfg.compact_bytes,
+        },
+        store.clone(),
+        writer,
+    )?;
+    state.ready(store.clone(), persistence.status.clone());
+    tracing::info!("ready");
+
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, "shutting down: flushing the journal");
+    let _ = stop_http.send(true);
+    let flushed = tokio::time::timeout(
+        SHUTDOWN_BUDGET,
+        tokio::task::spawn_blocking(move || persistence.shutdown()),
+    )
+    .await;
+    match flushed {
+        Ok(_) => tracing::info!("journal flushed; bye"),
+        Err(_) => tracing::error!("the final flush did not finish in time"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    drop(lock);
+    Ok(())
+}
+
+async fn serve(listener: TcpListener, state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
+    let app = http::router(state);
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the daemon");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+/// The start-up configuration. Nothing here is secret.
+fn log_config(cfg: &Config) {
+    tracing::info!(
+        version = http::VERSION,
+        db_name = %cfg.db_name,
+        room = %cfg.sync_room(),
+        data_dir = %cfg.data_dir.display(),
+        host = %cfg.host,
+        port = cfg.port,
+        rtc_enabled = cfg.rtc_enabled,
+        relays = ?cfg.relay_urls,
+        sm_enabled = cfg.sm_enabled,
+        super_admins = ?cfg.super_admins,
+        flush_ms = cfg.flush_every.as_millis() as u64,
+        oplog_size = cfg.oplog_size,
+        compact_bytes = cfg.compact_bytes,
+        "starting genosdb-fallback"
+    );
+}

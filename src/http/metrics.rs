@@ -1,0 +1,122 @@
+//! Prometheus metrics, read at scrape time from the store and persistence status.
+
+use super::AppState;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub fn registry(state: Arc<AppState>) -> Registry {
+    let mut registry = Registry::with_prefix("genosdb");
+    registry.register_collector(Box::new(Daemon(state)));
+    registry
+}
+
+#[derive(Debug)]
+struct Daemon(Arc<AppState>);
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("db_name", &self.db_name)
+            .finish()
+    }
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+impl Collector for Daemon {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = &self.0;
+        gauge(
+            &mut enc,
+            "peers",
+            "Connected peers in the sync room",
+            state.peers.load(Ordering::Relaxed) as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "uptime_seconds",
+            "Seconds since start",
+            state.started.elapsed().as_secs() as i64,
+        )?;
+        if let Some(store) = state.store() {
+            let (nodes, oplog, merged) = {
+                let s = store.lock().unwrap_or_else(|p| p.into_inner());
+                (s.len(), s.oplog().len(), s.merged())
+            };
+            gauge(&mut enc, "nodes", "Nodes in the graph", nodes as i64)?;
+            gauge(
+                &mut enc,
+                "oplog_entries",
+                "Entries in the oplog window",
+                oplog as i64,
+            )?;
+            let family = ConstCounter::new(0u64);
+            let mut metric = enc.encode_descriptor(
+                "ops_merged",
+                "Operations merged into the graph, by type",
+                None,
+                family.metric_type(),
+            )?;
+            for (kind, n) in [
+                ("upsert", merged.upsert),
+                ("remove", merged.remove),
+                ("link", merged.link),
+                ("adopt", merged.adopt),
+            ] {
+                ConstCounter::new(n).encode(metric.encode_family(&[("type", kind)])?)?;
+            }
+        }
+        if let Some(p) = state.persist() {
+            gauge(
+                &mut enc,
+                "degraded",
+                "1 while persistence is failing",
+                p.degraded() as i64,
+            )?;
+            counter(
+                &mut enc,
+                "bytes_persisted",
+                "Journal bytes written and fsynced",
+                p.bytes_persisted.load(Ordering::Relaxed),
+            )?;
+            counter(
+                &mut enc,
+                "records_persisted",
+                "Journal records written and fsynced",
+                p.records_persisted.load(Ordering::Relaxed),
+            )?;
+            counter(
+                &mut enc,
+                "flush_failures",
+                "Journal flushes the disk refused",
+                p.flush_failures.load(Ordering::Relaxed),
+            )?;
+            counter(
+                &mut enc,
+                "compactions",
+                "Background compactions completed",
+                p.compactions.load(Ordering::Relaxed),
+            )?;
+            p.flush_seconds.encode(enc.encode_descriptor(
+                "flush_duration_seconds",
+                "Time to write and fsync one group commit",
+                None,
+                p.flush_seconds.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! HTTP: `/health` (JSON) and `/metrics` (Prometheus text), served by axum.
+//!
+//! The listener is bound before anything slow starts, because Heroku kills a web dyno
+//! that has not bound its port within 60 s; until the store is loaded `/health` answers
+//! 503 with `"status":"starting"`.
+
+pub mod metrics;
+
+use crate::persist::PersistStatus;
+use crate::store::Store;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything the HTTP handlers read. Later layers (peers, relays) write the counters.
+pub struct AppState {
+    pub db_name: String,
+    pub started: Instant,
+    store: OnceLock<Arc<Mutex<Store>>>,
+    persist: OnceLock<Arc<PersistStatus>>,
+    /// Connected peers in the sync room.
+    pub peers: AtomicUsize,
+    pub relays_connected: AtomicUsize,
+    pub relays_total: AtomicUsize,
+}
+
+impl AppState {
+    pub fn new(db_name: &str, relays_total: usize) -> Arc<Self> {
+        Arc::new(Self {
+            db_name: db_name.to_owned(),
+            started: Instant::now(),
+            store: OnceLock::new(),
+            persist: OnceLock::new(),
+            peers: AtomicUsize::new(0),
+            relays_connected: AtomicUsize::new(0),
+            relays_total: AtomicUsize::new(relays_total),
+        })
+    }
+
+    /// Marks the daemon ready: the store is loaded and persistence runs.
+    pub fn ready(&self, store: Arc<Mutex<Store>>, persist: Arc<PersistStatus>) {
+        let _ = self.store.set(store);
+        let _ = self.persist.set(persist);
+    }
+
+    pub fn store(&self) -> Option<&Arc<Mutex<Store>>> {
+        self.store.get()
+    }
+
+    pub fn persist(&self) -> Option<&Arc<PersistStatus>> {
+        self.persist.get()
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let registry = Arc::new(metrics::registry(state.clone()));
+    Router::new()
+        .route("/health", get(health))
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move { metrics_text(&registry) }
+            }),
+        )
+        .fallback(not_found)
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Health {
+    status: &'static str,
+    db_name: String,
+    peers: usize,
+    uptime: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oplog: Option<usize>,
+    last_flush: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    relays: Relays,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+struct Relays {
+    connected: usize,
+    total: usize,
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let (status, nodes, oplog) = match state.store() {
+        None => ("starting", None, None),
+        Some(store) => {
+            let s = store.lock().unwrap_or_else(|p| p.into_inner());
+            let degraded = state.persist().is_some_and(|p| p.degraded());
+            let status = if degraded { "degraded" } else { "ok" };
+            (status, Some(s.len()), Some(s.oplog().len()))
+        }
+    };
+    let persist = state.persist();
+    let body = Health {
+        status,
+        db_name: state.db_name.clone(),
+        peers: state.peers.load(Ordering::Relaxed),
+        uptime: state.started.elapsed().as_secs(),
+        nodes,
+        oplog,
+        last_flush: persist.and_then(|p| p.last_flush_ms()),
+        error: persist.and_then(|p| p.last_error()),
+        relays: Relays {
+            connected: state.relays_connected.load(Ordering::Relaxed),
+            total: state.relays_total.load(Ordering::Relaxed),
+        },
+        version: VERSION,
+    };
+    let code = if status == "starting" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(body)).into_response()
+}
+
+fn metrics_text(registry: &prometheus_client::registry::Registry) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({"error": "not found"})),
+    )
+        .into_response()
+}

@@ -1,0 +1,429 @@
+//! The file backend: `<db>.bin` snapshot plus append-only journal segments in DATA_DIR.
+//!
+//! Layout:
+//! - `<db>.bin`: the last compacted snapshot (graph, oplog, global timestamp), which
+//!   covers journal records with seq below its `next_seq`.
+//! - `<db>.journal`: the live segment, appended and fsynced by the flusher.
+//! - `<db>.journal.<base>`: sealed segments waiting to be folded into the snapshot.
+//! - `<db>.lock`: held while a daemon owns the store.
+//!
+//! Every file is created as `<name>.tmp`, fsynced, renamed into place and followed by
+//! an fsync of the directory, so a crash leaves either the old file or the new one.
+//! A file that cannot be read is reported and left untouched, never overwritten.
+
+use super::codec::{self, CodecError, JOURNAL_HEADER_LEN};
+use crate::store::Store;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {source}; the file is left untouched")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: CodecError,
+    },
+    #[error(
+        "{path}: starts at journal seq {base}, but the snapshot and earlier segments only reach {expected}; the files are left untouched"
+    )]
+    Gap {
+        path: PathBuf,
+        base: u64,
+        expected: u64,
+    },
+    #[error("{0} is locked by another genosdb-fallback process")]
+    Locked(PathBuf),
+    #[error("the store kept changing while it was read; try again")]
+    Unstable,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where one database's files live.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub dir: PathBuf,
+    pub db: String,
+}
+
+impl Layout {
+    pub fn new(dir: impl Into<PathBuf>, db: &str) -> Self {
+        Self {
+            dir: dir.into(),
+            db: db.to_owned(),
+        }
+    }
+
+    pub fn snapshot(&self) -> PathBuf {
+        self.dir.join(format!("{}.bin", self.db))
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.dir.join(format!("{}.journal", self.db))
+    }
+
+    pub fn sealed(&self, base: u64) -> PathBuf {
+        self.dir.join(format!("{}.journal.{base:020}", self.db))
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join(format!("{}.lock", self.db))
+    }
+
+    /// Sealed segments, oldest first.
+    pub fn sealed_segments(&self) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+        let prefix = format!("{}.journal.", self.db);
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err(&self.dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
+            if rest.len() == 20
+                && let Ok(base) = rest.parse::<u64>()
+            {
+                out.push((base, entry.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = tmp_path(path);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io_err(path))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// What a load found.
+pub struct Loaded {
+    pub store: Store,
+    /// The seq the next journal record gets.
+    pub next_seq: u64,
+    pub snapshot_bytes: u64,
+    pub journal_records: u64,
+    pub torn_bytes: u64,
+    /// The live segment: its base, and whether it holds anything (records or a tear).
+    pub live: Option<(u64, bool)>,
+}
+
+/// Reads the snapshot alone.
+fn load_snapshot(layout: &Layout, oplog_size: usize) -> Result<Loaded, StoreError> {
+    let path = layout.snapshot();
+    let (store, next_seq, snapshot_bytes) = match fs::read(&path) {
+        Ok(bytes) => {
+            let snap = codec::decode_snapshot(&bytes, oplog_size).map_err(|source| {
+                StoreError::Unreadable {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            (snap.store, snap.next_seq, bytes.len() as u64)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (Store::new(oplog_size), 0, 0),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    Ok(Loaded {
+        store,
+        next_seq,
+        snapshot_bytes,
+        journal_records: 0,
+        torn_bytes: 0,
+        live: None,
+    })
+}
+
+/// Reads the snapshot and every journal segment. Read-only.
+pub fn load(layout: &Layout, oplog_size: usize) -> Result<Loaded, StoreError> {
+    let mut loaded = load_snapshot(layout, oplog_size)?;
+    for (_, path) in layout.sealed_segments()? {
+        replay_segment(&path, &mut loaded)?;
+    }
+    let live = layout.journal();
+    if live.exists() {
+        let (base, used) = replay_segment(&live, &mut loaded)?;
+        loaded.live = Some((base, used));
+    }
+    Ok(loaded)
+}
+
+/// Applies a segment's records that the state does not hold yet. Returns its base and
+/// whether it holds anything beyond its header.
+fn replay_segment(path: &Path, loaded: &mut Loaded) -> Result<(u64, bool), StoreError> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    let scan = codec::scan_journal(&bytes).map_err(|source| StoreError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    if scan.base_seq > loaded.next_seq {
+        return Err(StoreError::Gap {
+            path: path.to_owned(),
+            base: scan.base_seq,
+            expected: loaded.next_seq,
+        });
+    }
+    let used = !scan.records.is_empty() || scan.torn_bytes > 0;
+    for (i, effect) in scan.records.into_iter().enumerate() {
+        let seq = scan.base_seq + i as u64;
+        if seq == loaded.next_seq {
+            loaded.store.apply_effect(effect);
+            loaded.next_seq += 1;
+            loaded.journal_records += 1;
+        }
+    }
+    loaded.torn_bytes += scan.torn_bytes;
+    Ok((scan.base_seq, used))
+}
+
+/// Loads a consistent view while a daemon may be compacting or appending: a file that
+/// vanishes or a seq gap caused by a concurrent compaction makes it read again.
+pub fn load_consistent(layout: &Layout, oplog_size: usize) -> Result<Loaded, StoreError> {
+    let mut last = StoreError::Unstable;
+    for attempt in 0..20 {
+        match load(layout, oplog_size) {
+            Ok(l) => return Ok(l),
+            Err(e @ (StoreError::Gap { .. } | StoreError::Io { .. })) => {
+                last = e;
+                std::thread::sleep(Duration::from_millis(20 * (attempt + 1)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// Exclusive ownership of a database's files for the life of the process.
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    pub fn acquire(layout: &Layout) -> Result<Self, StoreError> {
+        fs::create_dir_all(&layout.dir).map_err(io_err(&layout.dir))?;
+        let path = layout.lock();
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked(path)),
+            Err(fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+        }
+    }
+}
+
+/// Removes temp files a crash may have left behind. They are never the only copy.
+pub fn remove_stale_temps(layout: &Layout) {
+    for path in [layout.snapshot(), layout.journal()] {
+        let _ = fs::remove_file(tmp_path(&path));
+    }
+}
+
+/// The live journal segment, appended by the flusher.
+pub struct JournalWriter {
+    path: PathBuf,
+    file: File,
+    base: u64,
+    /// Length of the durable prefix; anything past it after a failed write is cut off.
+    len: u64,
+    records: u64,
+}
+
+impl JournalWriter {
+    /// Creates a fresh, empty live segment starting at `base` (atomically replacing any).
+    pub fn create(layout: &Layout, base: u64) -> Result<Self, StoreError> {
+        let path = layout.journal();
+        write_atomic(&path, &codec::journal_header(base))?;
+        Self::open(layout, base, JOURNAL_HEADER_LEN as u64, 0)
+    }
+
+    fn open(layout: &Layout, base: u64, len: u64, records: u64) -> Result<Self, StoreError> {
+        let path = layout.journal();
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        Ok(Self {
+            path,
+            file,
+            base,
+            len,
+            records,
+        })
+    }
+
+    /// Appends framed records and makes them durable. On failure the segment is cut
+    /// back to its durable length, so a retry never leaves a broken record mid-file.
+    pub fn append(&mut self, bytes: &[u8], records: u64) -> Result<(), StoreError> {
+        use std::io::{Seek, SeekFrom};
+        let result = (|| {
+            self.file.seek(SeekFrom::Start(self.len))?;
+            self.file.write_all(bytes)?;
+            self.file.sync_data()
+        })();
+        match result {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                self.records += records;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(self.len);
+                Err(io_err(&self.path)(e))
+            }
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.base + self.records
+    }
+
+    /// Renames this segment to its sealed name and starts a new live one after it.
+    /// If the new segment cannot be created the old handle must not be used again:
+    /// the caller then calls [`JournalWriter::create`] until it succeeds.
+    pub fn seal(self, layout: &Layout) -> Result<Self, (Option<Self>, StoreError)> {
+        let next = self.next_seq();
+        if let Err(e) = seal_live(layout, self.base) {
+            return Err((Some(self), e));
+        }
+        drop(self.file);
+        Self::create(layout, next).map_err(|e| (None, e))
+    }
+}
+
+fn seal_live(layout: &Layout, base: u64) -> Result<(), StoreError> {
+    let sealed = layout.sealed(base);
+    fs::rename(layout.journal(), &sealed).map_err(io_err(&sealed))?;
+    sync_dir(&layout.dir).map_err(io_err(&layout.dir))
+}
+
+/// Opens the store for a daemon: lock, load, and leave a clean live segment to append
+/// to. A live segment that holds records is sealed for compaction; one that holds only
+/// a torn tail is replaced.
+pub fn open_for_daemon(
+    layout: &Layout,
+    oplog_size: usize,
+) -> Result<(DirLock, Loaded, JournalWriter), StoreError> {
+    let lock = DirLock::acquire(layout)?;
+    remove_stale_temps(layout);
+    let loaded = load(layout, oplog_size)?;
+    let writer = match loaded.live {
+        Some((base, false)) if base == loaded.next_seq => {
+            JournalWriter::open(layout, base, JOURNAL_HEADER_LEN as u64, 0)?
+        }
+        Some((base, true)) if base < loaded.next_seq => {
+            seal_live(layout, base)?;
+            JournalWriter::create(layout, loaded.next_seq)?
+        }
+        _ => JournalWriter::create(layout, loaded.next_seq)?,
+    };
+    Ok((lock, loaded, writer))
+}
+
+/// Folds every sealed segment into a new snapshot, then deletes them. The snapshot is
+/// rebuilt from the files, not from the live graph, so merges never pause for it.
+pub fn compact(layout: &Layout, oplog_size: usize) -> Result<Option<CompactReport>, StoreError> {
+    let sealed = layout.sealed_segments()?;
+    if sealed.is_empty() {
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    let mut loaded = load_snapshot(layout, oplog_size)?;
+    for (_, path) in &sealed {
+        replay_segment(path, &mut loaded)?;
+    }
+    let bytes = codec::encode_snapshot(&loaded.store, loaded.next_seq);
+    write_atomic(&layout.snapshot(), &bytes)?;
+    for (_, path) in &sealed {
+        fs::remove_file(path).map_err(io_err(path))?;
+    }
+    sync_dir(&layout.dir).map_err(io_err(&layout.dir))?;
+    Ok(Some(CompactReport {
+        segments: sealed.len(),
+        nodes: loaded.store.len(),
+        snapshot_bytes: bytes.len() as u64,
+        took: started.elapsed(),
+    }))
+}
+
+#[derive(Debug, Clone)]
+pub struct CompactReport {
+    pub segments: usize,
+    pub nodes: usize,
+    pub snapshot_bytes: u64,
+    pub took: Duration,
+}
+
+/// Replaces every file with one snapshot of `store` at `next_seq` and an empty live
+/// segment: the way back after records could not be journaled (disk full for long).
+pub fn rewrite_from_memory(
+    layout: &Layout,
+    snapshot: &[u8],
+    next_seq: u64,
+) -> Result<JournalWriter, StoreError> {
+    write_atomic(&layout.snapshot(), snapshot)?;
+    let writer = JournalWriter::create(layout, next_seq)?;
+    for (_, path) in layout.sealed_segments()? {
+        fs::remove_file(&path).map_err(io_err(&path))?;
+    }
+    sync_dir(&layout.dir).map_err(io_err(&layout.dir))?;
+    Ok(writer)
+}

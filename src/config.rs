@@ -44,6 +44,9 @@ pub enum Command {
     Export,
     /// Write one compacted snapshot to FILE; restore by copying it to DATA_DIR/<DB_NAME>.bin.
     Backup { file: PathBuf },
+    /// Merge nodes from JSON lines (the export format; - reads stdin) into the store.
+    /// Refuses to run while a daemon holds the store.
+    Import { file: PathBuf },
 }
 
 /// Settings as given, before validation. Each flag also reads its env variable.

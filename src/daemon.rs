@@ -64,6 +64,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             oplog_size,
             flush_every: cfg.flush_every,
             compact_bytes: cfg.compact_bytes,
+            max_unwritten_bytes: crate::persist::MAX_UNWRITTEN_BYTES,
         },
         store.clone(),
         writer,

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Export => tools::export(&cfg, std::io::stdout().lock()).map(|n| {
             tracing::info!(nodes = n, "exported");
         }),
+        Command::Import { file } => import(&cfg, &file),
         Command::Backup { file } => tools::backup(&cfg, &file).map(|(nodes, bytes)| {
             tracing::info!(nodes, bytes, file = %file.display(), "backup written");
         }),
@@ -44,6 +45,18 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(daemon::run(cfg))
+}
+
+fn import(cfg: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    let report = if file.as_os_str() == "-" {
+        tools::import(cfg, std::io::stdin().lock())?
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
+        tools::import(cfg, std::io::BufReader::new(f))?
+    };
+    tracing::info!(read = report.read, adopted = report.adopted, "imported");
+    Ok(())
 }
 
 /// Logs go to stderr so that `export` can own stdout.

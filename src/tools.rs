@@ -46,3 +46,82 @@ pub fn backup(cfg: &Config, file: &Path) -> anyhow::Result<(usize, u64)> {
         .with_context(|| format!("cannot write {}", file.display()))?;
     Ok((loaded.store.len(), bytes.len() as u64))
 }
+
+/// Merges nodes from JSON lines (the `export` format) into the store, node by node
+/// with the full-state rule: a node is taken when it is newer than what the store
+/// holds. The whole file is validated before anything is merged. Needs the store's
+/// lock, so it refuses to run beside a daemon.
+pub fn import(cfg: &Config, input: impl std::io::BufRead) -> anyhow::Result<ImportReport> {
+    let nodes = read_node_lines(input)?;
+    let layout = Layout::new(&cfg.data_dir, &cfg.db_name);
+    let (lock, loaded, writer) =
+        files::open_for_daemon(&layout, cfg.oplog_size).context("cannot open the store")?;
+    let store = std::sync::Arc::new(std::sync::Mutex::new(loaded.store));
+    let persistence = crate::persist::Persistence::start(
+        crate::persist::PersistConfig {
+            layout,
+            oplog_size: cfg.oplog_size,
+            flush_every: cfg.flush_every,
+            compact_bytes: cfg.compact_bytes,
+            max_unwritten_bytes: crate::persist::MAX_UNWRITTEN_BYTES,
+        },
+        store.clone(),
+        writer,
+    )?;
+    let mut report = ImportReport {
+        read: nodes.len(),
+        adopted: 0,
+    };
+    let mut nodes = nodes.into_iter().peekable();
+    while nodes.peek().is_some() {
+        let batch: Vec<_> = nodes.by_ref().take(10_000).collect();
+        let outcome =
+            store
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .full_state(crate::store::FullState {
+                    nodes: batch,
+                    removals: Vec::new(),
+                    ts: None,
+                });
+        report.adopted += outcome.adopted;
+    }
+    let status = persistence.status.clone();
+    persistence.shutdown();
+    drop(lock);
+    if status.degraded() {
+        anyhow::bail!(
+            "the store could not be written: {}",
+            status.last_error().unwrap_or_default()
+        );
+    }
+    Ok(report)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ImportReport {
+    pub read: usize,
+    pub adopted: usize,
+}
+
+fn read_node_lines(
+    input: impl std::io::BufRead,
+) -> anyhow::Result<Vec<(String, crate::store::Node)>> {
+    use crate::store::json::{RawObject, parse_string};
+    let mut nodes = Vec::new();
+    for (i, line) in input.lines().enumerate() {
+        let line = line.with_context(|| format!("line {}", i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let raw: Box<serde_json::value::RawValue> =
+            serde_json::from_str(&line).with_context(|| format!("line {} is not JSON", i + 1))?;
+        let id = RawObject::parse(&raw)
+            .and_then(|o| o.get("id").and_then(parse_string))
+            .with_context(|| format!("line {} has no string id", i + 1))?;
+        let node = crate::store::Node::from_json(&raw)
+            .with_context(|| format!("line {} is not a node", i + 1))?;
+        nodes.push((id, node));
+    }
+    Ok(nodes)
+}

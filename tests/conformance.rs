@@ -272,8 +272,10 @@ fn assert_delta_matches(store: &Store, browser: &Value) {
         .unwrap()
         .iter()
         .filter(|op| {
-            !(op["type"] == "link" && op["timestamp"]["logical"] == 3 && op["targetId"] == "x1")
-                && !(op["type"] == "upsert" && op["id"] == "d2")
+            let noop_link =
+                op["type"] == "link" && op["timestamp"]["logical"] == 3 && op["targetId"] == "x1";
+            let valueless_d2 = op["type"] == "upsert" && op["id"] == "d2";
+            !noop_link && !valueless_d2
         })
         .cloned()
         .collect();

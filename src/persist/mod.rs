@@ -38,18 +38,21 @@ struct Buffer {
 }
 
 /// The store's effect sink: frames each effect into the shared buffer.
-#[derive(Clone, Default)]
-pub struct PendingJournal(Arc<Mutex<Buffer>>);
+#[derive(Clone)]
+pub struct PendingJournal {
+    buf: Arc<Mutex<Buffer>>,
+    max_bytes: usize,
+}
 
 impl EffectSink for PendingJournal {
     fn record(&mut self, effect: &Effect) {
-        let mut buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
         if buf.overflowed {
             return;
         }
         codec::encode_record(effect, &mut buf.bytes);
         buf.records += 1;
-        if buf.bytes.len() > MAX_UNWRITTEN_BYTES {
+        if buf.bytes.len() > self.max_bytes {
             buf.bytes = Vec::new();
             buf.records = 0;
             buf.overflowed = true;
@@ -58,8 +61,15 @@ impl EffectSink for PendingJournal {
 }
 
 impl PendingJournal {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            buf: Arc::default(),
+            max_bytes,
+        }
+    }
+
     fn take(&self) -> Buffer {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -131,6 +141,8 @@ pub struct PersistConfig {
     pub flush_every: Duration,
     /// Seal the live journal for compaction once it grows past this.
     pub compact_bytes: u64,
+    /// Journal bytes kept while the disk refuses them ([`MAX_UNWRITTEN_BYTES`]).
+    pub max_unwritten_bytes: usize,
 }
 
 /// The flusher thread's state.
@@ -165,7 +177,7 @@ impl Persistence {
         store: Arc<Mutex<Store>>,
         writer: JournalWriter,
     ) -> std::io::Result<Self> {
-        let pending = PendingJournal::default();
+        let pending = PendingJournal::new(cfg.max_unwritten_bytes);
         store
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -289,10 +301,10 @@ impl Flusher {
                     "journal write failed; keeping records in memory and retrying",
                     &e,
                 );
-                if self.unwritten.len() > MAX_UNWRITTEN_BYTES {
+                if self.unwritten.len() > self.cfg.max_unwritten_bytes {
                     tracing::error!(
-                        "unwritten journal passed {} MiB; will write one snapshot from memory when the disk is back",
-                        MAX_UNWRITTEN_BYTES >> 20
+                        unwritten_bytes = self.unwritten.len(),
+                        "too much unwritten journal; will write one snapshot from memory when the disk is back"
                     );
                     self.need_snapshot = true;
                     self.unwritten = Vec::new();

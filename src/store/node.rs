@@ -5,6 +5,9 @@ use super::json::{self, HlcError, RawJson, RawObject};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+/// Members of a node beyond id/value/edges/timestamp, in the order received.
+pub type ExtraMembers = Vec<(Box<str>, RawJson)>;
+
 /// A graph node. The id is the key it is stored under.
 ///
 /// `value` is `None` when the key is absent (a hydrated upsert of a removed node).
@@ -15,7 +18,7 @@ pub struct Node {
     pub value: Option<RawJson>,
     pub edges: Vec<Box<str>>,
     pub timestamp: Option<Hlc>,
-    pub extra: Option<Box<Vec<(Box<str>, RawJson)>>>,
+    pub extra: Option<Box<ExtraMembers>>,
 }
 
 /// Why a node from a full state was refused.
@@ -48,7 +51,7 @@ impl Node {
             timestamp: None,
             extra: None,
         };
-        let mut extra = Vec::new();
+        let mut extra = ExtraMembers::new();
         for (key, value) in &obj.members {
             match key.as_ref() {
                 "id" => {}
@@ -56,7 +59,7 @@ impl Node {
                 "edges" => node.edges = parse_edges(value)?,
                 "timestamp" => node.timestamp = json::parse_hlc(value)?,
                 other => {
-                    extra.retain(|(k, _): &(Box<str>, RawJson)| k.as_ref() != other);
+                    extra.retain(|(k, _)| k.as_ref() != other);
                     extra.push((other.into(), RawJson::from_raw(value)));
                 }
             }

@@ -1,0 +1,177 @@
+//! Runs the real binary on 127.0.0.1 with port 0 and a temporary DATA_DIR.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_genosdb-fallback");
+pub const DB: &str = "test-db";
+
+/// A command for the binary with a clean, loopback-only environment.
+pub fn command(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DB_NAME", DB)
+        .env("DATA_DIR", data_dir)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("RELAY_URLS", "")
+        .env("RTC_ENABLED", "false")
+        .env("RUST_LOG", "info")
+        .current_dir(
+            data_dir
+                .ancestors()
+                .skip(1)
+                .find(|p| p.is_dir())
+                .unwrap_or(Path::new("/")),
+        );
+    cmd
+}
+
+pub fn run(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = command(data_dir);
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run the binary")
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub log: mpsc::Receiver<String>,
+    pub lines: Vec<String>,
+}
+
+impl Daemon {
+    pub fn start(data_dir: &Path, envs: &[(&str, &str)]) -> Daemon {
+        let mut cmd = command(data_dir);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = Daemon {
+            child,
+            port: 0,
+            log: rx,
+            lines: Vec::new(),
+        };
+        let line = d.wait_for_log("listening", Duration::from_secs(20));
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("addr in the listening line");
+        d.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        d
+    }
+
+    /// Starts and waits until the store is loaded.
+    pub fn start_ready(data_dir: &Path, envs: &[(&str, &str)]) -> Daemon {
+        let mut d = Self::start(data_dir, envs);
+        d.wait_for_log(" ready", Duration::from_secs(60));
+        d
+    }
+
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        if let Some(l) = self.lines.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    self.lines.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no log line with {needle:?}; got:\n{}",
+            self.lines.join("\n")
+        );
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.port, path)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(l) = self.log.recv_timeout(Duration::from_millis(200)) {
+                    self.lines.push(l);
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(10))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET, so tests need no HTTP client crate.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (code, body)
+}
+
+pub fn data_dir(tmp: &tempfile::TempDir) -> PathBuf {
+    let d = tmp.path().join("data");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -15,6 +15,8 @@ use tokio::sync::watch;
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Listen before anything else: a SIGTERM during start-up must not kill us mid-write.
+    let mut signals = Signals::install()?;
     log_config(&cfg);
     let relays = if cfg.rtc_enabled {
         cfg.relay_urls.len()
@@ -35,10 +37,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     let oplog_size = cfg.oplog_size;
     let open_layout = layout.clone();
-    let (lock, loaded, writer) =
-        tokio::task::spawn_blocking(move || files::open_for_daemon(&open_layout, oplog_size))
-            .await?
-            .context("cannot open the store")?;
+    let opening =
+        tokio::task::spawn_blocking(move || files::open_for_daemon(&open_layout, oplog_size));
+    // Loading writes nothing that is not atomic, so a signal may cut it short.
+    let (lock, loaded, writer) = tokio::select! {
+        opened = opening => opened?.context("cannot open the store")?,
+        signal = signals.recv() => {
+            tracing::info!(signal, "stopped while loading the store");
+            return Ok(());
+        }
+    };
     let mut store = loaded.store;
     store.start_clock(unix_ms());
     tracing::info!(
@@ -72,7 +80,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     state.ready(store.clone(), persistence.status.clone());
     tracing::info!("ready");
 
-    let signal = shutdown_signal().await;
+    let signal = signals.recv().await;
     tracing::info!(signal, "shutting down: flushing the journal");
     let _ = stop_http.send(true);
     let flushed = tokio::time::timeout(
@@ -102,19 +110,25 @@ async fn serve(listener: TcpListener, state: Arc<AppState>, mut stopped: watch::
     }
 }
 
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the daemon");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }
 

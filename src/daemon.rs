@@ -94,6 +94,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     drop(lock);
+    // Everything is on disk; freeing a large graph node by node would only delay exit.
+    std::mem::forget(store);
+    std::mem::forget(state);
     Ok(())
 }
 

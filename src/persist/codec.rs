@@ -52,8 +52,33 @@ struct SnapshotBodyRef<'a> {
 struct SnapshotBody {
     global_ts: Option<Hlc>,
     oplog: Vec<Entry>,
+    #[serde(deserialize_with = "presized_nodes")]
     nodes: NodeMap,
 }
+
+/// Deserializes the node map at its final size: growing a million-entry map step by
+/// step rehashes it again and again.
+fn presized_nodes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<NodeMap, D::Error> {
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = NodeMap;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of nodes")
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(self, mut m: M) -> Result<NodeMap, M::Error> {
+            // Bounded: a damaged length must not reserve the whole machine.
+            let cap = m.size_hint().unwrap_or(0).min(MAX_PRESIZED_NODES);
+            let mut nodes = NodeMap::with_capacity_and_hasher(cap, Default::default());
+            while let Some((id, node)) = m.next_entry()? {
+                nodes.insert(id, node);
+            }
+            Ok(nodes)
+        }
+    }
+    d.deserialize_map(Visit)
+}
+
+const MAX_PRESIZED_NODES: usize = 64 << 20;
 
 /// A decoded snapshot: the store it holds and the first journal seq it does not cover.
 pub struct Snapshot {
@@ -117,11 +142,16 @@ pub fn decode_snapshot(bytes: &[u8], oplog_size: usize) -> Result<Snapshot, Code
     if crc32fast::hash(body) != u32_at(bytes, 32) {
         return Err(corrupt("snapshot body fails its checksum"));
     }
-    let decoder = zstd::Decoder::new(body)
+    // Inflate whole, then decode from the slice: strings are then read in place.
+    let mut plain = Vec::with_capacity(body.len().saturating_mul(6));
+    zstd::Decoder::new(body)
         .map_err(|e| corrupt(format!("snapshot body: {e}")))?
-        .take(MAX_SNAPSHOT_BODY);
-    let body: SnapshotBody = rmp_serde::decode::from_read(decoder)
+        .take(MAX_SNAPSHOT_BODY)
+        .read_to_end(&mut plain)
+        .map_err(|e| corrupt(format!("snapshot body does not inflate: {e}")))?;
+    let body: SnapshotBody = rmp_serde::from_slice(&plain)
         .map_err(|e| corrupt(format!("snapshot body does not decode: {e}")))?;
+    drop(plain);
     Ok(Snapshot {
         store: Store::from_parts(oplog_size, body.nodes, body.oplog, body.global_ts),
         next_seq,

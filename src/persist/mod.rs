@@ -284,6 +284,12 @@ impl Flusher {
                 s.records_persisted
                     .fetch_add(self.unwritten_records, Ordering::Relaxed);
                 s.flush_seconds.observe(started.elapsed().as_secs_f64());
+                tracing::debug!(
+                    records = self.unwritten_records,
+                    bytes = self.unwritten.len(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "journal flushed"
+                );
                 if s.degraded() {
                     tracing::info!("journal writes succeed again");
                 }

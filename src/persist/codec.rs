@@ -5,8 +5,11 @@
 //! 0   8  magic "GDBFSNAP"          24  8  body length (u64 LE)
 //! 8   4  version (u32 LE) = 1      32  4  CRC-32 of the body
 //! 12  4  flags (0)                 36  4  CRC-32 of bytes 0..36
-//! 16  8  next journal seq          40  …  zstd(MessagePack(SnapshotBody))
+//! 16  8  next journal seq          40  …  MessagePack(SnapshotBody)
 //! ```
+//! The body holds the global timestamp, the oplog, the node count, and the nodes in
+//! chunks of [`CHUNK_NODES`], each `zstd(MessagePack([[id, node], …]))`, so that chunks
+//! are compressed and decoded on every core at once.
 //! Journal segment `<db>.journal[.<base>]`: a 32-byte header (magic "GDBFJRNL",
 //! version, flags, base seq, CRC-32 of the header, reserved), then records of
 //! `len u32 LE | crc32(payload) u32 LE | payload = MessagePack(Effect)`.
@@ -41,44 +44,30 @@ fn corrupt(msg: impl Into<String>) -> CodecError {
     CodecError::Corrupt(msg.into())
 }
 
+/// Nodes per snapshot chunk: small enough to spread over the cores, large enough to
+/// compress well.
+pub const CHUNK_NODES: usize = 32 * 1024;
+/// Refuse to inflate one chunk past this (a damaged or hostile file).
+const MAX_CHUNK_PLAIN: u64 = 1 << 30;
+/// A damaged node count must not reserve the whole machine.
+const MAX_PRESIZED_NODES: u64 = 64 << 20;
+
 #[derive(Serialize)]
 struct SnapshotBodyRef<'a> {
     global_ts: Option<Hlc>,
     oplog: Vec<&'a Entry>,
-    nodes: &'a NodeMap,
+    node_count: u64,
+    chunks: Vec<&'a serde_bytes::Bytes>,
 }
 
 #[derive(Deserialize)]
-struct SnapshotBody {
+struct SnapshotBody<'a> {
     global_ts: Option<Hlc>,
     oplog: Vec<Entry>,
-    #[serde(deserialize_with = "presized_nodes")]
-    nodes: NodeMap,
+    node_count: u64,
+    #[serde(borrow)]
+    chunks: Vec<&'a serde_bytes::Bytes>,
 }
-
-/// Deserializes the node map at its final size: growing a million-entry map step by
-/// step rehashes it again and again.
-fn presized_nodes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<NodeMap, D::Error> {
-    struct Visit;
-    impl<'de> serde::de::Visitor<'de> for Visit {
-        type Value = NodeMap;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a map of nodes")
-        }
-        fn visit_map<M: serde::de::MapAccess<'de>>(self, mut m: M) -> Result<NodeMap, M::Error> {
-            // Bounded: a damaged length must not reserve the whole machine.
-            let cap = m.size_hint().unwrap_or(0).min(MAX_PRESIZED_NODES);
-            let mut nodes = NodeMap::with_capacity_and_hasher(cap, Default::default());
-            while let Some((id, node)) = m.next_entry()? {
-                nodes.insert(id, node);
-            }
-            Ok(nodes)
-        }
-    }
-    d.deserialize_map(Visit)
-}
-
-const MAX_PRESIZED_NODES: usize = 64 << 20;
 
 /// A decoded snapshot: the store it holds and the first journal seq it does not cover.
 pub struct Snapshot {
@@ -86,19 +75,65 @@ pub struct Snapshot {
     pub next_seq: u64,
 }
 
+fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+}
+
+/// Runs `f` over `items` on every core; results come back in order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    let slots = std::sync::Mutex::new(&mut out);
+    std::thread::scope(|scope| {
+        for _ in 0..workers().min(items.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    slots.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+                }
+            });
+        }
+    });
+    out.into_iter()
+        .map(|r| r.expect("every slot filled"))
+        .collect()
+}
+
+fn encode_chunk(nodes: &[(&Box<str>, &crate::store::Node)]) -> Vec<u8> {
+    let mut enc = zstd::Encoder::new(Vec::new(), ZSTD_LEVEL).expect("zstd encoder");
+    rmp_serde::encode::write(&mut enc, nodes).expect("encoding into memory cannot fail");
+    enc.finish().expect("zstd into memory cannot fail")
+}
+
+fn decode_chunk(bytes: &[u8]) -> Result<Vec<(Box<str>, crate::store::Node)>, CodecError> {
+    let mut plain = Vec::with_capacity(bytes.len().saturating_mul(6));
+    zstd::Decoder::new(bytes)
+        .map_err(|e| corrupt(format!("snapshot chunk: {e}")))?
+        .take(MAX_CHUNK_PLAIN)
+        .read_to_end(&mut plain)
+        .map_err(|e| corrupt(format!("snapshot chunk does not inflate: {e}")))?;
+    rmp_serde::from_slice(&plain)
+        .map_err(|e| corrupt(format!("snapshot chunk does not decode: {e}")))
+}
+
 /// Encodes the whole store as snapshot file bytes.
 pub fn encode_snapshot(store: &Store, next_seq: u64) -> Vec<u8> {
+    let nodes: Vec<(&Box<str>, &crate::store::Node)> = store.nodes().iter().collect();
+    let parts: Vec<&[(&Box<str>, &crate::store::Node)]> = nodes.chunks(CHUNK_NODES).collect();
+    let chunks = parallel_map(&parts, |part| encode_chunk(part));
     let body = SnapshotBodyRef {
         global_ts: store.global_ts(),
         oplog: store.oplog().iter().collect(),
-        nodes: store.nodes(),
+        node_count: nodes.len() as u64,
+        chunks: chunks.iter().map(|c| serde_bytes::Bytes::new(c)).collect(),
     };
     let mut out = vec![0u8; SNAPSHOT_HEADER_LEN];
-    {
-        let mut enc = zstd::Encoder::new(&mut out, ZSTD_LEVEL).expect("zstd encoder");
-        rmp_serde::encode::write(&mut enc, &body).expect("encoding into memory cannot fail");
-        enc.finish().expect("zstd into memory cannot fail");
-    }
+    rmp_serde::encode::write(&mut out, &body).expect("encoding into memory cannot fail");
     let body_len = (out.len() - SNAPSHOT_HEADER_LEN) as u64;
     let body_crc = crc32fast::hash(&out[SNAPSHOT_HEADER_LEN..]);
     out[0..8].copy_from_slice(SNAPSHOT_MAGIC);
@@ -142,18 +177,48 @@ pub fn decode_snapshot(bytes: &[u8], oplog_size: usize) -> Result<Snapshot, Code
     if crc32fast::hash(body) != u32_at(bytes, 32) {
         return Err(corrupt("snapshot body fails its checksum"));
     }
-    // Inflate whole, then decode from the slice: strings are then read in place.
-    let mut plain = Vec::with_capacity(body.len().saturating_mul(6));
-    zstd::Decoder::new(body)
-        .map_err(|e| corrupt(format!("snapshot body: {e}")))?
-        .take(MAX_SNAPSHOT_BODY)
-        .read_to_end(&mut plain)
-        .map_err(|e| corrupt(format!("snapshot body does not inflate: {e}")))?;
-    let body: SnapshotBody = rmp_serde::from_slice(&plain)
+    let body: SnapshotBody = rmp_serde::from_slice(body)
         .map_err(|e| corrupt(format!("snapshot body does not decode: {e}")))?;
-    drop(plain);
+    let mut nodes = NodeMap::with_capacity_and_hasher(
+        body.node_count.min(MAX_PRESIZED_NODES) as usize,
+        Default::default(),
+    );
+    // Chunks decode on the other cores while this thread fills the map.
+    let chunks: Vec<&[u8]> = body.chunks.iter().map(|c| c.as_ref()).collect();
+    let (tx, rx) = std::sync::mpsc::sync_channel(workers());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let filled = std::thread::scope(|scope| {
+        for _ in 0..workers().min(chunks.len()) {
+            let tx = tx.clone();
+            let (next, chunks) = (&next, &chunks);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(chunk) = chunks.get(i) else { break };
+                    if tx.send(decode_chunk(chunk)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for decoded in rx {
+            for (id, node) in decoded? {
+                nodes.insert(id, node);
+            }
+        }
+        Ok::<(), CodecError>(())
+    });
+    filled?;
+    if nodes.len() as u64 != body.node_count {
+        return Err(corrupt(format!(
+            "snapshot holds {} nodes, its body says {}",
+            nodes.len(),
+            body.node_count
+        )));
+    }
     Ok(Snapshot {
-        store: Store::from_parts(oplog_size, body.nodes, body.oplog, body.global_ts),
+        store: Store::from_parts(oplog_size, nodes, body.oplog, body.global_ts),
         next_seq,
     })
 }

@@ -104,7 +104,7 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
         .collect()
 }
 
-fn encode_chunk(nodes: &[(&Box<str>, &crate::store::Node)]) -> Vec<u8> {
+fn encode_chunk(nodes: &[(&str, &crate::store::Node)]) -> Vec<u8> {
     let mut enc = zstd::Encoder::new(Vec::new(), ZSTD_LEVEL).expect("zstd encoder");
     rmp_serde::encode::write(&mut enc, nodes).expect("encoding into memory cannot fail");
     enc.finish().expect("zstd into memory cannot fail")
@@ -123,8 +123,9 @@ fn decode_chunk(bytes: &[u8]) -> Result<Vec<(Box<str>, crate::store::Node)>, Cod
 
 /// Encodes the whole store as snapshot file bytes.
 pub fn encode_snapshot(store: &Store, next_seq: u64) -> Vec<u8> {
-    let nodes: Vec<(&Box<str>, &crate::store::Node)> = store.nodes().iter().collect();
-    let parts: Vec<&[(&Box<str>, &crate::store::Node)]> = nodes.chunks(CHUNK_NODES).collect();
+    let nodes: Vec<(&str, &crate::store::Node)> =
+        store.nodes().iter().map(|(k, n)| (k.as_ref(), n)).collect();
+    let parts: Vec<&[(&str, &crate::store::Node)]> = nodes.chunks(CHUNK_NODES).collect();
     let chunks = parallel_map(&parts, |part| encode_chunk(part));
     let body = SnapshotBodyRef {
         global_ts: store.global_ts(),

@@ -288,3 +288,43 @@ fn bad_import_merges_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 6"));
     assert!(export(&dir).is_empty());
 }
+
+#[test]
+fn cli_flags_mirror_env_and_win_over_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(&tmp);
+    let out = run(
+        &dir,
+        &["--oplog-size", "10", "export"],
+        &[("OPLOG_SIZE", "500")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OPLOG_SIZE \"10\""));
+    let out = run(
+        &dir,
+        &["export", "--oplog-size", "500"],
+        &[("OPLOG_SIZE", "10")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&dir, &["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--db-name",
+        "--rtc-enabled",
+        "--relay-urls",
+        "--port",
+        "--sm-enabled",
+        "--super-admins",
+        "--data-dir",
+        "--flush-ms",
+        "--oplog-size",
+        "--log-format",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}

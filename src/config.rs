@@ -3,6 +3,8 @@
 //! the variable, the value and the form it wants, and the daemon exits with code 2.
 
 use crate::eth;
+use crate::persist::files::Layout;
+use crate::persist::{MAX_UNWRITTEN_BYTES, PersistConfig};
 use crate::store::oplog::MIN_OPLOG_SIZE;
 use clap::{Args, Parser, Subcommand};
 use std::net::IpAddr;
@@ -182,10 +184,25 @@ impl RawSettings {
     }
 }
 
-/// The room names this database uses.
 impl Config {
+    /// The room the daemon syncs in.
     pub fn sync_room(&self) -> String {
         format!("graph-sync-room-{}", self.db_name)
+    }
+
+    /// Where this database's files live.
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.data_dir, &self.db_name)
+    }
+
+    pub fn persist(&self) -> PersistConfig {
+        PersistConfig {
+            layout: self.layout(),
+            oplog_size: self.oplog_size,
+            flush_every: self.flush_every,
+            compact_bytes: self.compact_bytes,
+            max_unwritten_bytes: MAX_UNWRITTEN_BYTES,
+        }
     }
 }
 

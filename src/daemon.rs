@@ -3,8 +3,8 @@
 
 use crate::config::Config;
 use crate::http::{self, AppState};
-use crate::persist::files::{self, Layout};
-use crate::persist::{PersistConfig, Persistence, unix_ms};
+use crate::persist::files;
+use crate::persist::{Persistence, unix_ms};
 use anyhow::Context;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,10 +33,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (stop_http, stopped) = watch::channel(false);
     let server = tokio::spawn(serve(listener, state.clone(), stopped));
 
-    let layout = Layout::new(&cfg.data_dir, &cfg.db_name);
     let started = Instant::now();
     let oplog_size = cfg.oplog_size;
-    let open_layout = layout.clone();
+    let open_layout = cfg.layout();
     let opening =
         tokio::task::spawn_blocking(move || files::open_for_daemon(&open_layout, oplog_size));
     // Loading writes nothing that is not atomic, so a signal may cut it short.
@@ -66,17 +65,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(Mutex::new(store));
-    let persistence = Persistence::start(
-        PersistConfig {
-            layout,
-            oplog_size,
-            flush_every: cfg.flush_every,
-            compact_bytes: cfg.compact_bytes,
-            max_unwritten_bytes: crate::persist::MAX_UNWRITTEN_BYTES,
-        },
-        store.clone(),
-        writer,
-    )?;
+    let persistence = Persistence::start(cfg.persist(), store.clone(), writer)?;
     state.ready(store.clone(), persistence.status.clone());
     tracing::info!("ready");
 

@@ -3,14 +3,13 @@
 
 use crate::config::Config;
 use crate::persist::codec;
-use crate::persist::files::{self, Layout};
+use crate::persist::files;
 use anyhow::Context;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 fn load(cfg: &Config) -> anyhow::Result<files::Loaded> {
-    let layout = Layout::new(&cfg.data_dir, &cfg.db_name);
-    files::load_consistent(&layout, cfg.oplog_size).context("cannot read the store")
+    files::load_consistent(&cfg.layout(), cfg.oplog_size).context("cannot read the store")
 }
 
 /// Every node as one JSON line, sorted by id.
@@ -53,21 +52,10 @@ pub fn backup(cfg: &Config, file: &Path) -> anyhow::Result<(usize, u64)> {
 /// lock, so it refuses to run beside a daemon.
 pub fn import(cfg: &Config, input: impl std::io::BufRead) -> anyhow::Result<ImportReport> {
     let nodes = read_node_lines(input)?;
-    let layout = Layout::new(&cfg.data_dir, &cfg.db_name);
     let (lock, loaded, writer) =
-        files::open_for_daemon(&layout, cfg.oplog_size).context("cannot open the store")?;
+        files::open_for_daemon(&cfg.layout(), cfg.oplog_size).context("cannot open the store")?;
     let store = std::sync::Arc::new(std::sync::Mutex::new(loaded.store));
-    let persistence = crate::persist::Persistence::start(
-        crate::persist::PersistConfig {
-            layout,
-            oplog_size: cfg.oplog_size,
-            flush_every: cfg.flush_every,
-            compact_bytes: cfg.compact_bytes,
-            max_unwritten_bytes: crate::persist::MAX_UNWRITTEN_BYTES,
-        },
-        store.clone(),
-        writer,
-    )?;
+    let persistence = crate::persist::Persistence::start(cfg.persist(), store.clone(), writer)?;
     let mut report = ImportReport {
         read: nodes.len(),
         adopted: 0,

@@ -2,13 +2,16 @@
 //! write(2) to a regular file fails (EFBIG), as on a full disk. This file holds one
 //! test because the limit is per process.
 
+mod common;
+
+use common::wait_until;
 use genosdb_fallback::persist::files::{self, Layout};
 use genosdb_fallback::persist::{PersistConfig, Persistence};
 use genosdb_fallback::store::{Hlc, Op, RawJson, Store, UpsertOp};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn set_file_size_limit(bytes: Option<u64>) {
     let limit = libc::rlimit {
@@ -31,14 +34,6 @@ fn nodes(s: &Store) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, n)| (k.to_string(), n.to_json(k)))
         .collect()
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]

@@ -3,13 +3,15 @@
 
 mod common;
 
+use common::wait_until;
+
 use genosdb_fallback::persist::files::{self, Layout};
 use genosdb_fallback::persist::{PersistConfig, Persistence};
 use genosdb_fallback::store::{Hlc, Op, RawJson, Store, UpsertOp};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NOW: u64 = 1_800_000_000_000;
 
@@ -54,14 +56,6 @@ fn start(layout: &Layout, compact_bytes: u64) -> (files::DirLock, Arc<Mutex<Stor
     )
     .unwrap();
     (lock, store, p)
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]

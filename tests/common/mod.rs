@@ -175,3 +175,12 @@ pub fn data_dir(tmp: &tempfile::TempDir) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Polls `cond` until it holds; fails after 30 s. Used for progress, never for speed.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

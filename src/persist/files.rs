@@ -16,6 +16,7 @@ use crate::store::Store;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -380,9 +381,17 @@ pub fn open_for_daemon(
 
 /// Folds every sealed segment into a new snapshot, then deletes them. The snapshot is
 /// rebuilt from the files, not from the live graph, so merges never pause for it.
-pub fn compact(layout: &Layout, oplog_size: usize) -> Result<Option<CompactReport>, StoreError> {
+///
+/// `cancel` is checked between phases: a cancelled compaction writes nothing. Once the
+/// new snapshot is in place the old segments are removed regardless, which is quick.
+pub fn compact(
+    layout: &Layout,
+    oplog_size: usize,
+    cancel: &AtomicBool,
+) -> Result<Option<CompactReport>, StoreError> {
+    let cancelled = || cancel.load(Ordering::Relaxed);
     let sealed = layout.sealed_segments()?;
-    if sealed.is_empty() {
+    if sealed.is_empty() || cancelled() {
         return Ok(None);
     }
     let started = std::time::Instant::now();
@@ -390,7 +399,13 @@ pub fn compact(layout: &Layout, oplog_size: usize) -> Result<Option<CompactRepor
     for (_, path) in &sealed {
         replay_segment(path, &mut loaded)?;
     }
+    if cancelled() {
+        return Ok(None);
+    }
     let bytes = codec::encode_snapshot(&loaded.store, loaded.next_seq);
+    if cancelled() {
+        return Ok(None);
+    }
     write_atomic(&layout.snapshot(), &bytes)?;
     for (_, path) in &sealed {
         fs::remove_file(path).map_err(io_err(path))?;

@@ -159,6 +159,7 @@ struct Flusher {
     last_error_log: Option<Instant>,
     status: Arc<PersistStatus>,
     compactor: Option<JoinHandle<Result<Option<CompactReport>, StoreError>>>,
+    cancel_compaction: Arc<AtomicBool>,
     last_compact_fail: Option<Instant>,
 }
 
@@ -197,6 +198,7 @@ impl Persistence {
             last_error_log: None,
             status: status.clone(),
             compactor: None,
+            cancel_compaction: Arc::new(AtomicBool::new(false)),
             last_compact_fail: None,
         };
         let thread = std::thread::Builder::new()
@@ -209,8 +211,8 @@ impl Persistence {
         })
     }
 
-    /// Flushes what is pending and stops. A compaction still running is abandoned: its
-    /// temp file is removed at the next start and the segments it read stay in place.
+    /// Flushes what is pending and stops. A compaction still running is cancelled at its
+    /// next phase and waited for, so nothing writes to DATA_DIR after this returns.
     pub fn shutdown(mut self) {
         let _ = self.stop.send(());
         if let Some(t) = self.thread.take() {
@@ -231,6 +233,10 @@ impl Flusher {
             };
             self.tick();
             if stopping {
+                self.cancel_compaction.store(true, Ordering::Relaxed);
+                if let Some(c) = self.compactor.take() {
+                    let _ = c.join();
+                }
                 if !self.unwritten.is_empty() || self.need_snapshot {
                     tracing::error!(
                         unwritten_bytes = self.unwritten.len(),
@@ -410,9 +416,10 @@ impl Flusher {
         }
         let layout = self.cfg.layout.clone();
         let oplog_size = self.cfg.oplog_size;
+        let cancel = self.cancel_compaction.clone();
         let spawned = std::thread::Builder::new()
             .name("compactor".into())
-            .spawn(move || files::compact(&layout, oplog_size));
+            .spawn(move || files::compact(&layout, oplog_size, &cancel));
         match spawned {
             Ok(handle) => self.compactor = Some(handle),
             Err(e) => tracing::error!(error = %e, "could not start the compactor thread"),

@@ -1,0 +1,7 @@
+//! GenosRTC, the transport browsers speak (genosrtc-transport.md). This release holds
+//! its pure codecs: data-channel frames, topics and kinds, and SDP sealing. Signalling,
+//! peer connections and the room API build on them.
+
+pub mod frame;
+pub mod seal;
+pub mod topic;

@@ -5,6 +5,7 @@
 use crate::eth;
 use crate::persist::files::Layout;
 use crate::persist::{MAX_UNWRITTEN_BYTES, PersistConfig};
+use crate::relay::RelayLimits;
 use crate::store::oplog::MIN_OPLOG_SIZE;
 use clap::{Args, Parser, Subcommand};
 use std::net::IpAddr;
@@ -63,6 +64,15 @@ pub struct RawSettings {
     /// Comma list of ws:// or wss:// Nostr relays (empty: none).
     #[arg(long, env = "RELAY_URLS", global = true)]
     pub relay_urls: Option<String>,
+    /// Serve an embedded Nostr relay on PORT (WebSocket upgrade on /).
+    #[arg(long, env = "RELAY", global = true)]
+    pub relay: Option<String>,
+    /// Embedded relay: most connections at once.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", global = true)]
+    pub relay_max_connections: Option<String>,
+    /// Embedded relay: most connections from one IP address.
+    #[arg(long, env = "RELAY_MAX_PER_IP", global = true)]
+    pub relay_max_per_ip: Option<String>,
     /// Address the HTTP server binds.
     #[arg(long, env = "HOST", global = true)]
     pub host: Option<String>,
@@ -107,6 +117,8 @@ pub struct Config {
     pub db_name: String,
     pub rtc_enabled: bool,
     pub relay_urls: Vec<String>,
+    pub relay: bool,
+    pub relay_limits: RelayLimits,
     pub host: IpAddr,
     pub port: u16,
     pub sm_enabled: bool,
@@ -142,6 +154,8 @@ impl RawSettings {
             db_name: db_name(self.db_name.as_deref().unwrap_or("default"))?,
             rtc_enabled: boolean("RTC_ENABLED", self.rtc_enabled.as_deref(), true)?,
             relay_urls: relay_urls(self.relay_urls.as_deref())?,
+            relay: boolean("RELAY", self.relay.as_deref(), false)?,
+            relay_limits: self.relay_limits()?,
             host: parse_host(self.host.as_deref().unwrap_or("0.0.0.0"))?,
             port: number(
                 "PORT",
@@ -180,6 +194,31 @@ impl RawSettings {
             )?,
             log_format: log_format(self.log_format.as_deref().unwrap_or("text"))?,
             log_filter: log_filter(self.rust_log.as_deref().unwrap_or("info"))?,
+        })
+    }
+}
+
+impl RawSettings {
+    fn relay_limits(&self) -> Result<RelayLimits, ConfigError> {
+        let d = RelayLimits::default();
+        Ok(RelayLimits {
+            max_connections: number(
+                "RELAY_MAX_CONNECTIONS",
+                self.relay_max_connections.as_deref(),
+                d.max_connections as u64,
+                1,
+                1_000_000,
+                "a whole number from 1 to 1000000",
+            )? as usize,
+            max_per_ip: number(
+                "RELAY_MAX_PER_IP",
+                self.relay_max_per_ip.as_deref(),
+                d.max_per_ip as u64,
+                1,
+                1_000_000,
+                "a whole number from 1 to 1000000",
+            )? as usize,
+            ..d
         })
     }
 }
@@ -341,6 +380,7 @@ mod tests {
         assert_eq!(c.relay_urls.len(), 8);
         assert_eq!(c.port, 3000);
         assert!(!c.sm_enabled);
+        assert!(!c.relay);
         assert!(c.super_admins.is_empty());
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.flush_every, Duration::from_millis(200));

@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::persist::files;
 use crate::persist::{Persistence, unix_ms};
+use crate::relay::Relay;
 use anyhow::Context;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,13 +24,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         0
     };
-    let state = AppState::new(&cfg.db_name, relays);
+    let relay = cfg.relay.then(|| Relay::new(cfg.relay_limits));
+    let state = AppState::new(&cfg.db_name, relays, relay);
 
     let listener = TcpListener::bind((cfg.host, cfg.port))
         .await
         .with_context(|| format!("cannot bind {}:{} (HOST, PORT)", cfg.host, cfg.port))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "listening for /health and /metrics");
+    tracing::info!(%addr, relay = cfg.relay, "listening for /health and /metrics");
     let (stop_http, stopped) = watch::channel(false);
     let server = tokio::spawn(serve(listener, state.clone(), stopped));
 
@@ -94,6 +96,7 @@ async fn serve(listener: TcpListener, state: Arc<AppState>, mut stopped: watch::
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -134,6 +137,9 @@ fn log_config(cfg: &Config) {
         host = %cfg.host,
         port = cfg.port,
         rtc_enabled = cfg.rtc_enabled,
+        relay = cfg.relay,
+        relay_max_connections = cfg.relay_limits.max_connections,
+        relay_max_per_ip = cfg.relay_limits.max_per_ip,
         relays = ?cfg.relay_urls,
         sm_enabled = cfg.sm_enabled,
         super_admins = ?cfg.super_admins,

@@ -28,6 +28,7 @@ pub mod daemon;
 pub mod eth;
 pub mod http;
 pub mod persist;
+pub mod relay;
 pub mod rtc;
 pub mod store;
 pub mod sync;

@@ -134,7 +134,6 @@ fn health_metrics_and_404() {
     assert!(metrics.contains("genosdb_ops_merged_total{type=\"upsert\"}"));
     assert!(metrics.contains("genosdb_flush_duration_seconds_bucket"));
     assert_eq!(d.get("/nope").0, 404);
-    assert_eq!(d.get("/").0, 404);
     assert_eq!(d.stop().code(), Some(0));
 }
 

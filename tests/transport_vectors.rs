@@ -152,3 +152,42 @@ fn spec_table_frames() {
         .unwrap();
     assert_eq!(m.data, s.as_bytes());
 }
+
+/// §4.3: the deterministic announce (sk = 3, aux = 0) signs to the captured id and
+/// signature, and the captured event verifies.
+#[test]
+fn nostr_event_vector() {
+    use genosdb_fallback::relay::event::{Event, sign};
+    let v = vectors();
+    let n = &v["nostrEvent"];
+    let e = &n["event"];
+    let key =
+        k256::schnorr::SigningKey::from_slice(&unhex(n["secretKeyHex"].as_str().unwrap())).unwrap();
+    let aux: [u8; 32] = unhex(n["auxRandHex"].as_str().unwrap()).try_into().unwrap();
+    let tags: Vec<Vec<String>> = serde_json::from_value(e["tags"].clone()).unwrap();
+    let signed: Value = serde_json::from_str(&sign(
+        &key,
+        e["created_at"].as_u64().unwrap(),
+        e["kind"].as_u64().unwrap(),
+        tags.clone(),
+        e["content"].as_str().unwrap(),
+        &aux,
+    ))
+    .unwrap();
+    assert_eq!(signed, *e);
+    assert_eq!(
+        Event::serialized(
+            e["pubkey"].as_str().unwrap(),
+            e["created_at"].as_u64().unwrap(),
+            e["kind"].as_u64().unwrap(),
+            &tags,
+            e["content"].as_str().unwrap()
+        ),
+        n["serialized"].as_str().unwrap()
+    );
+    let wire: Vec<Box<serde_json::value::RawValue>> =
+        serde_json::from_str(n["wire"].as_str().unwrap()).unwrap();
+    let parsed = Event::parse(&wire[1]).unwrap();
+    assert_eq!(parsed.verify(), Ok(()));
+    assert_eq!(parsed.raw.get(), wire[1].get());
+}

@@ -79,6 +79,45 @@ impl Collector for Daemon {
                 ConstCounter::new(n).encode(metric.encode_family(&[("type", kind)])?)?;
             }
         }
+        if let Some(r) = &state.relay {
+            let s = &r.stats;
+            gauge(
+                &mut enc,
+                "relay_connections",
+                "Open connections to the embedded relay",
+                s.connections.load(Ordering::Relaxed) as i64,
+            )?;
+            counter(
+                &mut enc,
+                "relay_events",
+                "Events the embedded relay accepted",
+                s.events.load(Ordering::Relaxed),
+            )?;
+            counter(
+                &mut enc,
+                "relay_dropped",
+                "Events the embedded relay refused (bad id, signature or kind)",
+                s.dropped.load(Ordering::Relaxed),
+            )?;
+            counter(
+                &mut enc,
+                "relay_rate_limited",
+                "Events refused for exceeding a connection's rate",
+                s.rate_limited.load(Ordering::Relaxed),
+            )?;
+            counter(
+                &mut enc,
+                "relay_refused_connections",
+                "Relay connections refused at the connection limits",
+                s.refused_connections.load(Ordering::Relaxed),
+            )?;
+            counter(
+                &mut enc,
+                "relay_lagged",
+                "Events a slow relay client missed",
+                s.lagged.load(Ordering::Relaxed),
+            )?;
+        }
         if let Some(p) = state.persist() {
             gauge(
                 &mut enc,

@@ -7,8 +7,10 @@
 pub mod metrics;
 
 use crate::persist::PersistStatus;
+use crate::relay::Relay;
 use crate::store::Store;
-use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,10 +32,12 @@ pub struct AppState {
     pub peers: AtomicUsize,
     pub relays_connected: AtomicUsize,
     pub relays_total: AtomicUsize,
+    /// The embedded relay, when RELAY=1.
+    pub relay: Option<Arc<Relay>>,
 }
 
 impl AppState {
-    pub fn new(db_name: &str, relays_total: usize) -> Arc<Self> {
+    pub fn new(db_name: &str, relays_total: usize, relay: Option<Arc<Relay>>) -> Arc<Self> {
         Arc::new(Self {
             db_name: db_name.to_owned(),
             started: Instant::now(),
@@ -42,6 +46,7 @@ impl AppState {
             peers: AtomicUsize::new(0),
             relays_connected: AtomicUsize::new(0),
             relays_total: AtomicUsize::new(relays_total),
+            relay,
         })
     }
 
@@ -63,6 +68,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let registry = Arc::new(metrics::registry(state.clone()));
     Router::new()
+        .route("/", get(root))
         .route("/health", get(health))
         .route(
             "/metrics",
@@ -90,7 +96,16 @@ struct Health {
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     relays: Relays,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay: Option<RelayHealth>,
     version: &'static str,
+}
+
+#[derive(Serialize)]
+struct RelayHealth {
+    connections: usize,
+    events: u64,
+    dropped: u64,
 }
 
 #[derive(Serialize)]
@@ -123,6 +138,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             connected: state.relays_connected.load(Ordering::Relaxed),
             total: state.relays_total.load(Ordering::Relaxed),
         },
+        relay: state.relay.as_ref().map(|r| RelayHealth {
+            connections: r.stats.connections.load(Ordering::Relaxed),
+            events: r.stats.events.load(Ordering::Relaxed),
+            dropped: r.stats.dropped.load(Ordering::Relaxed),
+        }),
         version: VERSION,
     };
     let code = if status == "starting" {
@@ -131,6 +151,30 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         StatusCode::OK
     };
     (code, Json(body)).into_response()
+}
+
+/// `/`: a WebSocket upgrade is a relay connection (RELAY=1); anything else gets the
+/// health JSON, as genossrv's embedded relay answers.
+async fn root(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+) -> Response {
+    let wants_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if !wants_upgrade {
+        return health(State(state)).await;
+    }
+    let Some(relay) = state.relay.clone() else {
+        return (StatusCode::NOT_FOUND, "no relay here (RELAY=0)").into_response();
+    };
+    let (mut parts, _) = req.into_parts();
+    match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(ws) => relay.accept(ws, peer.ip()),
+        Err(rejection) => rejection.into_response(),
+    }
 }
 
 fn metrics_text(registry: &prometheus_client::registry::Registry) -> Response {

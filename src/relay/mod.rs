@@ -1,0 +1,318 @@
+//! The embedded Nostr relay (RELAY=1): the NIP-01 subset GenosDB signalling uses,
+//! served on the HTTP port (a WebSocket upgrade on `/`), as genossrv's `--relay` does.
+//!
+//! It verifies every event's id and BIP-340 signature, stores nothing, relays only
+//! ephemeral kinds (20000–29999, which is all GenosRTC uses), and bounds message size,
+//! subscriptions and event rate per connection, and connections in total and per IP.
+//! Fan-out goes through a bounded broadcast: a client that does not read loses events,
+//! it never holds memory or other clients back.
+
+pub mod event;
+pub mod filter;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use event::Event;
+use filter::Filter;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::broadcast;
+
+pub const EPHEMERAL_KINDS: std::ops::Range<u64> = 20_000..30_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RelayLimits {
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    pub max_message_bytes: usize,
+    pub max_subscriptions: usize,
+    /// Sustained events per second one connection may publish, and its burst.
+    pub events_per_sec: f64,
+    pub event_burst: f64,
+    pub max_sub_id_len: usize,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_per_ip: 256,
+            max_message_bytes: 64 * 1024,
+            max_subscriptions: 32,
+            events_per_sec: 20.0,
+            event_burst: 60.0,
+            max_sub_id_len: 64,
+        }
+    }
+}
+
+/// Counters for /health and /metrics.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub connections: AtomicUsize,
+    pub events: AtomicU64,
+    pub dropped: AtomicU64,
+    pub refused_connections: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub lagged: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Relay {
+    hub: broadcast::Sender<Arc<Event>>,
+    limits: RelayLimits,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    pub stats: RelayStats,
+}
+
+/// Releases a connection slot when the connection ends, however it ends.
+struct Slot {
+    relay: Arc<Relay>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.relay.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self.relay.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Relay {
+    pub fn new(limits: RelayLimits) -> Arc<Self> {
+        let (hub, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            hub,
+            limits,
+            per_ip: Mutex::new(HashMap::new()),
+            stats: RelayStats::default(),
+        })
+    }
+
+    /// Upgrades the request into a relay connection, or refuses it when full.
+    pub fn accept(self: &Arc<Self>, ws: WebSocketUpgrade, ip: IpAddr) -> Response {
+        let Some(slot) = self.reserve(ip) else {
+            self.stats
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%ip, "relay connection refused: connection limit reached");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "relay connection limit reached",
+            )
+                .into_response();
+        };
+        let relay = self.clone();
+        ws.max_message_size(self.limits.max_message_bytes)
+            .max_frame_size(self.limits.max_message_bytes)
+            .on_upgrade(move |socket| async move {
+                relay.serve(socket).await;
+                drop(slot);
+            })
+    }
+
+    fn reserve(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = per_ip.get(&ip).copied().unwrap_or(0);
+        let total = self.stats.connections.load(Ordering::Relaxed);
+        if mine >= self.limits.max_per_ip || total >= self.limits.max_connections {
+            return None;
+        }
+        per_ip.insert(ip, mine + 1);
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        Some(Slot {
+            relay: self.clone(),
+            ip,
+        })
+    }
+
+    async fn serve(&self, socket: WebSocket) {
+        let (mut tx, mut rx) = socket.split();
+        let mut hub = self.hub.subscribe();
+        let mut conn = Connection::new(self.limits);
+        loop {
+            tokio::select! {
+                incoming = rx.next() => {
+                    let text = match incoming {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => continue,
+                    };
+                    let replies = self.handle(&mut conn, text.as_str());
+                    for reply in replies {
+                        if tx.send(Message::Text(Utf8Bytes::from(reply))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                published = hub.recv() => {
+                    let ev = match published {
+                        Ok(ev) => ev,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            self.stats.lagged.fetch_add(n, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    };
+                    if let Some(sub) = conn.first_match(&ev) {
+                        let out = format!("[\"EVENT\",{},{}]", json_str(sub), ev.raw.get());
+                        if tx.send(Message::Text(Utf8Bytes::from(out))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One client message; returns the replies. Anything not understood is ignored,
+    /// as genossrv's relay does.
+    fn handle(&self, conn: &mut Connection, text: &str) -> Vec<String> {
+        let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(text) else {
+            return Vec::new();
+        };
+        let Some(verb) = items
+            .first()
+            .and_then(|v| serde_json::from_str::<&str>(v.get()).ok())
+        else {
+            return Vec::new();
+        };
+        match (verb, items.get(1)) {
+            ("EVENT", Some(ev)) => vec![self.publish(conn, ev)],
+            ("REQ", Some(id)) => conn.subscribe(id, items.get(2)),
+            ("CLOSE", Some(id)) => {
+                if let Ok(id) = serde_json::from_str::<String>(id.get()) {
+                    conn.subs.retain(|(s, _)| *s != id);
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn publish(&self, conn: &mut Connection, raw: &RawValue) -> String {
+        let claimed_id = serde_json::from_str::<Value>(raw.get())
+            .ok()
+            .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default();
+        if !conn.take_token() {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return ok(&claimed_id, false, "rate-limited: slow down");
+        }
+        let ev = match Event::parse(raw) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return ok(&claimed_id, false, &e.to_string());
+            }
+        };
+        if !EPHEMERAL_KINDS.contains(&ev.kind) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return ok(
+                &ev.id,
+                false,
+                "blocked: only ephemeral events (kinds 20000-29999) are relayed",
+            );
+        }
+        if let Err(e) = ev.verify() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return ok(&ev.id, false, &e.to_string());
+        }
+        self.stats.events.fetch_add(1, Ordering::Relaxed);
+        let reply = ok(&ev.id, true, "");
+        // No receiver is not an error: nobody subscribed yet.
+        let _ = self.hub.send(Arc::new(ev));
+        reply
+    }
+}
+
+/// One client's subscriptions and rate budget.
+struct Connection {
+    limits: RelayLimits,
+    subs: Vec<(String, Filter)>,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Connection {
+    fn new(limits: RelayLimits) -> Self {
+        Self {
+            limits,
+            subs: Vec::new(),
+            tokens: limits.event_burst,
+            refilled: Instant::now(),
+        }
+    }
+
+    fn take_token(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.limits.events_per_sec;
+        self.tokens = (self.tokens + earned).min(self.limits.event_burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `["REQ", id, filter, …]`: only the first filter is kept, as genossrv does.
+    fn subscribe(&mut self, id: &RawValue, filter: Option<&&RawValue>) -> Vec<String> {
+        let Ok(id) = serde_json::from_str::<String>(id.get()) else {
+            return Vec::new();
+        };
+        if id.is_empty() || id.len() > self.limits.max_sub_id_len {
+            return vec![closed(
+                &id,
+                "invalid: subscription id must be 1-64 characters",
+            )];
+        }
+        let filter = filter
+            .and_then(|f| serde_json::from_str::<Value>(f.get()).ok())
+            .and_then(|v| Filter::parse(&v));
+        let Some(filter) = filter else {
+            return vec![closed(&id, "invalid: filter")];
+        };
+        if let Some(slot) = self.subs.iter_mut().find(|(s, _)| *s == id) {
+            slot.1 = filter;
+        } else if self.subs.len() >= self.limits.max_subscriptions {
+            return vec![closed(&id, "error: too many subscriptions")];
+        } else {
+            self.subs.push((id.clone(), filter));
+        }
+        vec![format!("[\"EOSE\",{}]", json_str(&id))]
+    }
+
+    fn first_match(&self, ev: &Event) -> Option<&str> {
+        self.subs
+            .iter()
+            .find(|(_, f)| f.matches(ev))
+            .map(|(id, _)| id.as_str())
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a str serializes")
+}
+
+fn ok(id: &str, accepted: bool, message: &str) -> String {
+    format!("[\"OK\",{},{accepted},{}]", json_str(id), json_str(message))
+}
+
+fn closed(id: &str, message: &str) -> String {
+    format!("[\"CLOSED\",{},{}]", json_str(id), json_str(message))
+}

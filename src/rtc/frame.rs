@@ -382,11 +382,25 @@ mod tests {
             f
         };
         let now = Instant::now();
-        for _ in 0..99 {
+        for _ in 0..100 {
             assert_eq!(r.push(&chunk, now), Ok(None));
         }
         assert!(matches!(r.push(&chunk, now), Err(FrameError::Limit { .. })));
         assert_eq!(r.pending(), 0, "the offending message is dropped whole");
+    }
+
+    #[test]
+    fn a_full_hundred_chunk_message_reassembles() {
+        let big: Vec<u8> = (0..CHUNK_LEN * 100).map(|i| (i % 253) as u8).collect();
+        let frames = encode("c", 1, Payload::Binary(&big), None).unwrap();
+        assert_eq!(frames.len(), 100);
+        let mut r = Reassembler::default();
+        let now = Instant::now();
+        let mut out = None;
+        for f in &frames {
+            out = r.push(f, now).unwrap();
+        }
+        assert_eq!(out.unwrap().data, big);
     }
 
     #[test]

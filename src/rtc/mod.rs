@@ -3,5 +3,6 @@
 //! peer connections and the room API build on them.
 
 pub mod frame;
+pub mod nostr;
 pub mod seal;
 pub mod topic;

@@ -1,0 +1,428 @@
+//! The Nostr side of signalling: one independent client per relay URL.
+//!
+//! Each relay runs in its own task, so a dead or slow relay never delays the others.
+//! A relay that drops is reconnected with capped exponential backoff and jitter, and
+//! every subscription is sent again on every reconnect (GenosDB issue #36 was a peer
+//! that could announce but no longer hear). A relay that demands proof of work is
+//! dropped for the life of the process (§4.9). Events from relays are hostile: their
+//! ids and signatures are verified, their rate and size are bounded, and a relay that
+//! floods only loses its own excess.
+
+use crate::relay::event::Event;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub urls: Vec<String>,
+    /// First reconnect delay; doubles after each failure up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub connect_timeout: Duration,
+    pub max_message_bytes: usize,
+    /// Events per second accepted from one relay, and the burst.
+    pub events_per_sec: f64,
+    pub event_burst: f64,
+}
+
+impl PoolConfig {
+    pub fn new(urls: Vec<String>) -> Self {
+        Self {
+            urls,
+            backoff_base: Duration::from_millis(3333),
+            backoff_max: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_message_bytes: 256 * 1024,
+            events_per_sec: 200.0,
+            event_burst: 400.0,
+        }
+    }
+}
+
+/// What the pool hands to the signalling layer.
+#[derive(Debug)]
+pub enum Inbound {
+    /// The relay (re)opened and every subscription was sent again.
+    Connected {
+        relay: usize,
+    },
+    Disconnected {
+        relay: usize,
+    },
+    /// A verified event that arrived on subscription `sub`.
+    Event {
+        relay: usize,
+        sub: String,
+        event: Event,
+    },
+}
+
+/// Live state of one relay, for /health and /metrics.
+#[derive(Debug, Default)]
+pub struct RelayStatus {
+    pub connected: AtomicBool,
+    pub pow_blocked: AtomicBool,
+    pub reconnects: AtomicU64,
+    pub events_in: AtomicU64,
+    pub events_out: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+struct RelayHandle {
+    url: String,
+    out: mpsc::Sender<String>,
+    status: Arc<RelayStatus>,
+}
+
+type Subs = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// The set of relays one process signals through.
+pub struct RelayPool {
+    relays: Vec<RelayHandle>,
+    subs: Subs,
+}
+
+impl RelayPool {
+    /// Starts one task per relay; events and connection changes arrive on the receiver.
+    pub fn start(cfg: PoolConfig) -> (Self, mpsc::Receiver<Inbound>) {
+        let (tx, rx) = mpsc::channel(4096);
+        let subs: Subs = Arc::default();
+        let relays = cfg
+            .urls
+            .iter()
+            .enumerate()
+            .map(|(id, url)| {
+                let (out, out_rx) = mpsc::channel(256);
+                let status = Arc::new(RelayStatus::default());
+                let task = RelayTask {
+                    id,
+                    url: url.clone(),
+                    cfg: cfg.clone(),
+                    subs: subs.clone(),
+                    status: status.clone(),
+                    inbound: tx.clone(),
+                };
+                tokio::spawn(task.run(out_rx));
+                RelayHandle {
+                    url: url.clone(),
+                    out,
+                    status,
+                }
+            })
+            .collect();
+        (Self { relays, subs }, rx)
+    }
+
+    /// Subscribes on every relay now and after every reconnect. `filter` gets a fresh
+    /// `since` (now) each time it is sent.
+    pub fn subscribe(&self, sub_id: &str, filter: Value) {
+        {
+            let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+            subs.retain(|(id, _)| id != sub_id);
+            subs.push((sub_id.to_owned(), filter.clone()));
+        }
+        let req = req_message(sub_id, &filter);
+        for r in &self.relays {
+            self.send_to(r, req.clone());
+        }
+    }
+
+    pub fn unsubscribe(&self, sub_id: &str) {
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(id, _)| id != sub_id);
+        let close = serde_json::json!(["CLOSE", sub_id]).to_string();
+        for r in &self.relays {
+            self.send_to(r, close.clone());
+        }
+    }
+
+    /// Publishes a signed event (its JSON object) on one relay, or on all of them.
+    /// Like browsers, it is dropped where the relay is not open.
+    pub fn publish(&self, event: &str, relay: Option<usize>) {
+        let msg = format!("[\"EVENT\",{event}]");
+        for (i, r) in self.relays.iter().enumerate() {
+            let wanted = relay.is_none_or(|want| want == i);
+            if wanted
+                && !r.status.pow_blocked.load(Ordering::Relaxed)
+                && self.send_to(r, msg.clone())
+            {
+                r.status.events_out.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn send_to(&self, r: &RelayHandle, msg: String) -> bool {
+        r.status.connected.load(Ordering::Relaxed) && r.out.try_send(msg).is_ok()
+    }
+
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.relays.iter().map(|r| r.url.as_str())
+    }
+
+    pub fn status(&self, relay: usize) -> Option<&RelayStatus> {
+        self.relays.get(relay).map(|r| r.status.as_ref())
+    }
+
+    pub fn connected(&self) -> usize {
+        self.relays
+            .iter()
+            .filter(|r| r.status.connected.load(Ordering::Relaxed))
+            .count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.relays.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.relays.is_empty()
+    }
+}
+
+fn req_message(sub_id: &str, filter: &Value) -> String {
+    let mut filter = filter.clone();
+    if let Some(obj) = filter.as_object_mut() {
+        obj.insert("since".into(), Value::from(unix_secs()));
+    }
+    serde_json::json!(["REQ", sub_id, filter]).to_string()
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `pow: N bits needed` with N > 0 (§4.9).
+pub fn demands_pow(msg: &str) -> bool {
+    let lower = msg.to_ascii_lowercase();
+    let Some(rest) = lower.split("pow:").nth(1) else {
+        return false;
+    };
+    let rest = rest.trim_start();
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let after = rest[digits.len()..].trim_start();
+    digits.parse::<u32>().is_ok_and(|n| n > 0) && after.starts_with("bits needed")
+}
+
+struct RelayTask {
+    id: usize,
+    url: String,
+    cfg: PoolConfig,
+    subs: Subs,
+    status: Arc<RelayStatus>,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+enum SessionEnd {
+    Closed,
+    PowDemanded,
+    PoolGone,
+}
+
+impl RelayTask {
+    async fn run(self, mut out: mpsc::Receiver<String>) {
+        let mut backoff = self.cfg.backoff_base;
+        let mut first = true;
+        loop {
+            if !first {
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(self.cfg.backoff_max);
+                self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            first = false;
+            let ws_cfg = WebSocketConfig::default()
+                .max_message_size(Some(self.cfg.max_message_bytes))
+                .max_frame_size(Some(self.cfg.max_message_bytes));
+            let connecting =
+                tokio_tungstenite::connect_async_with_config(&self.url, Some(ws_cfg), false);
+            let ws = match tokio::time::timeout(self.cfg.connect_timeout, connecting).await {
+                Ok(Ok((ws, _))) => ws,
+                Ok(Err(e)) => {
+                    tracing::debug!(relay = %self.url, error = %e, "relay connect failed");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!(relay = %self.url, "relay connect timed out");
+                    continue;
+                }
+            };
+            backoff = self.cfg.backoff_base;
+            tracing::info!(relay = %self.url, "relay connected");
+            let end = self.session(ws, &mut out).await;
+            self.status.connected.store(false, Ordering::Relaxed);
+            while out.try_recv().is_ok() {}
+            match end {
+                SessionEnd::PoolGone => return,
+                SessionEnd::PowDemanded => {
+                    self.status.pow_blocked.store(true, Ordering::Relaxed);
+                    tracing::warn!(relay = %self.url, "relay demands proof of work; dropped for this process");
+                    let _ = self
+                        .inbound
+                        .send(Inbound::Disconnected { relay: self.id })
+                        .await;
+                    return;
+                }
+                SessionEnd::Closed => {
+                    tracing::info!(relay = %self.url, "relay disconnected; reconnecting");
+                    if self
+                        .inbound
+                        .send(Inbound::Disconnected { relay: self.id })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        ws: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        out: &mut mpsc::Receiver<String>,
+    ) -> SessionEnd {
+        let (mut tx, mut rx) = ws.split();
+        let reqs: Vec<String> = self
+            .subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, f)| req_message(id, f))
+            .collect();
+        for req in reqs {
+            if tx.send(Message::Text(req.into())).await.is_err() {
+                return SessionEnd::Closed;
+            }
+        }
+        self.status.connected.store(true, Ordering::Relaxed);
+        if self
+            .inbound
+            .send(Inbound::Connected { relay: self.id })
+            .await
+            .is_err()
+        {
+            return SessionEnd::PoolGone;
+        }
+        let mut budget = self.cfg.event_burst;
+        let mut refilled = Instant::now();
+        loop {
+            tokio::select! {
+                msg = rx.next() => {
+                    let text = match msg {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return SessionEnd::Closed,
+                        Some(Ok(_)) => continue,
+                    };
+                    let now = Instant::now();
+                    budget = (budget + now.duration_since(refilled).as_secs_f64() * self.cfg.events_per_sec)
+                        .min(self.cfg.event_burst);
+                    refilled = now;
+                    if budget < 1.0 {
+                        self.status.rejected.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    budget -= 1.0;
+                    match self.handle(text.as_str()) {
+                        Some(Handled::Pow) => return SessionEnd::PowDemanded,
+                        Some(Handled::Event(inbound)) => self.deliver(inbound),
+                        None => {}
+                    }
+                }
+                next = out.recv() => {
+                    let Some(text) = next else { return SessionEnd::PoolGone };
+                    if tx.send(Message::Text(text.into())).await.is_err() {
+                        return SessionEnd::Closed;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands an event on; when the signalling layer is behind, the event is dropped
+    /// rather than queued without bound.
+    fn deliver(&self, inbound: Inbound) {
+        if self.inbound.try_send(inbound).is_err() {
+            self.status.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn handle(&self, text: &str) -> Option<Handled> {
+        let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+        let verb: &str = serde_json::from_str(items.first()?.get()).ok()?;
+        match verb {
+            "EVENT" => {
+                let sub: String = serde_json::from_str(items.get(1)?.get()).ok()?;
+                let event = Event::parse(items.get(2)?).and_then(|e| e.verify().map(|_| e));
+                match event {
+                    Ok(event) => {
+                        self.status.events_in.fetch_add(1, Ordering::Relaxed);
+                        Some(Handled::Event(Inbound::Event {
+                            relay: self.id,
+                            sub,
+                            event,
+                        }))
+                    }
+                    Err(e) => {
+                        self.status.rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(relay = %self.url, error = %e, "relay sent an invalid event");
+                        None
+                    }
+                }
+            }
+            "OK" | "NOTICE" | "CLOSED" => {
+                let msg: String = serde_json::from_str(items.last()?.get()).ok()?;
+                demands_pow(&msg).then_some(Handled::Pow)
+            }
+            _ => None,
+        }
+    }
+}
+
+enum Handled {
+    Event(Inbound),
+    Pow,
+}
+
+/// ±25 % so that many daemons restarted together do not reconnect in step.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let unit = u16::from_le_bytes(b) as f64 / u16::MAX as f64;
+    d.mul_f64(0.75 + unit * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pow_messages() {
+        assert!(demands_pow("pow: 20 bits needed"));
+        assert!(demands_pow("POW:8 bits needed."));
+        assert!(!demands_pow("pow: 0 bits needed"));
+        assert!(!demands_pow("rate-limited: slow down"));
+        assert!(!demands_pow("pow: lots"));
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(4));
+            assert!(j >= Duration::from_secs(3) && j <= Duration::from_secs(5));
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The relay pool (the Nostr side of signalling) against our embedded relay in the real
+//! binary and against misbehaving relays written here, all on 127.0.0.1.
+
+mod common;
+
+use common::{Daemon, data_dir};
+use futures_util::{SinkExt, StreamExt};
+use genosdb_fallback::relay::event::sign;
+use genosdb_fallback::rtc::nostr::{Inbound, PoolConfig, RelayPool};
+use genosdb_fallback::rtc::topic;
+use k256::schnorr::SigningKey;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+fn key(n: u8) -> SigningKey {
+    let mut b = [0u8; 32];
+    b[31] = n;
+    SigningKey::from_slice(&b).unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn topic_and_kind(room: &str) -> (String, u64) {
+    let t = topic::root_topic(topic::APP_ID, room);
+    let k = topic::kind_of(&t) as u64;
+    (t, k)
+}
+
+fn announce(k: &SigningKey, room: &str, peer: &str) -> String {
+    let (t, kind) = topic_and_kind(room);
+    sign(
+        k,
+        now(),
+        kind,
+        vec![vec!["x".into(), t]],
+        &json!({"peerId": peer}).to_string(),
+        &[1; 32],
+    )
+}
+
+fn fast(urls: Vec<String>) -> PoolConfig {
+    let mut cfg = PoolConfig::new(urls);
+    cfg.backoff_base = Duration::from_millis(100);
+    cfg.backoff_max = Duration::from_millis(400);
+    cfg
+}
+
+async fn wait_for(
+    rx: &mut mpsc::Receiver<Inbound>,
+    what: &str,
+    mut pick: impl FnMut(&Inbound) -> bool,
+) -> Inbound {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(msg)) if pick(&msg) => return msg,
+            Ok(Some(_)) => continue,
+            _ => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+fn is_connected(m: &Inbound) -> bool {
+    matches!(m, Inbound::Connected { .. })
+}
+
+fn subscribe(pool: &RelayPool, room: &str) {
+    let (t, k) = topic_and_kind(room);
+    pool.subscribe("root", json!({"kinds": [k], "#x": [t]}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_events_cross_the_embedded_relay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_ready(&data_dir(&tmp), &[("RELAY", "1")]);
+    let url = format!("ws://127.0.0.1:{}", d.port);
+    let (a, mut a_rx) = RelayPool::start(fast(vec![url.clone()]));
+    let (b, mut b_rx) = RelayPool::start(fast(vec![url]));
+    subscribe(&a, "graph-sync-room-signal");
+    wait_for(&mut a_rx, "a connected", is_connected).await;
+    wait_for(&mut b_rx, "b connected", is_connected).await;
+    assert_eq!(a.connected(), 1);
+    b.publish(&announce(&key(3), "graph-sync-room-signal", "peerB"), None);
+    match wait_for(&mut a_rx, "the announce", |m| {
+        matches!(m, Inbound::Event { .. })
+    })
+    .await
+    {
+        Inbound::Event { relay, sub, event } => {
+            assert_eq!((relay, sub.as_str()), (0, "root"));
+            assert_eq!(event.content, r#"{"peerId":"peerB"}"#);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_restart_reconnects_and_resubscribes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(&tmp);
+    let mut d = Daemon::start_ready(&dir, &[("RELAY", "1")]);
+    let port = d.port;
+    let url = format!("ws://127.0.0.1:{port}");
+    let (a, mut a_rx) = RelayPool::start(fast(vec![url.clone()]));
+    let (b, mut b_rx) = RelayPool::start(fast(vec![url]));
+    subscribe(&a, "graph-sync-room-restart");
+    wait_for(&mut a_rx, "a connected", is_connected).await;
+    wait_for(&mut b_rx, "b connected", is_connected).await;
+
+    d.signal(libc::SIGKILL);
+    d.wait(Duration::from_secs(10));
+    wait_for(&mut a_rx, "a sees the drop", |m| {
+        matches!(m, Inbound::Disconnected { .. })
+    })
+    .await;
+    let _d2 = Daemon::start_ready(&dir, &[("RELAY", "1"), ("PORT", &port.to_string())]);
+    wait_for(&mut a_rx, "a reconnected", is_connected).await;
+    wait_for(&mut b_rx, "b reconnected", is_connected).await;
+    assert!(a.status(0).unwrap().reconnects.load(Ordering::Relaxed) >= 1);
+
+    // The subscription was sent again: a's new connection hears b.
+    b.publish(
+        &announce(&key(4), "graph-sync-room-restart", "afterRestart"),
+        None,
+    );
+    match wait_for(&mut a_rx, "an event after the restart", |m| {
+        matches!(m, Inbound::Event { .. })
+    })
+    .await
+    {
+        Inbound::Event { event, .. } => assert!(event.content.contains("afterRestart")),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A hostile relay written here: it answers every REQ with a forged event and then a
+/// valid one, and (if asked) every EVENT with a proof-of-work demand.
+async fn fake_relay(pow: bool) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let events_seen = Arc::new(AtomicUsize::new(0));
+    let seen = events_seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(Message::Text(t))) = ws.next().await {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    match v[0].as_str() {
+                        Some("REQ") => {
+                            let sub = v[1].clone();
+                            let good: Value = serde_json::from_str(&announce(
+                                &key(7),
+                                "graph-sync-room-fake",
+                                "honest",
+                            ))
+                            .unwrap();
+                            let mut forged = good.clone();
+                            forged["content"] = json!(r#"{"peerId":"forged"}"#);
+                            let mut bad_sig = good.clone();
+                            bad_sig["sig"] = json!("00".repeat(64));
+                            for ev in [forged, bad_sig, json!({"junk": true}), good] {
+                                ws.send(Message::Text(
+                                    json!(["EVENT", sub, ev]).to_string().into(),
+                                ))
+                                .await
+                                .unwrap();
+                            }
+                        }
+                        Some("EVENT") => {
+                            seen.fetch_add(1, Ordering::Relaxed);
+                            if pow {
+                                let id = v[1]["id"].clone();
+                                ws.send(Message::Text(
+                                    json!(["OK", id, false, "pow: 20 bits needed"])
+                                        .to_string()
+                                        .into(),
+                                ))
+                                .await
+                                .unwrap();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (url, events_seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_relay_events_are_rejected() {
+    let (url, _) = fake_relay(false).await;
+    let (a, mut a_rx) = RelayPool::start(fast(vec![url]));
+    subscribe(&a, "graph-sync-room-fake");
+    match wait_for(&mut a_rx, "an event", |m| {
+        matches!(m, Inbound::Event { .. })
+    })
+    .await
+    {
+        Inbound::Event { event, .. } => assert_eq!(event.content, r#"{"peerId":"honest"}"#),
+        other => panic!("{other:?}"),
+    }
+    assert!(a.status(0).unwrap().rejected.load(Ordering::Relaxed) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_demanding_proof_of_work_is_dropped_and_others_go_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_ready(&data_dir(&tmp), &[("RELAY", "1")]);
+    let live = format!("ws://127.0.0.1:{}", d.port);
+    let (pow_url, events_seen) = fake_relay(true).await;
+    // A dead relay, a proof-of-work relay and a live one.
+    let dead = "ws://127.0.0.1:9".to_owned();
+    let (p, mut p_rx) = RelayPool::start(fast(vec![dead, pow_url, live.clone()]));
+    let (watcher, mut w_rx) = RelayPool::start(fast(vec![live]));
+    subscribe(&watcher, "graph-sync-room-pow");
+    wait_for(&mut w_rx, "watcher connected", is_connected).await;
+    wait_for(&mut p_rx, "pow relay connected", |m| {
+        matches!(m, Inbound::Connected { relay: 1 })
+    })
+    .await;
+    wait_for(&mut p_rx, "live relay connected", |m| {
+        matches!(m, Inbound::Connected { relay: 2 })
+    })
+    .await;
+
+    p.publish(&announce(&key(5), "graph-sync-room-pow", "first"), None);
+    wait_for(&mut p_rx, "the pow relay dropped", |m| {
+        matches!(m, Inbound::Disconnected { relay: 1 })
+    })
+    .await;
+    assert!(p.status(1).unwrap().pow_blocked.load(Ordering::Relaxed));
+    p.publish(&announce(&key(5), "graph-sync-room-pow", "second"), None);
+    p.publish(&announce(&key(5), "graph-sync-room-pow", "third"), None);
+
+    let mut heard = Vec::new();
+    while heard.len() < 3 {
+        if let Inbound::Event { event, .. } =
+            wait_for(&mut w_rx, "events through the live relay", |m| {
+                matches!(m, Inbound::Event { .. })
+            })
+            .await
+        {
+            heard.push(event.content);
+        }
+    }
+    assert!(heard[2].contains("third"));
+    assert_eq!(
+        events_seen.load(Ordering::Relaxed),
+        1,
+        "nothing more reaches a pow relay"
+    );
+    assert!(
+        !p.status(0).unwrap().connected.load(Ordering::Relaxed),
+        "the dead relay stays down"
+    );
+}

@@ -4,5 +4,6 @@
 
 pub mod frame;
 pub mod nostr;
+pub mod peer;
 pub mod seal;
 pub mod topic;

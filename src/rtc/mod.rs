@@ -5,5 +5,6 @@
 pub mod frame;
 pub mod nostr;
 pub mod peer;
+pub mod room;
 pub mod seal;
 pub mod topic;

@@ -1,0 +1,887 @@
+//! A GenosRTC room: Nostr signalling (announce, offer, answer, glare, bye) over the
+//! relay pool, one WebRTC link per remote peer, frames with keepalive, and the events
+//! the sync layer uses (§4, §6, §7).
+//!
+//! One actor task owns the signalling state. Each link has its own task that
+//! reassembles frames, answers pings at once, runs the keepalive, and writes through a
+//! bounded queue: a peer that cannot keep up is dropped, never waited for.
+
+use super::frame::{self, Limits, Payload, Reassembler};
+use super::nostr::{Inbound, RelayPool};
+use super::peer::{Peer, PeerConfig, PeerEvent};
+use super::seal::SealKey;
+use super::topic;
+use crate::relay::event::sign;
+use k256::schnorr::SigningKey;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// A single frame that cannot be handed to SCTP within this long marks the peer as stuck.
+const SEND_STALL: Duration = Duration::from_secs(10);
+
+const ALPHABET: &[u8; 62] = b"0123456789AaBbCcDdEeFfGgHhIiJjKkLlMmNnOoPpQqRrSsTtUuVvWwXxYyZz";
+
+/// A fresh 20-character peer id, as GenosRTC makes them.
+pub fn new_peer_id() -> String {
+    let mut b = [0u8; 20];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    b.iter()
+        .map(|x| ALPHABET[(*x % 62) as usize] as char)
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    pub app_id: String,
+    pub room_id: String,
+    pub password: String,
+    /// `"superpeer"` for the daemon; browsers send none.
+    pub peer_type: Option<String>,
+    pub peer: PeerConfig,
+    pub announce_every: Duration,
+    pub keepalive_tick: Duration,
+    pub ping_after_idle: Duration,
+    pub ping_timeout: Duration,
+    pub frames: Limits,
+    /// Frames queued for one peer before it counts as too slow and is dropped.
+    pub send_queue: usize,
+    pub dial_timeout: Duration,
+    pub max_pending_dials: usize,
+}
+
+impl RoomConfig {
+    pub fn new(room_id: &str) -> Self {
+        Self {
+            app_id: topic::APP_ID.into(),
+            room_id: room_id.into(),
+            password: String::new(),
+            peer_type: Some("superpeer".into()),
+            peer: PeerConfig::default(),
+            announce_every: Duration::from_millis(2500),
+            keepalive_tick: Duration::from_secs(5),
+            ping_after_idle: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(20),
+            frames: Limits::default(),
+            send_queue: 4096,
+            dial_timeout: Duration::from_millis(57_333),
+            max_pending_dials: 10,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum RoomEvent {
+    Joined {
+        peer: String,
+        kind: Option<String>,
+    },
+    Left {
+        peer: String,
+    },
+    Message {
+        peer: String,
+        message: frame::Message,
+    },
+}
+
+/// Counters for /metrics.
+#[derive(Debug, Default)]
+pub struct RoomStats {
+    pub signals_in: AtomicU64,
+    pub signals_out: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub dropped_slow: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub seal_failures: AtomicU64,
+}
+
+/// A link's writer, shared by the room handle and the link task.
+#[derive(Clone)]
+struct Writer {
+    frames: mpsc::Sender<Vec<u8>>,
+    /// Set while this link is its peer's connected one: only then do its messages count.
+    attached: Arc<AtomicBool>,
+    /// Set when the peer is dropped for being too slow; the link task then ends.
+    dropped: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn same(&self, other: &Writer) -> bool {
+        Arc::ptr_eq(&self.attached, &other.attached)
+    }
+}
+
+/// Connected peers' writers, by peer id.
+type Links = Arc<Mutex<HashMap<String, Writer>>>;
+
+/// The handle the rest of the daemon holds.
+pub struct Room {
+    pub self_id: String,
+    links: Links,
+    nonces: Mutex<HashMap<String, u8>>,
+    stats: Arc<RoomStats>,
+    leave: mpsc::Sender<()>,
+    done: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Room {
+    /// Joins the room over `pool`; `inbound` is the pool's event stream.
+    pub fn join(
+        cfg: RoomConfig,
+        pool: Arc<RelayPool>,
+        inbound: mpsc::Receiver<Inbound>,
+    ) -> (Self, mpsc::Receiver<RoomEvent>) {
+        let self_id = new_peer_id();
+        let (events_tx, events_rx) = mpsc::channel(4096);
+        let (leave_tx, leave_rx) = mpsc::channel(1);
+        let (internal_tx, internal_rx) = mpsc::channel(1024);
+        let links: Links = Arc::default();
+        let stats = Arc::new(RoomStats::default());
+        let root = topic::root_topic(&cfg.app_id, &cfg.room_id);
+        let mine = topic::self_topic(&cfg.app_id, &cfg.room_id, &self_id);
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).expect("the OS random source works");
+        let actor = Actor {
+            seal: SealKey::derive(&cfg.password, &cfg.app_id, &cfg.room_id),
+            nostr_key: SigningKey::from_slice(&key).expect("32 random bytes are a key"),
+            self_id: self_id.clone(),
+            root_topic: root.clone(),
+            self_topic: mine.clone(),
+            cfg,
+            pool: pool.clone(),
+            events: events_tx,
+            internal: internal_tx,
+            links: links.clone(),
+            writers: HashMap::new(),
+            stats: stats.clone(),
+            pending: HashMap::new(),
+            connected: HashMap::new(),
+            types: HashMap::new(),
+            next_link: 0,
+        };
+        pool.subscribe(
+            &sub_id("r", &root),
+            json!({"kinds": [topic::kind_of(&root)], "#x": [root]}),
+        );
+        pool.subscribe(
+            &sub_id("s", &mine),
+            json!({"kinds": [topic::kind_of(&mine)], "#x": [mine]}),
+        );
+        let done = tokio::spawn(actor.run(inbound, internal_rx, leave_rx));
+        (
+            Self {
+                self_id,
+                links,
+                nonces: Mutex::new(HashMap::new()),
+                stats,
+                leave: leave_tx,
+                done: Mutex::new(Some(done)),
+            },
+            events_rx,
+        )
+    }
+
+    /// Sends one message on `channel`, to one peer or to every connected peer. A peer
+    /// whose queue is full is dropped rather than waited for.
+    pub fn send(
+        &self,
+        channel: &str,
+        payload: Payload,
+        to: Option<&str>,
+    ) -> Result<(), frame::FrameError> {
+        let nonce = {
+            let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+            let n = nonces.entry(channel.to_owned()).or_insert(0);
+            let current = *n;
+            *n = n.wrapping_add(1);
+            current
+        };
+        let frames = frame::encode(channel, nonce, payload, None)?;
+        let targets: Vec<(String, Writer)> = {
+            let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            links
+                .iter()
+                .filter(|(id, _)| to.is_none_or(|t| t == id.as_str()))
+                .map(|(id, w)| (id.clone(), w.clone()))
+                .collect()
+        };
+        for (id, w) in targets {
+            for f in &frames {
+                self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .bytes_out
+                    .fetch_add(f.len() as u64, Ordering::Relaxed);
+                if w.frames.try_send(f.clone()).is_err() {
+                    self.stats.dropped_slow.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %id, "peer cannot keep up; dropping it");
+                    w.dropped.store(true, Ordering::Relaxed);
+                    self.links
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> Vec<String> {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub fn stats(&self) -> &RoomStats {
+        &self.stats
+    }
+
+    /// Says `@_leave` to every peer, `bye` on every relay, and closes every link.
+    pub async fn leave(&self) {
+        let _ = self.leave.send(()).await;
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(done) = done {
+            let _ = tokio::time::timeout(Duration::from_secs(3), done).await;
+        }
+    }
+}
+
+fn sub_id(prefix: &str, topic: &str) -> String {
+    let mut id = format!("{prefix}{topic}");
+    id.truncate(64);
+    id
+}
+
+/// Messages from link and dial tasks to the actor.
+enum Internal {
+    /// A dial produced its offer (or failed).
+    Dialed {
+        peer: String,
+        relay: usize,
+        link: u64,
+        result: Result<(Arc<Peer>, mpsc::Receiver<PeerEvent>, String), String>,
+    },
+    /// An answer was produced for a remote offer.
+    Answered {
+        peer: String,
+        relay: usize,
+        link: u64,
+        result: Result<(Arc<Peer>, mpsc::Receiver<PeerEvent>, String), String>,
+    },
+    Opened {
+        peer: String,
+        link: u64,
+    },
+    Closed {
+        peer: String,
+        link: u64,
+    },
+}
+
+struct Pending {
+    link: u64,
+    relay: usize,
+    peer: Option<Arc<Peer>>,
+    since: Instant,
+}
+
+struct Connected {
+    link: u64,
+    peer: Arc<Peer>,
+    since: Instant,
+}
+
+struct Actor {
+    cfg: RoomConfig,
+    seal: SealKey,
+    nostr_key: SigningKey,
+    self_id: String,
+    root_topic: String,
+    self_topic: String,
+    pool: Arc<RelayPool>,
+    events: mpsc::Sender<RoomEvent>,
+    internal: mpsc::Sender<Internal>,
+    links: Links,
+    /// Every link's writer, connected or not.
+    writers: HashMap<u64, Writer>,
+    stats: Arc<RoomStats>,
+    /// Dials and answers not yet open, by peer.
+    pending: HashMap<String, Vec<Pending>>,
+    connected: HashMap<String, Connected>,
+    types: HashMap<String, String>,
+    next_link: u64,
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut internal: mpsc::Receiver<Internal>,
+        mut leave: mpsc::Receiver<()>,
+    ) {
+        let mut announce = tokio::time::interval(self.cfg.announce_every);
+        let mut reap = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = announce.tick() => self.announce(None),
+                _ = reap.tick() => self.reap_dials(),
+                msg = inbound.recv() => match msg {
+                    Some(Inbound::Connected { relay }) => self.announce(Some(relay)),
+                    Some(Inbound::Disconnected { .. }) => {}
+                    Some(Inbound::Event { relay, event, .. }) => self.on_signal(relay, &event.tags, &event.content),
+                    None => break,
+                },
+                Some(msg) = internal.recv() => self.on_internal(msg).await,
+                _ = leave.recv() => {
+                    self.leave().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn publish(&self, topic: &str, content: Value, relay: Option<usize>) {
+        let kind = topic::kind_of(topic) as u64;
+        let mut aux = [0u8; 32];
+        let _ = getrandom::fill(&mut aux);
+        let ev = sign(
+            &self.nostr_key,
+            unix_secs(),
+            kind,
+            vec![vec!["x".into(), topic.to_owned()]],
+            &content.to_string(),
+            &aux,
+        );
+        self.stats.signals_out.fetch_add(1, Ordering::Relaxed);
+        self.pool.publish(&ev, relay);
+    }
+
+    fn announce(&self, relay: Option<usize>) {
+        self.publish(
+            &self.root_topic.clone(),
+            json!({"peerId": self.self_id}),
+            relay,
+        );
+    }
+
+    fn with_type(&self, mut content: Value) -> Value {
+        if let Some(t) = &self.cfg.peer_type {
+            content["type"] = json!(t);
+        }
+        content
+    }
+
+    fn on_signal(&mut self, relay: usize, tags: &[Vec<String>], content: &str) {
+        self.stats.signals_in.fetch_add(1, Ordering::Relaxed);
+        let topic = tags
+            .iter()
+            .find(|t| t.first().is_some_and(|n| n == "x"))
+            .and_then(|t| t.get(1));
+        if !topic.is_some_and(|t| *t == self.root_topic || *t == self.self_topic) {
+            return;
+        }
+        let Ok(m) = serde_json::from_str::<Value>(content) else {
+            return;
+        };
+        let Some(x) = m
+            .get("peerId")
+            .and_then(Value::as_str)
+            .filter(|x| valid_peer_id(x))
+        else {
+            return;
+        };
+        if x == self.self_id {
+            return;
+        }
+        let x = x.to_owned();
+        if m.get("bye")
+            .is_some_and(|b| !b.is_null() && b != &json!(false))
+        {
+            self.types.remove(&x);
+            return;
+        }
+        if let Some(t) = m.get("type").and_then(Value::as_str) {
+            self.types.insert(x.clone(), t.chars().take(32).collect());
+        }
+        let offer = m
+            .get("offer")
+            .and_then(|o| o.get("sdp"))
+            .and_then(Value::as_str);
+        let answer = m
+            .get("answer")
+            .and_then(|o| o.get("sdp"))
+            .and_then(Value::as_str);
+        if let Some(c) = self.connected.get(&x) {
+            // A connected peer only offers again after it restarted (a reloaded tab keeps
+            // its id): the new offer replaces the old link, unless that link is brand new.
+            if offer.is_none() || c.since.elapsed() < Duration::from_secs(2) {
+                return;
+            }
+            tracing::info!(peer = %x, "peer offered again; replacing its old link");
+            self.drop_connected(&x);
+        }
+        if let Some(sealed) = offer {
+            let ours_wins = self
+                .pending
+                .get(&x)
+                .is_some_and(|p| p.iter().any(|d| d.relay == relay && d.peer.is_some()))
+                && self.self_id.as_str() > x.as_str();
+            if ours_wins {
+                return;
+            }
+            let Ok(sdp) = self.open(sealed) else { return };
+            self.spawn_answer(x, relay, sdp);
+        } else if let Some(sealed) = answer {
+            let Some(dial) = self
+                .pending
+                .get(&x)
+                .and_then(|p| p.iter().find(|d| d.relay == relay))
+                .and_then(|d| d.peer.clone())
+            else {
+                return;
+            };
+            let Ok(sdp) = self.open(sealed) else { return };
+            tokio::spawn(async move {
+                if let Err(e) = dial.accept_answer(&sdp).await {
+                    tracing::debug!(error = %e, "could not apply an answer");
+                }
+            });
+        } else {
+            self.maybe_dial(x, relay);
+        }
+    }
+
+    fn open(&self, sealed: &str) -> Result<String, ()> {
+        self.seal.open(sealed).map_err(|e| {
+            self.stats.seal_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "could not open a sealed SDP (another password?)");
+        })
+    }
+
+    fn maybe_dial(&mut self, x: String, relay: usize) {
+        let dials = self.pending.get(&x).map_or(0, Vec::len);
+        let already = self
+            .pending
+            .get(&x)
+            .is_some_and(|p| p.iter().any(|d| d.relay == relay));
+        let total: usize = self.pending.values().map(Vec::len).sum();
+        if already || dials >= 2 || total >= self.cfg.max_pending_dials {
+            return;
+        }
+        let link = self.new_link();
+        self.pending.entry(x.clone()).or_default().push(Pending {
+            link,
+            relay,
+            peer: None,
+            since: Instant::now(),
+        });
+        let cfg = self.cfg.peer.clone();
+        let internal = self.internal.clone();
+        tokio::spawn(async move {
+            let result = Peer::offer(&cfg)
+                .await
+                .map(|(p, rx, sdp)| (Arc::new(p), rx, sdp))
+                .map_err(|e| e.to_string());
+            let _ = internal
+                .send(Internal::Dialed {
+                    peer: x,
+                    relay,
+                    link,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    fn spawn_answer(&mut self, x: String, relay: usize, offer_sdp: String) {
+        let link = self.new_link();
+        let cfg = self.cfg.peer.clone();
+        let internal = self.internal.clone();
+        tokio::spawn(async move {
+            let result = Peer::answer(&cfg, &offer_sdp)
+                .await
+                .map(|(p, rx, sdp)| (Arc::new(p), rx, sdp))
+                .map_err(|e| e.to_string());
+            let _ = internal
+                .send(Internal::Answered {
+                    peer: x,
+                    relay,
+                    link,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    fn new_link(&mut self) -> u64 {
+        self.next_link += 1;
+        self.next_link
+    }
+
+    async fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::Dialed {
+                peer: x,
+                relay,
+                link,
+                result,
+            } => {
+                let still_wanted = self
+                    .pending
+                    .get(&x)
+                    .is_some_and(|p| p.iter().any(|d| d.link == link));
+                let (p, rx, sdp) = match result {
+                    Ok(r) if still_wanted && !self.connected.contains_key(&x) => r,
+                    Ok((p, _, _)) => {
+                        p.close().await;
+                        self.forget_pending(&x, link);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %x, error = %e, "could not create an offer");
+                        self.forget_pending(&x, link);
+                        return;
+                    }
+                };
+                if let Some(d) = self
+                    .pending
+                    .get_mut(&x)
+                    .and_then(|v| v.iter_mut().find(|d| d.link == link))
+                {
+                    d.peer = Some(p.clone());
+                }
+                self.start_link(x.clone(), link, p, rx);
+                let content = self.with_type(json!({
+                    "peerId": self.self_id,
+                    "offer": {"type": "offer", "sdp": self.seal.seal(&sdp)},
+                }));
+                self.publish(
+                    &topic::self_topic(&self.cfg.app_id, &self.cfg.room_id, &x),
+                    content,
+                    Some(relay),
+                );
+            }
+            Internal::Answered {
+                peer: x,
+                relay,
+                link,
+                result,
+            } => {
+                let (p, rx, sdp) = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(peer = %x, error = %e, "could not answer an offer");
+                        return;
+                    }
+                };
+                self.pending.entry(x.clone()).or_default().push(Pending {
+                    link,
+                    relay,
+                    peer: Some(p.clone()),
+                    since: Instant::now(),
+                });
+                self.start_link(x.clone(), link, p, rx);
+                let content = self.with_type(json!({
+                    "peerId": self.self_id,
+                    "answer": {"type": "answer", "sdp": self.seal.seal(&sdp)},
+                }));
+                self.publish(
+                    &topic::self_topic(&self.cfg.app_id, &self.cfg.room_id, &x),
+                    content,
+                    Some(relay),
+                );
+            }
+            Internal::Opened { peer: x, link } => {
+                let Some(d) = self.take_pending(&x, link) else {
+                    return;
+                };
+                let Some(p) = d.peer else { return };
+                if self.connected.contains_key(&x) {
+                    self.drop_connected(&x);
+                }
+                // The most recently opened link wins; every other attempt is closed.
+                for other in self.pending.remove(&x).unwrap_or_default() {
+                    self.detach(&x, other.link);
+                    if let Some(op) = other.peer {
+                        tokio::spawn(async move { op.close().await });
+                    }
+                }
+                self.connected.insert(
+                    x.clone(),
+                    Connected {
+                        link,
+                        peer: p,
+                        since: Instant::now(),
+                    },
+                );
+                if let Some(w) = self.writers.get(&link) {
+                    w.attached.store(true, Ordering::Relaxed);
+                    self.links
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(x.clone(), w.clone());
+                }
+                let kind = self.types.get(&x).cloned();
+                let _ = self.events.send(RoomEvent::Joined { peer: x, kind }).await;
+            }
+            Internal::Closed { peer: x, link } => {
+                if self.connected.get(&x).is_some_and(|c| c.link == link) {
+                    self.drop_connected(&x);
+                    let _ = self.events.send(RoomEvent::Left { peer: x }).await;
+                } else {
+                    self.forget_pending(&x, link);
+                }
+            }
+        }
+    }
+
+    fn take_pending(&mut self, x: &str, link: u64) -> Option<Pending> {
+        let list = self.pending.get_mut(x)?;
+        let i = list.iter().position(|d| d.link == link)?;
+        let d = list.remove(i);
+        if list.is_empty() {
+            self.pending.remove(x);
+        }
+        Some(d)
+    }
+
+    fn forget_pending(&mut self, x: &str, link: u64) {
+        if let Some(d) = self.take_pending(x, link) {
+            self.detach(x, link);
+            if let Some(p) = d.peer {
+                tokio::spawn(async move { p.close().await });
+            }
+        }
+    }
+
+    fn drop_connected(&mut self, x: &str) {
+        if let Some(c) = self.connected.remove(x) {
+            self.detach(x, c.link);
+            tokio::spawn(async move { c.peer.close().await });
+        }
+    }
+
+    /// Forgets a link's writer and, if it was the peer's connected one, the peer.
+    fn detach(&mut self, x: &str, link: u64) {
+        let Some(w) = self.writers.remove(&link) else {
+            return;
+        };
+        w.attached.store(false, Ordering::Relaxed);
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if links.get(x).is_some_and(|cur| cur.same(&w)) {
+            links.remove(x);
+        }
+    }
+
+    fn start_link(
+        &mut self,
+        x: String,
+        link: u64,
+        peer: Arc<Peer>,
+        events: mpsc::Receiver<PeerEvent>,
+    ) {
+        let (tx, rx) = mpsc::channel(self.cfg.send_queue);
+        let writer = Writer {
+            frames: tx,
+            attached: Arc::new(AtomicBool::new(false)),
+            dropped: Arc::new(AtomicBool::new(false)),
+        };
+        self.writers.insert(link, writer.clone());
+        let task = LinkTask {
+            peer_id: x,
+            link,
+            peer,
+            writer,
+            room_events: self.events.clone(),
+            internal: self.internal.clone(),
+            stats: self.stats.clone(),
+            cfg: self.cfg.clone(),
+        };
+        tokio::spawn(task.run(events, rx));
+    }
+
+    fn reap_dials(&mut self) {
+        let limit = self.cfg.dial_timeout;
+        let stale: Vec<(String, u64)> = self
+            .pending
+            .iter()
+            .flat_map(|(x, v)| {
+                v.iter()
+                    .filter(|d| d.since.elapsed() > limit)
+                    .map(move |d| (x.clone(), d.link))
+            })
+            .collect();
+        for (x, link) in stale {
+            self.forget_pending(&x, link);
+        }
+    }
+
+    async fn leave(&mut self) {
+        for c in self.connected.values() {
+            let _ = c.peer.send(&frame::control(frame::LEAVE)).await;
+        }
+        self.publish(
+            &self.root_topic.clone(),
+            json!({"peerId": self.self_id, "bye": 1}),
+            None,
+        );
+        // GenosRTC lingers 99 ms after @_leave before closing.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let peers: Vec<Arc<Peer>> = self
+            .connected
+            .drain()
+            .map(|(_, c)| c.peer)
+            .chain(
+                self.pending
+                    .drain()
+                    .flat_map(|(_, v)| v.into_iter().filter_map(|d| d.peer)),
+            )
+            .collect();
+        for p in peers {
+            p.close().await;
+        }
+    }
+}
+
+fn valid_peer_id(x: &str) -> bool {
+    (1..=64).contains(&x.len())
+        && x.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+struct LinkTask {
+    peer_id: String,
+    link: u64,
+    peer: Arc<Peer>,
+    writer: Writer,
+    room_events: mpsc::Sender<RoomEvent>,
+    internal: mpsc::Sender<Internal>,
+    stats: Arc<RoomStats>,
+    cfg: RoomConfig,
+}
+
+impl LinkTask {
+    async fn run(self, mut events: mpsc::Receiver<PeerEvent>, mut frames: mpsc::Receiver<Vec<u8>>) {
+        let mut reasm = Reassembler::new(self.cfg.frames);
+        let mut last_seen = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        let mut tick = tokio::time::interval(self.cfg.keepalive_tick);
+        let mut opened = false;
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(PeerEvent::Open) => {
+                        opened = true;
+                        last_seen = Instant::now();
+                        let _ = self.internal.send(Internal::Opened { peer: self.peer_id.clone(), link: self.link }).await;
+                    }
+                    Some(PeerEvent::Message(bytes)) => {
+                        last_seen = Instant::now();
+                        ping_sent = None;
+                        self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                        self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        if !self.on_frame(&bytes, &mut reasm).await {
+                            break;
+                        }
+                    }
+                    Some(PeerEvent::Closed) | None => break,
+                },
+                f = frames.recv() => match f {
+                    Some(f) => {
+                        let sent = tokio::time::timeout(SEND_STALL, self.peer.send(&f)).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            tracing::info!(peer = %self.peer_id, "send failed or stalled; dropping the peer");
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if self.writer.dropped.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if !opened {
+                        continue;
+                    }
+                    reasm.expire(Instant::now());
+                    match ping_sent {
+                        Some(at) if at.elapsed() > self.cfg.ping_timeout => {
+                            tracing::info!(peer = %self.peer_id, "peer stopped answering pings; dropping it");
+                            break;
+                        }
+                        None if last_seen.elapsed() > self.cfg.ping_after_idle => {
+                            ping_sent = Some(Instant::now());
+                            if self.peer.send(&frame::control(frame::PING)).await.is_err() {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.writer.attached.store(false, Ordering::Relaxed);
+        self.peer.close().await;
+        let _ = self
+            .internal
+            .send(Internal::Closed {
+                peer: self.peer_id.clone(),
+                link: self.link,
+            })
+            .await;
+    }
+
+    /// Returns false when the link must end (`@_leave`).
+    async fn on_frame(&self, bytes: &[u8], reasm: &mut Reassembler) -> bool {
+        let Ok((header, _)) = frame::parse(bytes) else {
+            self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+            return true;
+        };
+        match header.channel.as_str() {
+            // Answered here, before any queue, so a busy sync layer never starves pings.
+            frame::PING => {
+                let _ = self.peer.send(&frame::control(frame::PONG)).await;
+                return true;
+            }
+            frame::PONG => return true,
+            frame::LEAVE => return false,
+            _ => {}
+        }
+        match reasm.push(bytes, Instant::now()) {
+            Ok(Some(message)) if self.writer.attached.load(Ordering::Relaxed) => {
+                let ev = RoomEvent::Message {
+                    peer: self.peer_id.clone(),
+                    message,
+                };
+                if self.room_events.try_send(ev).is_err() {
+                    tracing::warn!(peer = %self.peer_id, "room event queue full; message dropped");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %self.peer_id, error = %e, "bad frame");
+            }
+        }
+        true
+    }
+}

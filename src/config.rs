@@ -64,6 +64,20 @@ pub struct RawSettings {
     /// Comma list of ws:// or wss:// Nostr relays (empty: none).
     #[arg(long, env = "RELAY_URLS", global = true)]
     pub relay_urls: Option<String>,
+    /// Room password: seals the SDP exchanged through signalling (secret).
+    #[arg(long, env = "PASSWORD", global = true, hide_env_values = true)]
+    pub password: Option<String>,
+    /// Comma list of stun: URLs (unset: GenosDB's 4 STUN servers; empty: none).
+    #[arg(long, env = "ICE_SERVERS", global = true)]
+    pub ice_servers: Option<String>,
+    /// Comma list of turn:/turns: URLs.
+    #[arg(long, env = "TURN_URLS", global = true)]
+    pub turn_urls: Option<String>,
+    #[arg(long, env = "TURN_USERNAME", global = true)]
+    pub turn_username: Option<String>,
+    /// TURN credential (secret).
+    #[arg(long, env = "TURN_CREDENTIAL", global = true, hide_env_values = true)]
+    pub turn_credential: Option<String>,
     /// Serve an embedded Nostr relay on PORT (WebSocket upgrade on /).
     #[arg(long, env = "RELAY", global = true)]
     pub relay: Option<String>,
@@ -119,6 +133,8 @@ pub struct Config {
     pub relay_urls: Vec<String>,
     pub relay: bool,
     pub relay_limits: RelayLimits,
+    pub password: Secret,
+    pub ice: IceConfig,
     pub host: IpAddr,
     pub port: u16,
     pub sm_enabled: bool,
@@ -156,6 +172,8 @@ impl RawSettings {
             relay_urls: relay_urls(self.relay_urls.as_deref())?,
             relay: boolean("RELAY", self.relay.as_deref(), false)?,
             relay_limits: self.relay_limits()?,
+            password: Secret(self.password.clone().unwrap_or_default()),
+            ice: self.ice()?,
             host: parse_host(self.host.as_deref().unwrap_or("0.0.0.0"))?,
             port: number(
                 "PORT",
@@ -198,7 +216,78 @@ impl RawSettings {
     }
 }
 
+/// A value that is never logged or shown: its Debug form is `<hidden>`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
+/// GenosRTC's default STUN servers (genosrtc-transport.md §1.1).
+pub const DEFAULT_STUN: [&str; 4] = [
+    "stun:stun.l.google.com:19302",
+    "stun:stun1.l.google.com:19302",
+    "stun:stun2.l.google.com:19302",
+    "stun:stun.cloudflare.com:3478",
+];
+
+/// ICE servers: STUN, plus TURN with its credentials (never logged).
+#[derive(Clone, Default)]
+pub struct IceConfig {
+    pub stun: Vec<String>,
+    pub turn: Vec<String>,
+    pub turn_username: String,
+    pub turn_credential: String,
+}
+
+impl std::fmt::Debug for IceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceConfig")
+            .field("stun", &self.stun)
+            .field("turn", &self.turn)
+            .field("turn_username", &self.turn_username)
+            .field("turn_credential", &"<hidden>")
+            .finish()
+    }
+}
+
 impl RawSettings {
+    fn ice(&self) -> Result<IceConfig, ConfigError> {
+        let stun = match self.ice_servers.as_deref() {
+            None => DEFAULT_STUN.iter().map(|s| s.to_string()).collect(),
+            Some(v) => url_list(
+                "ICE_SERVERS",
+                v,
+                &["stun:", "stuns:"],
+                "a comma list of stun: URLs (or empty for none)",
+            )?,
+        };
+        let turn = url_list(
+            "TURN_URLS",
+            self.turn_urls.as_deref().unwrap_or(""),
+            &["turn:", "turns:"],
+            "a comma list of turn: or turns: URLs",
+        )?;
+        let turn_username = self.turn_username.clone().unwrap_or_default();
+        let turn_credential = self.turn_credential.clone().unwrap_or_default();
+        if !turn.is_empty() && (turn_username.is_empty() || turn_credential.is_empty()) {
+            return Err(bad(
+                "TURN_USERNAME",
+                &turn_username,
+                "a username, with TURN_CREDENTIAL, whenever TURN_URLS is set",
+            ));
+        }
+        Ok(IceConfig {
+            stun,
+            turn,
+            turn_username,
+            turn_credential,
+        })
+    }
+
     fn relay_limits(&self) -> Result<RelayLimits, ConfigError> {
         let d = RelayLimits::default();
         Ok(RelayLimits {
@@ -310,6 +399,26 @@ fn relay_urls(v: Option<&str>) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(urls)
+}
+
+fn url_list(
+    var: &'static str,
+    v: &str,
+    schemes: &[&str],
+    expected: &str,
+) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let ok = schemes.iter().any(|s| {
+            part.strip_prefix(s)
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+        });
+        if !ok {
+            return Err(bad(var, v, expected));
+        }
+        out.push(part.to_owned());
+    }
+    Ok(out)
 }
 
 fn parse_host(v: &str) -> Result<IpAddr, ConfigError> {
@@ -499,6 +608,49 @@ mod tests {
                 .unwrap_err();
         assert_eq!(e.var, "SUPER_ADMINS");
         assert!(e.expected.contains("EIP-55"));
+    }
+
+    #[test]
+    fn ice_and_turn() {
+        let c = with(|_| {}).unwrap();
+        assert_eq!(c.ice.stun.len(), 4);
+        assert!(c.password.0.is_empty());
+        let c = with(|r| r.password = Some("hunter2".into())).unwrap();
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "the password never shows in Debug"
+        );
+        assert!(
+            with(|r| r.ice_servers = Some(String::new()))
+                .unwrap()
+                .ice
+                .stun
+                .is_empty()
+        );
+        assert_eq!(
+            with(|r| r.ice_servers = Some("http://x".into()))
+                .unwrap_err()
+                .var,
+            "ICE_SERVERS"
+        );
+        let e = with(|r| r.turn_urls = Some("turn:t.example:3478".into())).unwrap_err();
+        assert_eq!(e.var, "TURN_USERNAME");
+        let c = with(|r| {
+            r.turn_urls = Some("turn:t.example:3478".into());
+            r.turn_username = Some("u".into());
+            r.turn_credential = Some("s3cret-cred".into());
+        })
+        .unwrap();
+        assert!(
+            !format!("{c:?}").contains("s3cret-cred"),
+            "credentials never show in Debug"
+        );
+        assert_eq!(
+            with(|r| r.turn_urls = Some("stun:x".into()))
+                .unwrap_err()
+                .var,
+            "TURN_URLS"
+        );
     }
 
     #[test]

@@ -69,10 +69,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = Arc::new(Mutex::new(store));
     let persistence = Persistence::start(cfg.persist(), store.clone(), writer)?;
     state.ready(store.clone(), persistence.status.clone());
+    let rtc = cfg.rtc_enabled.then(|| {
+        let (rtc, events) =
+            crate::rtc::daemon_room::start(&cfg, cfg.host, addr.port(), state.clone());
+        tokio::spawn(crate::rtc::daemon_room::watch_peers(
+            rtc.room.clone(),
+            events,
+            state.clone(),
+        ));
+        rtc
+    });
     tracing::info!("ready");
 
     let signal = signals.recv().await;
-    tracing::info!(signal, "shutting down: flushing the journal");
+    tracing::info!(signal, "shutting down");
+    if let Some(rtc) = &rtc {
+        // bye on every relay and @_leave to every peer, so browsers drop us at once.
+        let _ = tokio::time::timeout(Duration::from_secs(2), rtc.room.leave()).await;
+    }
+    tracing::info!("flushing the journal");
     let _ = stop_http.send(true);
     let flushed = tokio::time::timeout(
         SHUTDOWN_BUDGET,
@@ -141,6 +156,8 @@ fn log_config(cfg: &Config) {
         relay_max_connections = cfg.relay_limits.max_connections,
         relay_max_per_ip = cfg.relay_limits.max_per_ip,
         relays = ?cfg.relay_urls,
+        password_set = !cfg.password.0.is_empty(),
+        ice = ?cfg.ice,
         sm_enabled = cfg.sm_enabled,
         super_admins = ?cfg.super_admins,
         flush_ms = cfg.flush_every.as_millis() as u64,

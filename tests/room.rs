@@ -142,3 +142,47 @@ async fn a_password_mismatch_never_connects() {
         r.leave().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_joins_its_room_as_a_superpeer_through_its_own_relay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_ready(
+        &data_dir(&tmp),
+        &[
+            ("RELAY", "1"),
+            ("RTC_ENABLED", "true"),
+            ("ICE_SERVERS", ""),
+            ("PASSWORD", "pw-123"),
+        ],
+    );
+    let (peer, mut rx) = join(
+        d.port,
+        config(&format!("graph-sync-room-{}", common::DB), "pw-123"),
+    );
+    let (daemon_id, kind) = joined(&mut rx).await;
+    assert_eq!(kind.as_deref(), Some("superpeer"));
+    d.wait_for_log("peer joined", Duration::from_secs(30));
+    common::wait_until("health shows the peer", || {
+        let (_, body) = d.get("/health");
+        body.contains("\"peers\":1") && body.contains("\"relays\":{\"connected\":1,\"total\":1}")
+    });
+    let (_, metrics) = d.get("/metrics");
+    assert!(metrics.contains("genosdb_signals_in_total"));
+
+    // SIGTERM: the daemon says @_leave, so the peer sees it go at once.
+    d.signal(libc::SIGTERM);
+    loop {
+        match next(&mut rx, Duration::from_secs(10)).await {
+            Some(RoomEvent::Left { peer: p }) => {
+                assert_eq!(p, daemon_id);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("the daemon's leave never arrived"),
+        }
+    }
+    assert_eq!(d.wait(Duration::from_secs(10)).code(), Some(0));
+    let log = d.lines.join("\n");
+    assert!(!log.contains("pw-123"), "the password must never be logged");
+    peer.leave().await;
+}

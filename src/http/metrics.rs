@@ -79,6 +79,69 @@ impl Collector for Daemon {
                 ConstCounter::new(n).encode(metric.encode_family(&[("type", kind)])?)?;
             }
         }
+        if let Some(rs) = state.room_stats() {
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            counter(
+                &mut enc,
+                "signals_in",
+                "Signalling events received from relays",
+                load(&rs.signals_in),
+            )?;
+            counter(
+                &mut enc,
+                "signals_out",
+                "Signalling events published",
+                load(&rs.signals_out),
+            )?;
+            counter(
+                &mut enc,
+                "frames_in",
+                "Data-channel frames received",
+                load(&rs.frames_in),
+            )?;
+            counter(
+                &mut enc,
+                "frames_out",
+                "Data-channel frames sent",
+                load(&rs.frames_out),
+            )?;
+            counter(
+                &mut enc,
+                "bytes_in",
+                "Data-channel bytes received",
+                load(&rs.bytes_in),
+            )?;
+            counter(
+                &mut enc,
+                "bytes_out",
+                "Data-channel bytes sent",
+                load(&rs.bytes_out),
+            )?;
+            counter(
+                &mut enc,
+                "peers_dropped_slow",
+                "Peers dropped for not keeping up",
+                load(&rs.dropped_slow),
+            )?;
+            counter(
+                &mut enc,
+                "bad_frames",
+                "Frames refused (malformed or over a limit)",
+                load(&rs.bad_frames),
+            )?;
+            counter(
+                &mut enc,
+                "seal_failures",
+                "Sealed SDPs that did not open (wrong password?)",
+                load(&rs.seal_failures),
+            )?;
+            counter(
+                &mut enc,
+                "relay_reconnects",
+                "Reconnects to signalling relays",
+                state.relay_reconnects.load(Ordering::Relaxed),
+            )?;
+        }
         if let Some(r) = &state.relay {
             let s = &r.stats;
             gauge(

@@ -34,6 +34,8 @@ pub struct AppState {
     pub relays_total: AtomicUsize,
     /// The embedded relay, when RELAY=1.
     pub relay: Option<Arc<Relay>>,
+    pub relay_reconnects: std::sync::atomic::AtomicU64,
+    room_stats: OnceLock<Arc<crate::rtc::room::RoomStats>>,
 }
 
 impl AppState {
@@ -47,6 +49,8 @@ impl AppState {
             relays_connected: AtomicUsize::new(0),
             relays_total: AtomicUsize::new(relays_total),
             relay,
+            relay_reconnects: Default::default(),
+            room_stats: OnceLock::new(),
         })
     }
 
@@ -54,6 +58,14 @@ impl AppState {
     pub fn ready(&self, store: Arc<Mutex<Store>>, persist: Arc<PersistStatus>) {
         let _ = self.store.set(store);
         let _ = self.persist.set(persist);
+    }
+
+    pub fn set_room_stats(&self, stats: Arc<crate::rtc::room::RoomStats>) {
+        let _ = self.room_stats.set(stats);
+    }
+
+    pub fn room_stats(&self) -> Option<&Arc<crate::rtc::room::RoomStats>> {
+        self.room_stats.get()
     }
 
     pub fn store(&self) -> Option<&Arc<Mutex<Store>>> {

@@ -247,6 +247,10 @@ impl Room {
         &self.stats
     }
 
+    pub fn shared_stats(&self) -> Arc<RoomStats> {
+        self.stats.clone()
+    }
+
     /// Says `@_leave` to every peer, `bye` on every relay, and closes every link.
     pub async fn leave(&self) {
         let _ = self.leave.send(()).await;

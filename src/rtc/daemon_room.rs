@@ -1,0 +1,129 @@
+//! Joins the daemon's sync room and keeps /health in step with it.
+
+use super::nostr::{PoolConfig, RelayPool};
+use super::peer::PeerConfig;
+use super::room::{Room, RoomConfig, RoomEvent};
+use crate::config::Config;
+use crate::http::AppState;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use webrtc::peer_connection::RTCIceServer;
+
+/// The joined sync room and the relays it signals through.
+pub struct Rtc {
+    pub room: Arc<Room>,
+    pub pool: Arc<RelayPool>,
+}
+
+/// Relays to use: RELAY_URLS, plus our own embedded relay when RELAY=1.
+pub fn relay_urls(cfg: &Config, host: IpAddr, port: u16) -> Vec<String> {
+    let mut urls = cfg.relay_urls.clone();
+    if cfg.relay {
+        let host = if host.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            host
+        };
+        let own = match host {
+            IpAddr::V6(h) => format!("ws://[{h}]:{port}"),
+            IpAddr::V4(h) => format!("ws://{h}:{port}"),
+        };
+        if !urls.contains(&own) {
+            urls.push(own);
+        }
+    }
+    urls
+}
+
+pub fn ice_servers(cfg: &Config) -> Vec<RTCIceServer> {
+    let mut servers: Vec<RTCIceServer> = cfg
+        .ice
+        .stun
+        .iter()
+        .map(|u| RTCIceServer {
+            urls: vec![u.clone()],
+            ..Default::default()
+        })
+        .collect();
+    if !cfg.ice.turn.is_empty() {
+        servers.push(RTCIceServer {
+            urls: cfg.ice.turn.clone(),
+            username: cfg.ice.turn_username.clone(),
+            credential: cfg.ice.turn_credential.clone(),
+        });
+    }
+    servers
+}
+
+/// Joins `graph-sync-room-<DB_NAME>` as a superpeer.
+pub fn start(
+    cfg: &Config,
+    host: IpAddr,
+    port: u16,
+    state: Arc<AppState>,
+) -> (Rtc, mpsc::Receiver<RoomEvent>) {
+    let urls = relay_urls(cfg, host, port);
+    if urls.is_empty() {
+        tracing::warn!(
+            "RTC is enabled but there is no relay: set RELAY_URLS or RELAY=1; no peer can find the daemon"
+        );
+    }
+    state.relays_total.store(urls.len(), Ordering::Relaxed);
+    let (pool, inbound) = RelayPool::start(PoolConfig::new(urls));
+    let pool = Arc::new(pool);
+    let mut room_cfg = RoomConfig::new(&cfg.sync_room());
+    room_cfg.password = cfg.password.0.clone();
+    room_cfg.peer = PeerConfig {
+        ice_servers: ice_servers(cfg),
+        // Loopback candidates too: single-host setups and loopback-only sandboxes need them.
+        include_loopback: true,
+        ..PeerConfig::default()
+    };
+    let (room, events) = Room::join(room_cfg, pool.clone(), inbound);
+    tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), "joined the sync room");
+    let room = Arc::new(room);
+    state.set_room_stats(room.shared_stats());
+    tokio::spawn(watch_relays(pool.clone(), state));
+    (Rtc { room, pool }, events)
+}
+
+async fn watch_relays(pool: Arc<RelayPool>, state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        state
+            .relays_connected
+            .store(pool.connected(), Ordering::Relaxed);
+        let reconnects = (0..pool.len())
+            .filter_map(|i| pool.status(i))
+            .map(|s| s.reconnects.load(Ordering::Relaxed))
+            .sum();
+        state.relay_reconnects.store(reconnects, Ordering::Relaxed);
+    }
+}
+
+/// Logs joins and leaves and keeps the peer count. Messages belong to the sync layer.
+pub async fn watch_peers(
+    room: Arc<Room>,
+    mut events: mpsc::Receiver<RoomEvent>,
+    state: Arc<AppState>,
+) {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            RoomEvent::Joined { peer, kind } => {
+                let peers = room.peers().len();
+                state.peers.store(peers, Ordering::Relaxed);
+                tracing::info!(%peer, kind = kind.as_deref().unwrap_or("browser"), peers, "peer joined");
+            }
+            RoomEvent::Left { peer } => {
+                let peers = room.peers().len();
+                state.peers.store(peers, Ordering::Relaxed);
+                tracing::info!(%peer, peers, "peer left");
+            }
+            RoomEvent::Message { .. } => {}
+        }
+    }
+}

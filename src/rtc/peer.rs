@@ -36,6 +36,31 @@ pub struct PeerConfig {
     /// hide their host addresses behind mDNS names, so the pair that works is often
     /// learned as peer-reflexive; waiting for a better one only delays the connection.
     pub prflx_wait: Duration,
+    /// Resolve browsers' `.local` host candidates by mDNS (QueryOnly) where this host
+    /// can do multicast; [`mdns_mode`] decides.
+    pub mdns: MulticastDnsMode,
+}
+
+/// QueryOnly where a multicast socket can be opened, Disabled elsewhere (a sandbox with
+/// only a loopback interface has no multicast route, and webrtc then cannot even build
+/// a peer connection). Probed once per process.
+pub fn mdns_mode() -> MulticastDnsMode {
+    static MODE: std::sync::OnceLock<MulticastDnsMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        let probe = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+            s.join_multicast_v4(
+                &std::net::Ipv4Addr::new(224, 0, 0, 251),
+                &std::net::Ipv4Addr::UNSPECIFIED,
+            )
+        });
+        match probe {
+            Ok(()) => MulticastDnsMode::QueryOnly,
+            Err(e) => {
+                tracing::warn!(error = %e, "no multicast here: mDNS (.local) candidates cannot be resolved");
+                MulticastDnsMode::Disabled
+            }
+        }
+    })
 }
 
 impl Default for PeerConfig {
@@ -47,6 +72,7 @@ impl Default for PeerConfig {
             udp_addrs: vec!["0.0.0.0:0".into()],
             include_loopback: false,
             prflx_wait: Duration::ZERO,
+            mdns: mdns_mode(),
         }
     }
 }
@@ -147,7 +173,7 @@ impl Peer {
         });
         let settings = SettingEngineBuilder::new()
             .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(cfg.max_message_size))
-            .with_multicast_dns_mode(MulticastDnsMode::QueryOnly)
+            .with_multicast_dns_mode(cfg.mdns)
             .with_include_loopback_candidate(cfg.include_loopback)
             .with_prflx_acceptance_min_wait(Some(cfg.prflx_wait))
             .build();

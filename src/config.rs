@@ -169,8 +169,8 @@ impl RawSettings {
         Ok(Config {
             db_name: db_name(self.db_name.as_deref().unwrap_or("default"))?,
             rtc_enabled: boolean("RTC_ENABLED", self.rtc_enabled.as_deref(), true)?,
-            relay_urls: relay_urls(self.relay_urls.as_deref())?,
-            relay: boolean("RELAY", self.relay.as_deref(), false)?,
+            relay_urls: relay_urls(self.relay_urls.as_deref(), self.relay_enabled()?)?,
+            relay: self.relay_enabled()?,
             relay_limits: self.relay_limits()?,
             password: Secret(self.password.clone().unwrap_or_default()),
             ice: self.ice()?,
@@ -255,6 +255,10 @@ impl std::fmt::Debug for IceConfig {
 }
 
 impl RawSettings {
+    fn relay_enabled(&self) -> Result<bool, ConfigError> {
+        boolean("RELAY", self.relay.as_deref(), false)
+    }
+
     fn ice(&self) -> Result<IceConfig, ConfigError> {
         let stun = match self.ice_servers.as_deref() {
             None => DEFAULT_STUN.iter().map(|s| s.to_string()).collect(),
@@ -374,8 +378,13 @@ fn number(
     }
 }
 
-fn relay_urls(v: Option<&str>) -> Result<Vec<String>, ConfigError> {
+/// RELAY_URLS; when unset, GenosDB's public relays, unless the daemon runs its own
+/// relay (RELAY=1), which it then uses alone.
+fn relay_urls(v: Option<&str>, own_relay: bool) -> Result<Vec<String>, ConfigError> {
     let Some(v) = v else {
+        if own_relay {
+            return Ok(Vec::new());
+        }
         return Ok(DEFAULT_RELAYS.iter().map(|s| s.to_string()).collect());
     };
     let mut urls = Vec::new();
@@ -558,6 +567,22 @@ mod tests {
                 "RELAY_URLS"
             );
         }
+    }
+
+    #[test]
+    fn own_relay_alone_unless_relay_urls_is_set() {
+        assert!(
+            with(|r| r.relay = Some("1".into()))
+                .unwrap()
+                .relay_urls
+                .is_empty()
+        );
+        let both = with(|r| {
+            r.relay = Some("1".into());
+            r.relay_urls = Some("ws://127.0.0.1:7000".into());
+        })
+        .unwrap();
+        assert_eq!(both.relay_urls, ["ws://127.0.0.1:7000"]);
     }
 
     #[test]

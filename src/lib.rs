@@ -26,6 +26,8 @@
 pub mod config;
 pub mod daemon;
 pub mod eth;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod persist;
 pub mod relay;

@@ -186,3 +186,33 @@ async fn the_daemon_joins_its_room_as_a_superpeer_through_its_own_relay() {
     assert!(!log.contains("pw-123"), "the password must never be logged");
     peer.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_answering_pings_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_ready(&data_dir(&tmp), &[("RELAY", "1")]);
+    let mut watchful = config("graph-sync-room-deaf", "");
+    watchful.keepalive_tick = Duration::from_millis(200);
+    watchful.ping_after_idle = Duration::from_millis(500);
+    watchful.ping_timeout = Duration::from_secs(1);
+    let mut deaf = config("graph-sync-room-deaf", "");
+    deaf.answer_pings = false;
+    let (a, mut a_rx) = join(d.port, watchful);
+    let (b, mut b_rx) = join(d.port, deaf);
+    let (seen, _) = joined(&mut a_rx).await;
+    assert_eq!(seen, b.self_id);
+    joined(&mut b_rx).await;
+    // b stays connected at the transport level but never answers; a drops it.
+    loop {
+        match next(&mut a_rx, Duration::from_secs(30)).await {
+            Some(RoomEvent::Left { peer }) => {
+                assert_eq!(peer, b.self_id);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("the deaf peer was never dropped"),
+        }
+    }
+    a.leave().await;
+    b.leave().await;
+}

@@ -51,6 +51,14 @@ impl Collector for Daemon {
             "Seconds since start",
             state.started.elapsed().as_secs() as i64,
         )?;
+        if let Some(rss) = resident_bytes() {
+            gauge(
+                &mut enc,
+                "process_resident_bytes",
+                "Resident memory of the daemon (VmRSS)",
+                rss as i64,
+            )?;
+        }
         if let Some(store) = state.store() {
             let (nodes, oplog, merged) = {
                 let s = store.lock().unwrap_or_else(|p| p.into_inner());
@@ -221,4 +229,17 @@ impl Collector for Daemon {
         }
         Ok(())
     }
+}
+
+/// VmRSS from /proc/self/status, in bytes (Linux).
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }

@@ -51,6 +51,8 @@ pub struct RoomConfig {
     pub send_queue: usize,
     pub dial_timeout: Duration,
     pub max_pending_dials: usize,
+    /// Answer `@_ping`. Only a test turns this off, to play a peer that went deaf.
+    pub answer_pings: bool,
 }
 
 impl RoomConfig {
@@ -69,6 +71,7 @@ impl RoomConfig {
             send_queue: 4096,
             dial_timeout: Duration::from_millis(57_333),
             max_pending_dials: 10,
+            answer_pings: true,
         }
     }
 }
@@ -863,7 +866,9 @@ impl LinkTask {
         match header.channel.as_str() {
             // Answered here, before any queue, so a busy sync layer never starves pings.
             frame::PING => {
-                let _ = self.peer.send(&frame::control(frame::PONG)).await;
+                if self.cfg.answer_pings {
+                    let _ = self.peer.send(&frame::control(frame::PONG)).await;
+                }
                 return true;
             }
             frame::PONG => return true,

@@ -216,3 +216,97 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
     a.leave().await;
     b.leave().await;
 }
+
+/// A reloaded browser keeps its peer id and offers again while our link to its old tab
+/// still looks alive: the new offer replaces the old link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_offer_from_a_connected_peer_replaces_its_link() {
+    use genosdb_fallback::relay::event::sign;
+    use genosdb_fallback::rtc::nostr::Inbound;
+    use genosdb_fallback::rtc::peer::{Peer, PeerEvent};
+    use genosdb_fallback::rtc::seal::SealKey;
+    use genosdb_fallback::rtc::topic;
+    use serde_json::json;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_ready(&data_dir(&tmp), &[("RELAY", "1")]);
+    let room = "graph-sync-room-reload";
+    let (a, mut a_rx) = join(d.port, config(room, ""));
+    let (b, mut b_rx) = join(d.port, config(room, ""));
+    assert_eq!(joined(&mut a_rx).await.0, b.self_id);
+    joined(&mut b_rx).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // "b reloaded": a new connection under b's id, signalled by hand.
+    let mut pool_cfg = PoolConfig::new(vec![format!("ws://127.0.0.1:{}", d.port)]);
+    pool_cfg.backoff_base = Duration::from_millis(100);
+    let (pool, mut inbound) = RelayPool::start(pool_cfg);
+    let b_topic = topic::self_topic(topic::APP_ID, room, &b.self_id);
+    pool.subscribe(
+        "reload",
+        json!({"kinds": [topic::kind_of(&b_topic)], "#x": [b_topic]}),
+    );
+    loop {
+        if let Some(Inbound::Connected { .. }) = inbound.recv().await {
+            break;
+        }
+    }
+    let peer_cfg = config(room, "").peer;
+    let (reloaded, mut events, offer) = Peer::offer(&peer_cfg).await.unwrap();
+    let seal = SealKey::derive("", topic::APP_ID, room);
+    let a_topic = topic::self_topic(topic::APP_ID, room, &a.self_id);
+    let key = k256::schnorr::SigningKey::from_slice(&[9u8; 32]).unwrap();
+    let content =
+        json!({"peerId": b.self_id, "offer": {"type": "offer", "sdp": seal.seal(&offer)}});
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    pool.publish(
+        &sign(
+            &key,
+            now,
+            topic::kind_of(&a_topic) as u64,
+            vec![vec!["x".into(), a_topic]],
+            &content.to_string(),
+            &[0; 32],
+        ),
+        None,
+    );
+    let answer = loop {
+        match tokio::time::timeout(Duration::from_secs(20), inbound.recv()).await {
+            Ok(Some(Inbound::Event { event, .. })) => {
+                let m: serde_json::Value = serde_json::from_str(&event.content).unwrap();
+                if let Some(sdp) = m["answer"]["sdp"].as_str() {
+                    break seal.open(sdp).unwrap();
+                }
+            }
+            Ok(Some(_)) => continue,
+            _ => panic!("a never answered the reloaded peer"),
+        }
+    };
+    reloaded.accept_answer(&answer).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.recv()).await {
+            Ok(Some(PeerEvent::Open)) => break,
+            Ok(Some(_)) => continue,
+            _ => panic!("the reloaded link never opened"),
+        }
+    }
+    // a now holds the new link under b's id; the old one was closed, which b sees.
+    assert_eq!(joined(&mut a_rx).await.0, b.self_id);
+    assert_eq!(a.peers(), vec![b.self_id.clone()]);
+    loop {
+        match next(&mut b_rx, Duration::from_secs(30)).await {
+            Some(RoomEvent::Left { peer }) => {
+                assert_eq!(peer, a.self_id);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("the replaced link was never closed"),
+        }
+    }
+    reloaded.close().await;
+    a.leave().await;
+    b.leave().await;
+}

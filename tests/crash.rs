@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Daemon, data_dir, run};
+use common::{Daemon, data_dir, export, run};
 use std::collections::HashSet;
 use std::process::Stdio;
 
@@ -16,20 +16,6 @@ fn lines(n: usize) -> Vec<String> {
                 "z".repeat(i % 50)
             )
         })
-        .collect()
-}
-
-fn export(dir: &std::path::Path) -> Vec<String> {
-    let out = run(dir, &["export"], &[]);
-    assert!(
-        out.status.success(),
-        "export after a crash: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
         .collect()
 }
 

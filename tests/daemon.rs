@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Daemon, data_dir, run};
+use common::{Daemon, data_dir, export, run};
 use std::time::Duration;
 
 /// Node lines in the export format, sorted by id, with values that must survive byte
@@ -37,20 +37,6 @@ fn import(dir: &std::path::Path, lines: &[String]) {
         "import: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn export(dir: &std::path::Path) -> Vec<String> {
-    let out = run(dir, &["export"], &[]);
-    assert!(
-        out.status.success(),
-        "export: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]

@@ -16,16 +16,11 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn key(n: u8) -> SigningKey {
-    let mut b = [0u8; 32];
-    b[31] = n;
-    SigningKey::from_slice(&b).unwrap()
+    common::nostr_key(n)
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    common::unix_now()
 }
 
 struct Room {

@@ -46,6 +46,17 @@ async fn joined(rx: &mut Receiver<RoomEvent>) -> (String, Option<String>) {
     }
 }
 
+/// Waits for a `Left` and returns who left.
+async fn left(rx: &mut Receiver<RoomEvent>, what: &str) -> String {
+    loop {
+        match next(rx, Duration::from_secs(30)).await {
+            Some(RoomEvent::Left { peer }) => return peer,
+            Some(_) => continue,
+            None => panic!("{what}"),
+        }
+    }
+}
+
 async fn message(rx: &mut Receiver<RoomEvent>) -> (String, Vec<u8>) {
     loop {
         match next(rx, Duration::from_secs(30)).await {
@@ -98,16 +109,7 @@ async fn messages_cross_and_simultaneous_dials_converge_to_one_link() {
     }
 
     b.leave().await;
-    loop {
-        match next(&mut a_rx, Duration::from_secs(30)).await {
-            Some(RoomEvent::Left { peer }) => {
-                assert_eq!(peer, b.self_id);
-                break;
-            }
-            Some(_) => continue,
-            None => panic!("a never saw b leave"),
-        }
-    }
+    assert_eq!(left(&mut a_rx, "a never saw b leave").await, b.self_id);
     assert!(a.peers().is_empty());
     a.leave().await;
 }
@@ -171,16 +173,10 @@ async fn the_daemon_joins_its_room_as_a_superpeer_through_its_own_relay() {
 
     // SIGTERM: the daemon says @_leave, so the peer sees it go at once.
     d.signal(libc::SIGTERM);
-    loop {
-        match next(&mut rx, Duration::from_secs(10)).await {
-            Some(RoomEvent::Left { peer: p }) => {
-                assert_eq!(p, daemon_id);
-                break;
-            }
-            Some(_) => continue,
-            None => panic!("the daemon's leave never arrived"),
-        }
-    }
+    assert_eq!(
+        left(&mut rx, "the daemon's leave never arrived").await,
+        daemon_id
+    );
     assert_eq!(d.wait(Duration::from_secs(10)).code(), Some(0));
     let log = d.lines.join("\n");
     assert!(!log.contains("pw-123"), "the password must never be logged");
@@ -203,16 +199,10 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
     assert_eq!(seen, b.self_id);
     joined(&mut b_rx).await;
     // b stays connected at the transport level but never answers; a drops it.
-    loop {
-        match next(&mut a_rx, Duration::from_secs(30)).await {
-            Some(RoomEvent::Left { peer }) => {
-                assert_eq!(peer, b.self_id);
-                break;
-            }
-            Some(_) => continue,
-            None => panic!("the deaf peer was never dropped"),
-        }
-    }
+    assert_eq!(
+        left(&mut a_rx, "the deaf peer was never dropped").await,
+        b.self_id
+    );
     a.leave().await;
     b.leave().await;
 }
@@ -296,16 +286,10 @@ async fn a_new_offer_from_a_connected_peer_replaces_its_link() {
     // a now holds the new link under b's id; the old one was closed, which b sees.
     assert_eq!(joined(&mut a_rx).await.0, b.self_id);
     assert_eq!(a.peers(), vec![b.self_id.clone()]);
-    loop {
-        match next(&mut b_rx, Duration::from_secs(30)).await {
-            Some(RoomEvent::Left { peer }) => {
-                assert_eq!(peer, a.self_id);
-                break;
-            }
-            Some(_) => continue,
-            None => panic!("the replaced link was never closed"),
-        }
-    }
+    assert_eq!(
+        left(&mut b_rx, "the replaced link was never closed").await,
+        a.self_id
+    );
     reloaded.close().await;
     a.leave().await;
     b.leave().await;

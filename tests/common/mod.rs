@@ -184,3 +184,32 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Every node as JSON lines, through the real `export` subcommand.
+pub fn export(dir: &Path) -> Vec<String> {
+    let out = run(dir, &["export"], &[]);
+    assert!(
+        out.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A deterministic Nostr key for tests: the scalar `n`.
+pub fn nostr_key(n: u8) -> k256::schnorr::SigningKey {
+    let mut b = [0u8; 32];
+    b[31] = n;
+    k256::schnorr::SigningKey::from_slice(&b).unwrap()
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

@@ -382,6 +382,16 @@ impl Actor {
         );
     }
 
+    /// Sends our sealed offer or answer to `x`'s own topic, on the relay the exchange
+    /// started on.
+    fn send_description(&self, x: &str, relay: usize, kind: &str, sdp: &str) {
+        let mut content = json!({"peerId": self.self_id});
+        content[kind] = json!({"type": kind, "sdp": self.seal.seal(sdp)});
+        let content = self.with_type(content);
+        let to = topic::self_topic(&self.cfg.app_id, &self.cfg.room_id, x);
+        self.publish(&to, content, Some(relay));
+    }
+
     fn with_type(&self, mut content: Value) -> Value {
         if let Some(t) = &self.cfg.peer_type {
             content["type"] = json!(t);
@@ -569,15 +579,7 @@ impl Actor {
                     d.peer = Some(p.clone());
                 }
                 self.start_link(x.clone(), link, p, rx);
-                let content = self.with_type(json!({
-                    "peerId": self.self_id,
-                    "offer": {"type": "offer", "sdp": self.seal.seal(&sdp)},
-                }));
-                self.publish(
-                    &topic::self_topic(&self.cfg.app_id, &self.cfg.room_id, &x),
-                    content,
-                    Some(relay),
-                );
+                self.send_description(&x, relay, "offer", &sdp);
             }
             Internal::Answered {
                 peer: x,
@@ -599,15 +601,7 @@ impl Actor {
                     since: Instant::now(),
                 });
                 self.start_link(x.clone(), link, p, rx);
-                let content = self.with_type(json!({
-                    "peerId": self.self_id,
-                    "answer": {"type": "answer", "sdp": self.seal.seal(&sdp)},
-                }));
-                self.publish(
-                    &topic::self_topic(&self.cfg.app_id, &self.cfg.room_id, &x),
-                    content,
-                    Some(relay),
-                );
+                self.send_description(&x, relay, "answer", &sdp);
             }
             Internal::Opened { peer: x, link } => {
                 let Some(d) = self.take_pending(&x, link) else {

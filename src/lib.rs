@@ -30,6 +30,7 @@ pub mod eth;
 pub mod fuzzing;
 pub mod http;
 pub mod persist;
+pub mod rate;
 pub mod relay;
 pub mod rtc;
 pub mod store;

@@ -10,6 +10,7 @@
 pub mod event;
 pub mod filter;
 
+use crate::rate::TokenBucket;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -22,7 +23,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use tokio::sync::broadcast;
 
 pub const EPHEMERAL_KINDS: std::ops::Range<u64> = 20_000..30_000;
@@ -208,7 +208,7 @@ impl Relay {
             .ok()
             .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_default();
-        if !conn.take_token() {
+        if !conn.budget.take() {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             return ok(&claimed_id, false, "rate-limited: slow down");
         }
@@ -243,8 +243,7 @@ impl Relay {
 struct Connection {
     limits: RelayLimits,
     subs: Vec<(String, Filter)>,
-    tokens: f64,
-    refilled: Instant,
+    budget: TokenBucket,
 }
 
 impl Connection {
@@ -252,21 +251,7 @@ impl Connection {
         Self {
             limits,
             subs: Vec::new(),
-            tokens: limits.event_burst,
-            refilled: Instant::now(),
-        }
-    }
-
-    fn take_token(&mut self) -> bool {
-        let now = Instant::now();
-        let earned = now.duration_since(self.refilled).as_secs_f64() * self.limits.events_per_sec;
-        self.tokens = (self.tokens + earned).min(self.limits.event_burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+            budget: TokenBucket::new(limits.events_per_sec, limits.event_burst),
         }
     }
 

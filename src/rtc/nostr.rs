@@ -8,13 +8,14 @@
 //! ids and signatures are verified, their rate and size are bounded, and a relay that
 //! floods only loses its own excess.
 
+use crate::rate::TokenBucket;
 use crate::relay::event::Event;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -317,8 +318,7 @@ impl RelayTask {
         {
             return SessionEnd::PoolGone;
         }
-        let mut budget = self.cfg.event_burst;
-        let mut refilled = Instant::now();
+        let mut budget = TokenBucket::new(self.cfg.events_per_sec, self.cfg.event_burst);
         loop {
             tokio::select! {
                 msg = rx.next() => {
@@ -327,15 +327,10 @@ impl RelayTask {
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return SessionEnd::Closed,
                         Some(Ok(_)) => continue,
                     };
-                    let now = Instant::now();
-                    budget = (budget + now.duration_since(refilled).as_secs_f64() * self.cfg.events_per_sec)
-                        .min(self.cfg.event_burst);
-                    refilled = now;
-                    if budget < 1.0 {
+                    if !budget.take() {
                         self.status.rejected.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    budget -= 1.0;
                     match self.handle(text.as_str()) {
                         Some(Handled::Pow) => return SessionEnd::PowDemanded,
                         Some(Handled::Event(inbound)) => self.deliver(inbound),

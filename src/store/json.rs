@@ -135,10 +135,22 @@ impl<'a> RawObject<'a> {
 
     /// Writes the object back without the members named `skip`.
     pub fn to_json_without(&self, skip: &str) -> String {
+        self.to_json_led_by(skip, None)
+    }
+
+    /// Writes the object back with `key: value` first (when given) and every other
+    /// member named `key` left out.
+    pub fn to_json_led_by(&self, key: &str, value: Option<&str>) -> String {
         let mut out = String::with_capacity(64);
         out.push('{');
         let mut first = true;
-        for (k, v) in self.members.iter().filter(|(k, _)| k != skip) {
+        if let Some(v) = value {
+            write_str(&mut out, key);
+            out.push(':');
+            out.push_str(v);
+            first = false;
+        }
+        for (k, v) in self.members.iter().filter(|(k, _)| k != key) {
             if !first {
                 out.push(',');
             }

@@ -124,10 +124,8 @@ fn link_entry(raw: &RawValue, obj: &RawObject) -> Result<RawJson, String> {
     if obj.members.first().is_some_and(|(k, _)| k == "type") {
         return Ok(RawJson::from_raw(raw));
     }
-    let rest = obj.to_json_without("type");
-    let text = format!("{{\"type\":\"link\",{}", &rest[1..]);
-    let text = text.replace("\"link\",}", "\"link\"}");
-    RawJson::parse(text).map_err(|e| format!("link op: {e}"))
+    RawJson::parse(obj.to_json_led_by("type", Some("\"link\"")))
+        .map_err(|e| format!("link op: {e}"))
 }
 
 fn required_ts(obj: &RawObject, kind: &str) -> Result<Hlc, String> {

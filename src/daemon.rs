@@ -6,7 +6,9 @@ use crate::http::{self, AppState};
 use crate::persist::files;
 use crate::persist::{Persistence, unix_ms};
 use crate::relay::Relay;
+use crate::sync::SyncConfig;
 use anyhow::Context;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -72,11 +74,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let rtc = cfg.rtc_enabled.then(|| {
         let (rtc, events) =
             crate::rtc::daemon_room::start(&cfg, cfg.host, addr.port(), state.clone());
-        tokio::spawn(crate::rtc::daemon_room::watch_peers(
+        let peers = state.clone();
+        let sync = crate::sync::service::start(
             rtc.room.clone(),
             events,
-            state.clone(),
-        ));
+            store.clone(),
+            SyncConfig::default(),
+            move |n, _| peers.peers.store(n, Ordering::Relaxed),
+        );
+        state.set_sync_stats(sync.stats.clone());
         rtc
     });
     tracing::info!("ready");

@@ -150,6 +150,60 @@ impl Collector for Daemon {
                 state.relay_reconnects.load(Ordering::Relaxed),
             )?;
         }
+        if let Some(ss) = state.sync_stats() {
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            for (name, help, v) in [
+                (
+                    "sync_messages_in",
+                    "syncGraph messages received",
+                    &ss.messages_in,
+                ),
+                (
+                    "sync_undecodable",
+                    "syncGraph messages that were not JSON or MessagePack arrays",
+                    &ss.undecodable,
+                ),
+                (
+                    "sync_rejected",
+                    "Malformed elements refused inside syncGraph messages",
+                    &ss.rejected,
+                ),
+                (
+                    "sync_unknown",
+                    "syncGraph elements of an unknown type (ignored)",
+                    &ss.unknown,
+                ),
+                (
+                    "sync_merged",
+                    "Ops and nodes from peers that changed the graph",
+                    &ss.merged,
+                ),
+                (
+                    "sync_requests_sent",
+                    "sync requests sent to peers",
+                    &ss.syncs_sent,
+                ),
+                ("sync_full_replies", "Full states served", &ss.full_replies),
+                ("sync_delta_replies", "Deltas served", &ss.delta_replies),
+                (
+                    "sync_counter_replies",
+                    "Full states sent because a peer's full state lacked our nodes",
+                    &ss.counter_replies,
+                ),
+                (
+                    "sync_messages_out",
+                    "syncGraph messages sent",
+                    &ss.messages_out,
+                ),
+                (
+                    "sync_slow_peers",
+                    "Peers dropped because their sync queue was full",
+                    &ss.slow_peers,
+                ),
+            ] {
+                counter(&mut enc, name, help, load(v))?;
+            }
+        }
         if let Some(r) = &state.relay {
             let s = &r.stats;
             gauge(

@@ -36,6 +36,7 @@ pub struct AppState {
     pub relay: Option<Arc<Relay>>,
     pub relay_reconnects: std::sync::atomic::AtomicU64,
     room_stats: OnceLock<Arc<crate::rtc::room::RoomStats>>,
+    sync_stats: OnceLock<Arc<crate::sync::SyncStats>>,
 }
 
 impl AppState {
@@ -51,6 +52,7 @@ impl AppState {
             relay,
             relay_reconnects: Default::default(),
             room_stats: OnceLock::new(),
+            sync_stats: OnceLock::new(),
         })
     }
 
@@ -66,6 +68,14 @@ impl AppState {
 
     pub fn room_stats(&self) -> Option<&Arc<crate::rtc::room::RoomStats>> {
         self.room_stats.get()
+    }
+
+    pub fn set_sync_stats(&self, stats: Arc<crate::sync::SyncStats>) {
+        let _ = self.sync_stats.set(stats);
+    }
+
+    pub fn sync_stats(&self) -> Option<&Arc<crate::sync::SyncStats>> {
+        self.sync_stats.get()
     }
 
     pub fn store(&self) -> Option<&Arc<Mutex<Store>>> {

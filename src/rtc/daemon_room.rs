@@ -104,26 +104,3 @@ async fn watch_relays(pool: Arc<RelayPool>, state: Arc<AppState>) {
         state.relay_reconnects.store(reconnects, Ordering::Relaxed);
     }
 }
-
-/// Logs joins and leaves and keeps the peer count. Messages belong to the sync layer.
-pub async fn watch_peers(
-    room: Arc<Room>,
-    mut events: mpsc::Receiver<RoomEvent>,
-    state: Arc<AppState>,
-) {
-    while let Some(ev) = events.recv().await {
-        match ev {
-            RoomEvent::Joined { peer, kind } => {
-                let peers = room.peers().len();
-                state.peers.store(peers, Ordering::Relaxed);
-                tracing::info!(%peer, kind = kind.as_deref().unwrap_or("browser"), peers, "peer joined");
-            }
-            RoomEvent::Left { peer } => {
-                let peers = room.peers().len();
-                state.peers.store(peers, Ordering::Relaxed);
-                tracing::info!(%peer, peers, "peer left");
-            }
-            RoomEvent::Message { .. } => {}
-        }
-    }
-}

@@ -121,6 +121,14 @@ impl Writer {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Frame(#[from] frame::FrameError),
+    #[error("the peer is no longer connected")]
+    Gone,
+}
+
 /// Connected peers' writers, by peer id.
 type Links = Arc<Mutex<HashMap<String, Writer>>>;
 
@@ -199,14 +207,7 @@ impl Room {
         payload: Payload,
         to: Option<&str>,
     ) -> Result<(), frame::FrameError> {
-        let nonce = {
-            let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-            let n = nonces.entry(channel.to_owned()).or_insert(0);
-            let current = *n;
-            *n = n.wrapping_add(1);
-            current
-        };
-        let frames = frame::encode(channel, nonce, payload, None)?;
+        let frames = frame::encode(channel, self.next_nonce(channel), payload, None)?;
         let targets: Vec<(String, Writer)> = {
             let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
             links
@@ -217,23 +218,98 @@ impl Room {
         };
         for (id, w) in targets {
             for f in &frames {
-                self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .bytes_out
-                    .fetch_add(f.len() as u64, Ordering::Relaxed);
+                self.count_out(f);
                 if w.frames.try_send(f.clone()).is_err() {
-                    self.stats.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(peer = %id, "peer cannot keep up; dropping it");
-                    w.dropped.store(true, Ordering::Relaxed);
-                    self.links
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
+                    self.drop_slow(&id, &w);
                     break;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Sends one message to one peer, waiting while its queue is full: bulk replies
+    /// go out as fast as that peer takes them.
+    pub async fn send_to(
+        &self,
+        channel: &str,
+        payload: Payload<'_>,
+        peer: &str,
+    ) -> Result<(), SendError> {
+        let frames = self.encode(channel, payload)?;
+        self.send_frames_to(peer, frames).await
+    }
+
+    /// Frames one message with the channel's next nonce, for [`Room::send_frames_to`].
+    /// Compressing a large message takes milliseconds: callers may do it off the runtime.
+    pub fn encode(
+        &self,
+        channel: &str,
+        payload: Payload,
+    ) -> Result<Vec<Vec<u8>>, frame::FrameError> {
+        frame::encode(channel, self.next_nonce(channel), payload, None)
+    }
+
+    /// Queues `frames` for `peer`, waiting while its queue is full. A peer whose queue
+    /// does not move for SEND_STALL is dropped.
+    pub async fn send_frames_to(&self, peer: &str, frames: Vec<Vec<u8>>) -> Result<(), SendError> {
+        let writer = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .cloned()
+            .ok_or(SendError::Gone)?;
+        for f in frames {
+            self.count_out(&f);
+            match writer.frames.send_timeout(f, SEND_STALL).await {
+                Ok(()) => {}
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                    self.drop_slow(peer, &writer);
+                    return Err(SendError::Gone);
+                }
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(SendError::Gone),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a connected peer that cannot keep up; it resyncs when it comes back.
+    pub fn drop_peer(&self, peer: &str) {
+        let writer = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .cloned();
+        if let Some(w) = writer {
+            self.drop_slow(peer, &w);
+        }
+    }
+
+    fn next_nonce(&self, channel: &str) -> u8 {
+        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let n = nonces.entry(channel.to_owned()).or_insert(0);
+        let current = *n;
+        *n = n.wrapping_add(1);
+        current
+    }
+
+    fn count_out(&self, frame: &[u8]) {
+        self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_out
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+    }
+
+    fn drop_slow(&self, peer: &str, w: &Writer) {
+        self.stats.dropped_slow.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, "peer cannot keep up; dropping it");
+        w.dropped.store(true, Ordering::Relaxed);
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if links.get(peer).is_some_and(|cur| cur.same(w)) {
+            links.remove(peer);
+        }
     }
 
     /// Connected peers.
@@ -851,7 +927,8 @@ impl LinkTask {
             .await;
     }
 
-    /// Returns false when the link must end (`@_leave`).
+    /// Returns false when the link must end: `@_leave`, or a sync layer that stopped
+    /// taking messages.
     async fn on_frame(&self, bytes: &[u8], reasm: &mut Reassembler) -> bool {
         let Ok((header, _)) = frame::parse(bytes) else {
             self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
@@ -875,8 +952,11 @@ impl LinkTask {
                     peer: self.peer_id.clone(),
                     message,
                 };
-                if self.room_events.try_send(ev).is_err() {
-                    tracing::warn!(peer = %self.peer_id, "room event queue full; message dropped");
+                // Waiting slows only this link. A message is never dropped: if the sync
+                // layer stays blocked, the peer goes, and resyncs when it returns.
+                if self.room_events.send_timeout(ev, SEND_STALL).await.is_err() {
+                    tracing::warn!(peer = %self.peer_id, "the sync layer is not taking messages; dropping the peer");
+                    return false;
                 }
             }
             Ok(_) => {}

@@ -8,12 +8,14 @@ pub mod hlc;
 pub mod json;
 pub mod node;
 pub mod oplog;
+mod serve;
 
 pub use effect::Effect;
 pub use hlc::{Clock, Hlc};
 pub use json::RawJson;
 pub use node::Node;
 pub use oplog::{Entry, EntryKind, Oplog};
+pub use serve::FullStateCursor;
 
 use ahash::RandomState;
 use json::RawObject;
@@ -185,6 +187,11 @@ impl Store {
         &self.clock
     }
 
+    /// A timestamp for a local write (§5).
+    pub fn next_ts(&mut self, wall_ms: u64) -> Hlc {
+        self.clock.now(wall_ms)
+    }
+
     /// Advances the local clock to the wall clock, as a peer does at start.
     pub fn start_clock(&mut self, wall_ms: u64) {
         self.clock.update(Hlc::new(wall_ms, 0));
@@ -333,43 +340,14 @@ impl Store {
 
     /// The whole graph as one `fullStateSync` message object.
     pub fn full_state_json(&self) -> String {
-        let mut out = String::with_capacity(64 + self.nodes.len() * 96);
-        out.push_str("{\"type\":\"fullStateSync\",\"graphData\":{");
-        for (i, (id, node)) in self.nodes.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            json::write_str(&mut out, id);
-            out.push(':');
-            node.write_json(id, &mut out);
-        }
-        out.push_str("},\"removals\":[");
-        for (i, (id, ts)) in self.oplog.removals().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            Entry::write_plain(&mut out, "remove", id, &ts);
-        }
-        out.push_str("],\"timestamp\":");
-        write_opt_ts(&mut out, self.global_ts);
-        out.push('}');
-        out
+        let mut cursor = self.full_state_cursor();
+        self.next_full_state(&mut cursor, usize::MAX)
+            .unwrap_or_default()
     }
 
     /// The whole oplog window, hydrated with current values, as one `deltaSync` object.
     pub fn delta_json(&self) -> String {
-        let mut out = String::with_capacity(64 + self.oplog.len() * 96);
-        out.push_str("{\"type\":\"deltaSync\",\"operations\":[");
-        for (i, entry) in self.oplog.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            self.write_hydrated(&mut out, entry);
-        }
-        out.push_str("],\"timestamp\":");
-        write_opt_ts(&mut out, self.global_ts);
-        out.push('}');
-        out
+        self.delta_messages(usize::MAX).pop().unwrap_or_default()
     }
 
     /// §6.2: `{type,id,timestamp,value}` with the node's current value, `value` absent

@@ -45,6 +45,8 @@ pub enum ParseError {
     MsgPack(#[from] rmp_serde::decode::Error),
     #[error("payload is neither an array nor an object")]
     Shape,
+    #[error("payload is not UTF-8")]
+    Utf8,
 }
 
 /// Decodes a JSON payload: an array of messages, or one message object.

@@ -8,6 +8,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod peer;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_genosdb-fallback");
 pub const DB: &str = "test-db";
 

@@ -1,0 +1,534 @@
+//! The sync layer at run time: takes the room's events, applies what peers send
+//! through the store, and sends each peer its syncs and replies through a queue of
+//! its own, so a slow peer delays nobody else.
+
+use super::engine::{self, Applied, Engine};
+use super::local::{self, LocalError};
+use super::message::{self, Batch, ParseError};
+use crate::persist::unix_ms;
+use crate::rtc::frame::{self, Payload};
+use crate::rtc::room::{Room, RoomEvent};
+use crate::store::{FullStateCursor, Hlc, Store, SyncReply};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// The GenosDB sync action.
+pub const CHANNEL: &str = "syncGraph";
+
+/// The largest message text we send. 1 MiB is 64 frames, well inside the 100 frames a
+/// browser reassembles (§3), even when compression does not help.
+pub const MESSAGE_BUDGET: usize = 1 << 20;
+
+/// Messages queued for one peer before it counts as too slow and is dropped. A full
+/// state counts as one entry: its parts are written as the peer takes them.
+pub const OUTBOX_LEN: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub message_budget: usize,
+    pub outbox_len: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            message_budget: MESSAGE_BUDGET,
+            outbox_len: OUTBOX_LEN,
+        }
+    }
+}
+
+/// Counters for /metrics.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub messages_in: AtomicU64,
+    pub undecodable: AtomicU64,
+    pub rejected: AtomicU64,
+    pub unknown: AtomicU64,
+    pub merged: AtomicU64,
+    pub syncs_sent: AtomicU64,
+    pub full_replies: AtomicU64,
+    pub delta_replies: AtomicU64,
+    pub counter_replies: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub slow_peers: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Joins and leaves, for the peer count and the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerChange {
+    Joined { peer: String, kind: Option<String> },
+    Left { peer: String },
+}
+
+/// A write made by this process.
+#[derive(Debug, Clone)]
+pub enum LocalWrite {
+    Put { id: String, value: String },
+    Link { source: String, target: String },
+    Remove { id: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    #[error("the sync layer has stopped")]
+    Stopped,
+}
+
+/// Told the peer count after every join and leave.
+type OnPeers = Box<dyn Fn(usize, &PeerChange) + Send>;
+
+type WriteReply = oneshot::Sender<Result<Hlc, LocalError>>;
+
+/// The handle the daemon, tests and tools hold.
+#[derive(Clone)]
+pub struct SyncHandle {
+    writes: mpsc::Sender<(LocalWrite, WriteReply)>,
+    pub stats: Arc<SyncStats>,
+}
+
+impl SyncHandle {
+    /// Applies a write locally and broadcasts it to every connected peer.
+    pub async fn write(&self, write: LocalWrite) -> Result<Hlc, WriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send((write, tx))
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        Ok(rx.await.map_err(|_| WriteError::Stopped)??)
+    }
+
+    pub async fn put(&self, id: &str, value: &str) -> Result<Hlc, WriteError> {
+        self.write(LocalWrite::Put {
+            id: id.into(),
+            value: value.into(),
+        })
+        .await
+    }
+
+    pub async fn link(&self, source: &str, target: &str) -> Result<Hlc, WriteError> {
+        self.write(LocalWrite::Link {
+            source: source.into(),
+            target: target.into(),
+        })
+        .await
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<Hlc, WriteError> {
+        self.write(LocalWrite::Remove { id: id.into() }).await
+    }
+}
+
+/// Starts the sync layer on a joined room. It runs until the room's events end.
+pub fn start(
+    room: Arc<Room>,
+    events: mpsc::Receiver<RoomEvent>,
+    store: Arc<Mutex<Store>>,
+    cfg: SyncConfig,
+    on_peers: impl Fn(usize, &PeerChange) + Send + 'static,
+) -> SyncHandle {
+    let stats = Arc::new(SyncStats::default());
+    let (writes_tx, writes) = mpsc::channel(64);
+    let service = Service {
+        shared: Arc::new(Shared {
+            room,
+            store,
+            cfg,
+            stats: stats.clone(),
+        }),
+        engine: Engine::default(),
+        outboxes: HashMap::new(),
+        on_peers: Box::new(on_peers),
+    };
+    tokio::spawn(service.run(events, writes));
+    SyncHandle {
+        writes: writes_tx,
+        stats,
+    }
+}
+
+/// What the service and every outbox task share.
+struct Shared {
+    room: Arc<Room>,
+    store: Arc<Mutex<Store>>,
+    cfg: SyncConfig,
+    stats: Arc<SyncStats>,
+}
+
+impl Shared {
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Service {
+    shared: Arc<Shared>,
+    engine: Engine,
+    outboxes: HashMap<String, Outbox>,
+    on_peers: OnPeers,
+}
+
+impl Service {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<RoomEvent>,
+        mut writes: mpsc::Receiver<(LocalWrite, WriteReply)>,
+    ) {
+        let mut writes_open = true;
+        loop {
+            let due = self.engine.next_due();
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_event(ev).await,
+                    None => break,
+                },
+                w = writes.recv(), if writes_open => match w {
+                    Some((write, reply)) => self.on_write(write, reply),
+                    None => writes_open = false,
+                },
+                _ = sleep_until(due), if due.is_some() => self.send_due_syncs(),
+            }
+        }
+    }
+
+    async fn on_event(&mut self, ev: RoomEvent) {
+        match ev {
+            RoomEvent::Joined { peer, kind } => {
+                let outbox = Outbox::start(self.shared.clone(), peer.clone());
+                self.outboxes.insert(peer.clone(), outbox);
+                self.engine.join(&peer, Instant::now());
+                self.peers_changed(PeerChange::Joined { peer, kind });
+                self.send_due_syncs();
+            }
+            RoomEvent::Left { peer } => {
+                self.forget(&peer);
+                self.peers_changed(PeerChange::Left { peer });
+            }
+            RoomEvent::Message { peer, message } if message.channel == CHANNEL => {
+                self.on_message(peer, message).await
+            }
+            // Other actions (cells overlay, app channels) are not ours.
+            RoomEvent::Message { .. } => {}
+        }
+    }
+
+    fn peers_changed(&self, change: PeerChange) {
+        let peers = self.shared.room.peers().len();
+        match &change {
+            PeerChange::Joined { peer, kind } => {
+                tracing::info!(%peer, kind = kind.as_deref().unwrap_or("browser"), peers, "peer joined")
+            }
+            PeerChange::Left { peer } => tracing::info!(%peer, peers, "peer left"),
+        }
+        (self.on_peers)(peers, &change);
+    }
+
+    fn forget(&mut self, peer: &str) {
+        self.outboxes.remove(peer);
+        self.engine.leave(peer);
+    }
+
+    async fn on_message(&mut self, peer: String, message: frame::Message) {
+        let shared = self.shared.clone();
+        bump(&shared.stats.messages_in, 1);
+        let applied = tokio::task::spawn_blocking(move || {
+            let batch = decode(&message)?;
+            Ok::<_, ParseError>(engine::apply_batch(&mut shared.store(), batch, unix_ms()))
+        })
+        .await;
+        let applied = match applied {
+            Ok(Ok(applied)) => applied,
+            Ok(Err(e)) => {
+                bump(&self.shared.stats.undecodable, 1);
+                tracing::debug!(%peer, error = %e, "undecodable sync message");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "applying a sync message failed");
+                return;
+            }
+        };
+        self.count(&peer, &applied);
+        match self.engine.replies(&peer, &applied, Instant::now()) {
+            Some(SyncReply::Full) => {
+                if applied.requests.is_empty() {
+                    bump(&self.shared.stats.counter_replies, 1);
+                }
+                self.enqueue(&peer, Outgoing::Full);
+            }
+            Some(SyncReply::Delta) => self.enqueue(&peer, Outgoing::Delta),
+            None => {}
+        }
+    }
+
+    fn count(&self, peer: &str, applied: &Applied) {
+        let stats = &self.shared.stats;
+        bump(&stats.merged, applied.merged as u64);
+        bump(&stats.rejected, applied.rejected as u64);
+        bump(&stats.unknown, applied.unknown as u64);
+        if applied.rejected > 0 {
+            tracing::debug!(%peer, rejected = applied.rejected, "refused malformed sync elements");
+        }
+    }
+
+    fn on_write(&mut self, write: LocalWrite, reply: WriteReply) {
+        let now = unix_ms();
+        let result = {
+            let mut store = self.shared.store();
+            match &write {
+                LocalWrite::Put { id, value } => local::put(&mut store, id, value, now),
+                LocalWrite::Link { source, target } => local::link(&mut store, source, target, now),
+                LocalWrite::Remove { id } => local::remove(&mut store, id, now),
+            }
+        };
+        let result = result.map(|op| {
+            let text: Arc<str> = format!("[{}]", op.json).into();
+            let peers: Vec<String> = self.outboxes.keys().cloned().collect();
+            for peer in peers {
+                self.enqueue(&peer, Outgoing::Text(text.clone()));
+            }
+            op.ts
+        });
+        let _ = reply.send(result);
+    }
+
+    fn send_due_syncs(&mut self) {
+        let due = self.engine.due_syncs(Instant::now());
+        if due.is_empty() {
+            return;
+        }
+        let text: Arc<str> = format!("[{}]", self.shared.store().sync_json()).into();
+        for peer in due {
+            bump(&self.shared.stats.syncs_sent, 1);
+            self.enqueue(&peer, Outgoing::Text(text.clone()));
+        }
+    }
+
+    /// Queues a message for one peer; a peer whose queue is full is dropped, and it
+    /// resyncs when it comes back.
+    fn enqueue(&mut self, peer: &str, item: Outgoing) {
+        let Some(outbox) = self.outboxes.get(peer) else {
+            return;
+        };
+        if outbox.push(item).is_err() {
+            bump(&self.shared.stats.slow_peers, 1);
+            tracing::warn!(%peer, "peer's sync queue is full; dropping it");
+            self.shared.room.drop_peer(peer);
+            self.forget(peer);
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn decode(message: &frame::Message) -> Result<Batch, ParseError> {
+    if message.is_binary() {
+        message::parse_msgpack(&message.data)
+    } else if message.is_json() {
+        let text = std::str::from_utf8(&message.data).map_err(|_| ParseError::Utf8)?;
+        message::parse_json(text)
+    } else {
+        // A JS string: a browser's handler finds no `type` in it and ignores it.
+        Err(ParseError::Shape)
+    }
+}
+
+enum Outgoing {
+    Text(Arc<str>),
+    /// Our full state, written part by part as the peer takes them.
+    Full,
+    /// Our whole oplog window, hydrated.
+    Delta,
+}
+
+/// One peer's queue, drained by its own task.
+struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    /// A full state (or delta) is queued and not yet started: another request for one
+    /// is already covered, because it is built when its turn comes.
+    full_queued: Arc<AtomicBool>,
+    delta_queued: Arc<AtomicBool>,
+}
+
+struct QueueFull;
+
+impl Outbox {
+    fn start(shared: Arc<Shared>, peer: String) -> Self {
+        let (tx, rx) = mpsc::channel(shared.cfg.outbox_len);
+        let outbox = Self {
+            tx,
+            full_queued: Arc::default(),
+            delta_queued: Arc::default(),
+        };
+        let drain = Drain {
+            shared,
+            peer,
+            full_queued: outbox.full_queued.clone(),
+            delta_queued: outbox.delta_queued.clone(),
+        };
+        tokio::spawn(drain.run(rx));
+        outbox
+    }
+
+    fn push(&self, item: Outgoing) -> Result<(), QueueFull> {
+        let covered = match &item {
+            Outgoing::Full => self.full_queued.swap(true, Ordering::AcqRel),
+            Outgoing::Delta => {
+                self.full_queued.load(Ordering::Acquire)
+                    || self.delta_queued.swap(true, Ordering::AcqRel)
+            }
+            Outgoing::Text(_) => false,
+        };
+        if covered {
+            return Ok(());
+        }
+        self.tx.try_send(item).map_err(|_| QueueFull)
+    }
+}
+
+struct Drain {
+    shared: Arc<Shared>,
+    peer: String,
+    full_queued: Arc<AtomicBool>,
+    delta_queued: Arc<AtomicBool>,
+}
+
+impl Drain {
+    async fn run(self, mut rx: mpsc::Receiver<Outgoing>) {
+        while let Some(item) = rx.recv().await {
+            let sent = match item {
+                Outgoing::Text(text) => self.send_text(&text).await,
+                Outgoing::Full => {
+                    self.full_queued.store(false, Ordering::Release);
+                    bump(&self.shared.stats.full_replies, 1);
+                    self.send_full().await
+                }
+                Outgoing::Delta => {
+                    self.delta_queued.store(false, Ordering::Release);
+                    bump(&self.shared.stats.delta_replies, 1);
+                    self.send_delta().await
+                }
+            };
+            if !sent {
+                break;
+            }
+        }
+    }
+
+    async fn send_text(&self, text: &str) -> bool {
+        match self.shared.room.encode(CHANNEL, Payload::Json(text)) {
+            Ok(frames) => self.send_frames(frames).await,
+            Err(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "cannot frame a sync message");
+                true
+            }
+        }
+    }
+
+    async fn send_frames(&self, frames: Vec<Vec<u8>>) -> bool {
+        bump(&self.shared.stats.messages_out, 1);
+        self.shared
+            .room
+            .send_frames_to(&self.peer, frames)
+            .await
+            .is_ok()
+    }
+
+    /// Writes and frames one part at a time off the runtime, with the store locked
+    /// only while a part is written, and sends it as fast as the peer takes it.
+    async fn send_full(&self) -> bool {
+        let shared = self.shared.clone();
+        let Ok(mut cursor) =
+            tokio::task::spawn_blocking(move || shared.store().full_state_cursor()).await
+        else {
+            return false;
+        };
+        let (mut parts, nodes) = (0, cursor.len());
+        loop {
+            let shared = self.shared.clone();
+            let next = tokio::task::spawn_blocking(move || {
+                let frames = next_full_part(&shared, &mut cursor);
+                (frames, cursor)
+            })
+            .await;
+            let Ok((frames, back)) = next else {
+                return false;
+            };
+            cursor = back;
+            match frames {
+                None => break,
+                Some(Ok(frames)) => {
+                    parts += 1;
+                    if !self.send_frames(frames).await {
+                        return false;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::error!(peer = %self.peer, error = %e, "a full-state part cannot be framed; skipped")
+                }
+            }
+        }
+        tracing::debug!(peer = %self.peer, nodes, parts, "full state sent");
+        true
+    }
+
+    async fn send_delta(&self) -> bool {
+        let shared = self.shared.clone();
+        let Ok(parts) = tokio::task::spawn_blocking(move || {
+            let texts = shared.store().delta_messages(shared.cfg.message_budget);
+            texts
+                .into_iter()
+                .map(|t| {
+                    shared
+                        .room
+                        .encode(CHANNEL, Payload::Json(&format!("[{t}]")))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        else {
+            return false;
+        };
+        for part in parts {
+            match part {
+                Ok(frames) => {
+                    if !self.send_frames(frames).await {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(peer = %self.peer, error = %e, "a delta part cannot be framed; skipped")
+                }
+            }
+        }
+        true
+    }
+}
+
+fn next_full_part(
+    shared: &Shared,
+    cursor: &mut FullStateCursor,
+) -> Option<Result<Vec<Vec<u8>>, frame::FrameError>> {
+    let text = shared
+        .store()
+        .next_full_state(cursor, shared.cfg.message_budget)?;
+    Some(
+        shared
+            .room
+            .encode(CHANNEL, Payload::Json(&format!("[{text}]"))),
+    )
+}

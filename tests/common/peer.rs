@@ -1,0 +1,116 @@
+//! A GenosDB peer built from this crate: a room, a store, and the sync layer, joined
+//! through a relay on 127.0.0.1. It plays the browsers of the harness's B scenarios.
+
+use genosdb_fallback::rtc::nostr::{PoolConfig, RelayPool};
+use genosdb_fallback::rtc::peer::PeerConfig;
+use genosdb_fallback::rtc::room::{Room, RoomConfig};
+use genosdb_fallback::store::Store;
+use genosdb_fallback::sync::{PeerChange, SyncConfig, SyncHandle, service};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct TestPeer {
+    pub room: Arc<Room>,
+    pub store: Arc<Mutex<Store>>,
+    pub sync: SyncHandle,
+    superpeers: Arc<Mutex<HashSet<String>>>,
+}
+
+pub fn room_config(room: &str) -> RoomConfig {
+    let mut cfg = RoomConfig::new(room);
+    cfg.peer_type = None;
+    cfg.peer = PeerConfig {
+        udp_addrs: vec!["127.0.0.1:0".into()],
+        include_loopback: true,
+        ..PeerConfig::default()
+    };
+    cfg.announce_every = Duration::from_millis(300);
+    cfg
+}
+
+impl TestPeer {
+    /// Joins `graph-sync-room-<db>` through the relay on `relay_port` with a fresh store.
+    pub fn join(relay_port: u16, db: &str) -> Self {
+        Self::join_with(relay_port, db, Arc::new(Mutex::new(Store::new(1000))))
+    }
+
+    /// Joins with a store kept from an earlier session (a returning browser).
+    pub fn join_with(relay_port: u16, db: &str, store: Arc<Mutex<Store>>) -> Self {
+        let cfg = room_config(&format!("graph-sync-room-{db}"));
+        let mut pool_cfg = PoolConfig::new(vec![format!("ws://127.0.0.1:{relay_port}")]);
+        pool_cfg.backoff_base = Duration::from_millis(100);
+        let (pool, inbound) = RelayPool::start(pool_cfg);
+        let (room, events) = Room::join(cfg, Arc::new(pool), inbound);
+        let room = Arc::new(room);
+        let superpeers: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let seen = superpeers.clone();
+        let sync = service::start(
+            room.clone(),
+            events,
+            store.clone(),
+            SyncConfig::default(),
+            move |_, change| {
+                let mut s = seen.lock().unwrap();
+                match change {
+                    PeerChange::Joined { peer, kind } if kind.as_deref() == Some("superpeer") => {
+                        s.insert(peer.clone());
+                    }
+                    PeerChange::Left { peer } => {
+                        s.remove(peer);
+                    }
+                    _ => {}
+                }
+            },
+        );
+        Self {
+            room,
+            store,
+            sync,
+            superpeers,
+        }
+    }
+
+    pub fn superpeers(&self) -> usize {
+        self.superpeers.lock().unwrap().len()
+    }
+
+    /// Waits until `n` superpeers are connected.
+    pub async fn wait_superpeers(&self, n: usize) {
+        wait_async(&format!("{n} superpeer(s) connected"), || {
+            self.superpeers() >= n
+        })
+        .await;
+    }
+
+    /// Waits until the store satisfies `cond`.
+    pub async fn wait_store(&self, what: &str, cond: impl Fn(&Store) -> bool) {
+        wait_async(what, || cond(&self.store.lock().unwrap())).await;
+    }
+
+    /// Says goodbye and hands back the store, as a closed browser keeps its profile.
+    pub async fn leave(self) -> Arc<Mutex<Store>> {
+        self.room.leave().await;
+        self.store
+    }
+
+    pub fn value(&self, id: &str) -> Option<String> {
+        value_of(&self.store.lock().unwrap(), id)
+    }
+}
+
+pub fn value_of(store: &Store, id: &str) -> Option<String> {
+    store
+        .get(id)
+        .and_then(|n| n.value.as_ref())
+        .map(|v| v.get().to_owned())
+}
+
+/// Polls `cond` for up to 30 s; never a speed check.
+pub async fn wait_async(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

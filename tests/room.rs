@@ -134,12 +134,17 @@ async fn a_password_mismatch_never_connects() {
     }
     assert!(b.peers().is_empty());
     assert_eq!(a.peers(), vec![c.self_id.clone()]);
-    assert!(
-        b.stats()
-            .seal_failures
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
+    // Offers did cross and fail to open. Which side counts it depends on the glare
+    // rule: a peer whose own offer wins never opens the other's.
+    let failures: u64 = [&a, &b, &c]
+        .iter()
+        .map(|r| {
+            r.stats()
+                .seal_failures
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(failures > 0);
     for r in [a, b, c] {
         r.leave().await;
     }

@@ -10,6 +10,8 @@ use common::peer::{TestPeer, value_of, wait_async};
 use common::{DB, Daemon, data_dir, export};
 use genosdb_fallback::rtc::frame::{self, Payload};
 use genosdb_fallback::store::Store;
+use serde_json::json;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,11 @@ fn superpeer(dir: &Path, relay_port: u16) -> Daemon {
             ("RELAY_URLS", &relay),
             ("ICE_SERVERS", ""),
             ("FLUSH_MS", &flush),
+            // Shown only when a test fails (see Daemon's Drop).
+            (
+                "RUST_LOG",
+                "info,genosdb_fallback::rtc=debug,genosdb_fallback::sync=debug",
+            ),
         ],
     )
 }
@@ -51,12 +58,36 @@ fn health_nodes(d: &Daemon) -> u64 {
     v["nodes"].as_u64().unwrap_or(0)
 }
 
-/// Waits until the daemon has merged at least `n` ops from peers in total.
-async fn merged(d: &Daemon, n: u64) {
-    wait_async(&format!("the daemon merged {n} ops"), || {
-        metric(d, "sync_merged") >= n
-    })
-    .await;
+/// The daemon's graph as written to disk, read with the real `export` while it runs.
+fn on_disk(dir: &Path) -> HashMap<String, serde_json::Value> {
+    export(dir)
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|n| (n["id"].as_str().unwrap().to_owned(), n))
+        .collect()
+}
+
+/// Waits until the daemon's stored graph satisfies `cond`: what it merged, journaled.
+async fn holds(dir: &Path, what: &str, cond: impl Fn(&HashMap<String, serde_json::Value>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dir = dir.to_owned();
+        let graph = tokio::task::spawn_blocking(move || on_disk(&dir))
+            .await
+            .unwrap();
+        if cond(&graph) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the daemon to hold {what}: {graph:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn value_is(g: &HashMap<String, serde_json::Value>, id: &str, value: serde_json::Value) -> bool {
+    g.get(id).is_some_and(|n| n["value"] == value)
 }
 
 /// The writer session of scenario B: greeting, link, remove, LWW update. 9 ops.
@@ -105,7 +136,15 @@ async fn a_fresh_peer_gets_what_a_departed_writer_wrote_before_and_after_a_resta
     let w = TestPeer::join(relay.port, DB);
     w.wait_superpeers(1).await;
     write_session(&w).await;
-    merged(&d, 9).await;
+    holds(&dir, "the writer's session", |g| {
+        value_is(g, "greeting", json!({"message": "Good morning"}))
+            && value_is(g, "counter", json!({"v": 2}))
+            && g.get("parent")
+                .is_some_and(|n| n["edges"] == json!(["child"]))
+            && g.contains_key("keeper")
+            && !g.contains_key("victim")
+    })
+    .await;
     w.leave().await;
 
     fresh_reader_sees_session(relay.port).await; // B1
@@ -124,7 +163,7 @@ async fn the_daemon_absorbs_a_write_made_while_it_was_down() {
     let w = TestPeer::join(relay.port, DB);
     w.wait_superpeers(1).await;
     w.sync.put("before", r#""seen live""#).await.unwrap();
-    merged(&d, 1).await;
+    holds(&dir, "the live write", |g| g.contains_key("before")).await;
     w.leave().await;
     assert!(d.stop().success());
 
@@ -151,12 +190,13 @@ async fn the_daemon_absorbs_a_write_made_while_it_was_down() {
 async fn a_returning_peer_catches_up_with_what_it_missed() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = relay(&tmp);
-    let d = superpeer(&data_dir(&tmp), relay.port);
+    let dir = data_dir(&tmp);
+    let d = superpeer(&dir, relay.port);
 
     let first = TestPeer::join(relay.port, DB);
     first.wait_superpeers(1).await;
     first.sync.put("counter", r#"{"v":2}"#).await.unwrap();
-    merged(&d, 1).await;
+    holds(&dir, "v:2", |g| value_is(g, "counter", json!({"v": 2}))).await;
     let kept = first.leave().await;
 
     let other = TestPeer::join(relay.port, DB);
@@ -169,7 +209,10 @@ async fn a_returning_peer_catches_up_with_what_it_missed() {
         .await
         .unwrap();
     other.sync.put("counter", r#"{"v":3}"#).await.unwrap();
-    merged(&d, 3).await;
+    holds(&dir, "v:3 and the new node", |g| {
+        value_is(g, "counter", json!({"v": 3})) && g.contains_key("added")
+    })
+    .await;
     other.leave().await;
 
     // The same store comes back (a browser reopening its profile) and asks for a delta.
@@ -194,7 +237,7 @@ async fn two_daemons_converge_with_each_other_and_with_peers() {
     let w = TestPeer::join(relay.port, DB);
     w.wait_superpeers(1).await;
     w.sync.put("x", r#""only A saw this""#).await.unwrap();
-    merged(&a, 1).await;
+    holds(&dir_a, "x", |g| g.contains_key("x")).await;
     w.leave().await;
 
     // B starts empty and learns x from A alone.
@@ -205,7 +248,7 @@ async fn two_daemons_converge_with_each_other_and_with_peers() {
     let w = TestPeer::join(relay.port, DB);
     w.wait_superpeers(1).await;
     w.sync.put("y", r#""only B saw this""#).await.unwrap();
-    merged(&b, 1).await;
+    holds(&dir_b, "y", |g| g.contains_key("y")).await;
     w.leave().await;
 
     // A comes back and learns y from B.

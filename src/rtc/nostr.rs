@@ -124,11 +124,13 @@ impl RelayPool {
     /// Subscribes on every relay now and after every reconnect. `filter` gets a fresh
     /// `since` (now) each time it is sent.
     pub fn subscribe(&self, sub_id: &str, filter: Value) {
-        {
-            let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-            subs.retain(|(id, _)| id != sub_id);
-            subs.push((sub_id.to_owned(), filter.clone()));
-        }
+        // Under the lock a session takes its snapshot under: either the snapshot has
+        // this subscription, or the session is already marked connected and takes it
+        // through its queue. Without that, a relay that connects just as we subscribe
+        // would never hear the REQ.
+        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        subs.retain(|(id, _)| id != sub_id);
+        subs.push((sub_id.to_owned(), filter.clone()));
         let req = req_message(sub_id, &filter);
         for r in &self.relays {
             self.send_to(r, req.clone());
@@ -136,10 +138,8 @@ impl RelayPool {
     }
 
     pub fn unsubscribe(&self, sub_id: &str) {
-        self.subs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(id, _)| id != sub_id);
+        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        subs.retain(|(id, _)| id != sub_id);
         let close = serde_json::json!(["CLOSE", sub_id]).to_string();
         for r in &self.relays {
             self.send_to(r, close.clone());
@@ -297,19 +297,17 @@ impl RelayTask {
         out: &mut mpsc::Receiver<String>,
     ) -> SessionEnd {
         let (mut tx, mut rx) = ws.split();
-        let reqs: Vec<String> = self
-            .subs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(id, f)| req_message(id, f))
-            .collect();
+        let reqs: Vec<String> = {
+            // See `subscribe`: the snapshot and the connected flag change together.
+            let subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+            self.status.connected.store(true, Ordering::Relaxed);
+            subs.iter().map(|(id, f)| req_message(id, f)).collect()
+        };
         for req in reqs {
             if tx.send(Message::Text(req.into())).await.is_err() {
                 return SessionEnd::Closed;
             }
         }
-        self.status.connected.store(true, Ordering::Relaxed);
         if self
             .inbound
             .send(Inbound::Connected { relay: self.id })

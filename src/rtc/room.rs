@@ -14,7 +14,7 @@ use super::topic;
 use crate::relay::event::sign;
 use k256::schnorr::SigningKey;
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +22,9 @@ use tokio::sync::mpsc;
 
 /// A single frame that cannot be handed to SCTP within this long marks the peer as stuck.
 const SEND_STALL: Duration = Duration::from_secs(10);
+
+/// Messages a link keeps while it waits to be attached (a handful arrive in practice).
+const EARLY_MESSAGES: usize = 64;
 
 const ALPHABET: &[u8; 62] = b"0123456789AaBbCcDdEeFfGgHhIiJjKkLlMmNnOoPpQqRrSsTtUuVvWwXxYyZz";
 
@@ -50,6 +53,10 @@ pub struct RoomConfig {
     /// Frames queued for one peer before it counts as too slow and is dropped.
     pub send_queue: usize,
     pub dial_timeout: Duration,
+    /// A dial whose offer got no answer this long is abandoned, so one signalling
+    /// message lost by a relay costs seconds, not the whole dial timeout; the next
+    /// announce dials again.
+    pub answer_timeout: Duration,
     pub max_pending_dials: usize,
     /// Answer `@_ping`. Only a test turns this off, to play a peer that went deaf.
     pub answer_pings: bool,
@@ -70,6 +77,7 @@ impl RoomConfig {
             frames: Limits::default(),
             send_queue: 4096,
             dial_timeout: Duration::from_millis(57_333),
+            answer_timeout: Duration::from_secs(10),
             max_pending_dials: 10,
             answer_pings: true,
         }
@@ -111,6 +119,8 @@ struct Writer {
     frames: mpsc::Sender<Vec<u8>>,
     /// Set while this link is its peer's connected one: only then do its messages count.
     attached: Arc<AtomicBool>,
+    /// Woken when `attached` is set, so messages that came first are handed on.
+    attach: Arc<tokio::sync::Notify>,
     /// Set when the peer is dropped for being too slow; the link task then ends.
     dropped: Arc<AtomicBool>,
 }
@@ -377,6 +387,10 @@ struct Pending {
     relay: usize,
     peer: Option<Arc<Peer>>,
     since: Instant,
+    /// Our own offer (a dial), rather than an answer to theirs.
+    ours: bool,
+    /// Both descriptions are in place (always so for links we answered).
+    answered: bool,
 }
 
 struct Connected {
@@ -465,6 +479,7 @@ impl Actor {
         content[kind] = json!({"type": kind, "sdp": self.seal.seal(sdp)});
         let content = self.with_type(content);
         let to = topic::self_topic(&self.cfg.app_id, &self.cfg.room_id, x);
+        tracing::debug!(peer = %x, relay, kind, "sending our description");
         self.publish(&to, content, Some(relay));
     }
 
@@ -525,11 +540,11 @@ impl Actor {
             self.drop_connected(&x);
         }
         if let Some(sealed) = offer {
-            let ours_wins = self
-                .pending
-                .get(&x)
-                .is_some_and(|p| p.iter().any(|d| d.relay == relay && d.peer.is_some()))
-                && self.self_id.as_str() > x.as_str();
+            let ours_wins = self.pending.get(&x).is_some_and(|p| {
+                p.iter()
+                    .any(|d| d.ours && d.relay == relay && d.peer.is_some())
+            }) && self.self_id.as_str() > x.as_str();
+            tracing::debug!(peer = %x, relay, ours_wins, "offer received");
             if ours_wins {
                 return;
             }
@@ -538,12 +553,20 @@ impl Actor {
         } else if let Some(sealed) = answer {
             let Some(dial) = self
                 .pending
-                .get(&x)
-                .and_then(|p| p.iter().find(|d| d.relay == relay))
-                .and_then(|d| d.peer.clone())
+                .get_mut(&x)
+                .and_then(|p| {
+                    p.iter_mut()
+                        .find(|d| d.ours && !d.answered && d.relay == relay && d.peer.is_some())
+                })
+                .and_then(|d| {
+                    d.answered = true;
+                    d.peer.clone()
+                })
             else {
+                tracing::debug!(peer = %x, relay, "answer with no dial of ours waiting for it");
                 return;
             };
+            tracing::debug!(peer = %x, relay, "answer received");
             let Ok(sdp) = self.open(sealed) else { return };
             tokio::spawn(async move {
                 if let Err(e) = dial.accept_answer(&sdp).await {
@@ -578,6 +601,8 @@ impl Actor {
             relay,
             peer: None,
             since: Instant::now(),
+            ours: true,
+            answered: false,
         });
         let cfg = self.cfg.peer.clone();
         let internal = self.internal.clone();
@@ -675,6 +700,8 @@ impl Actor {
                     relay,
                     peer: Some(p.clone()),
                     since: Instant::now(),
+                    ours: false,
+                    answered: true,
                 });
                 self.start_link(x.clone(), link, p, rx);
                 self.send_description(&x, relay, "answer", &sdp);
@@ -702,8 +729,8 @@ impl Actor {
                         since: Instant::now(),
                     },
                 );
-                if let Some(w) = self.writers.get(&link) {
-                    w.attached.store(true, Ordering::Relaxed);
+                let writer = self.writers.get(&link).cloned();
+                if let Some(w) = &writer {
                     self.links
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -711,6 +738,12 @@ impl Actor {
                 }
                 let kind = self.types.get(&x).cloned();
                 let _ = self.events.send(RoomEvent::Joined { peer: x, kind }).await;
+                // Only now may the link hand on messages: the sync layer must see the
+                // join before anything the peer sent, which its first frames often are.
+                if let Some(w) = writer {
+                    w.attached.store(true, Ordering::Release);
+                    w.attach.notify_one();
+                }
             }
             Internal::Closed { peer: x, link } => {
                 if self.connected.get(&x).is_some_and(|c| c.link == link) {
@@ -772,6 +805,7 @@ impl Actor {
         let writer = Writer {
             frames: tx,
             attached: Arc::new(AtomicBool::new(false)),
+            attach: Arc::default(),
             dropped: Arc::new(AtomicBool::new(false)),
         };
         self.writers.insert(link, writer.clone());
@@ -789,13 +823,13 @@ impl Actor {
     }
 
     fn reap_dials(&mut self) {
-        let limit = self.cfg.dial_timeout;
+        let (dial, answer) = (self.cfg.dial_timeout, self.cfg.answer_timeout);
         let stale: Vec<(String, u64)> = self
             .pending
             .iter()
             .flat_map(|(x, v)| {
                 v.iter()
-                    .filter(|d| d.since.elapsed() > limit)
+                    .filter(|d| d.since.elapsed() > if d.answered { dial } else { answer })
                     .map(move |d| (x.clone(), d.link))
             })
             .collect();
@@ -863,8 +897,14 @@ impl LinkTask {
         let mut ping_sent: Option<Instant> = None;
         let mut tick = tokio::time::interval(self.cfg.keepalive_tick);
         let mut opened = false;
+        let mut early = VecDeque::new();
         loop {
             tokio::select! {
+                _ = self.writer.attach.notified() => {
+                    if !self.deliver_early(&mut early).await {
+                        break;
+                    }
+                }
                 ev = events.recv() => match ev {
                     Some(PeerEvent::Open) => {
                         opened = true;
@@ -876,7 +916,7 @@ impl LinkTask {
                         ping_sent = None;
                         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                         self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        if !self.on_frame(&bytes, &mut reasm).await {
+                        if !self.on_frame(&bytes, &mut reasm, &mut early).await {
                             break;
                         }
                     }
@@ -929,7 +969,12 @@ impl LinkTask {
 
     /// Returns false when the link must end: `@_leave`, or a sync layer that stopped
     /// taking messages.
-    async fn on_frame(&self, bytes: &[u8], reasm: &mut Reassembler) -> bool {
+    async fn on_frame(
+        &self,
+        bytes: &[u8],
+        reasm: &mut Reassembler,
+        early: &mut VecDeque<frame::Message>,
+    ) -> bool {
         let Ok((header, _)) = frame::parse(bytes) else {
             self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
             return true;
@@ -947,22 +992,40 @@ impl LinkTask {
             _ => {}
         }
         match reasm.push(bytes, Instant::now()) {
-            Ok(Some(message)) if self.writer.attached.load(Ordering::Relaxed) => {
-                let ev = RoomEvent::Message {
-                    peer: self.peer_id.clone(),
-                    message,
-                };
-                // Waiting slows only this link. A message is never dropped: if the sync
-                // layer stays blocked, the peer goes, and resyncs when it returns.
-                if self.room_events.send_timeout(ev, SEND_STALL).await.is_err() {
-                    tracing::warn!(peer = %self.peer_id, "the sync layer is not taking messages; dropping the peer");
-                    return false;
+            Ok(Some(message)) => {
+                // A browser sends its `sync` the moment its side opens, which can be
+                // before this link is attached: keep it until then.
+                if early.len() < EARLY_MESSAGES {
+                    early.push_back(message);
+                } else {
+                    tracing::debug!(peer = %self.peer_id, "too many messages before the link was attached");
                 }
+                return self.deliver_early(early).await;
             }
             Ok(_) => {}
             Err(e) => {
                 self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %self.peer_id, error = %e, "bad frame");
+            }
+        }
+        true
+    }
+
+    /// Hands on every kept message once the link is attached, in arrival order. Waiting
+    /// slows only this link; a message is never dropped: if the sync layer stays
+    /// blocked, the peer goes, and resyncs when it returns.
+    async fn deliver_early(&self, early: &mut VecDeque<frame::Message>) -> bool {
+        if !self.writer.attached.load(Ordering::Acquire) {
+            return true;
+        }
+        while let Some(message) = early.pop_front() {
+            let ev = RoomEvent::Message {
+                peer: self.peer_id.clone(),
+                message,
+            };
+            if self.room_events.send_timeout(ev, SEND_STALL).await.is_err() {
+                tracing::warn!(peer = %self.peer_id, "the sync layer is not taking messages; dropping the peer");
+                return false;
             }
         }
         true

@@ -153,6 +153,21 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the daemon said; a passing one stays quiet.
+        if std::thread::panicking() {
+            while let Ok(l) = self.log.recv_timeout(Duration::from_millis(100)) {
+                self.lines.push(l);
+            }
+            let from = self.lines.len().saturating_sub(200);
+            eprintln!(
+                "--- daemon on port {} (last {} lines) ---",
+                self.port,
+                self.lines.len() - from
+            );
+            for l in &self.lines[from..] {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 

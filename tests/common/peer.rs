@@ -37,6 +37,13 @@ impl TestPeer {
 
     /// Joins with a store kept from an earlier session (a returning browser).
     pub fn join_with(relay_port: u16, db: &str, store: Arc<Mutex<Store>>) -> Self {
+        // TEST_LOG=genosdb_fallback=debug shows what the test peers do.
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let cfg = room_config(&format!("graph-sync-room-{db}"));
         let mut pool_cfg = PoolConfig::new(vec![format!("ws://127.0.0.1:{relay_port}")]);
         pool_cfg.backoff_base = Duration::from_millis(100);

@@ -9,10 +9,14 @@ use base64::Engine as _;
 use common::peer::{TestPeer, value_of, wait_async};
 use common::{DB, Daemon, data_dir, export};
 use genosdb_fallback::rtc::frame::{self, Payload};
+use genosdb_fallback::rtc::nostr::{PoolConfig, RelayPool};
+use genosdb_fallback::rtc::room::Room;
 use genosdb_fallback::store::Store;
+use genosdb_fallback::sync::{PeerChange, SyncConfig, service};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const FLUSH_MS: u64 = 200;
@@ -271,30 +275,7 @@ async fn a_full_state_over_the_browser_frame_limit_arrives_in_parts() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = relay(&tmp);
     let dir = data_dir(&tmp);
-    // 3,000 nodes with 1 KB of random base64 each: about 3.4 MB that barely compresses.
-    let mut lines = String::new();
-    let mut expected = Vec::new();
-    for i in 0..3000u32 {
-        let mut bytes = [0u8; 768];
-        getrandom::fill(&mut bytes).unwrap();
-        let value = format!(
-            "{{\"blob\":\"{}\"}}",
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        );
-        lines.push_str(&format!(
-            "{{\"id\":\"big{i}\",\"value\":{value},\"edges\":[],\"timestamp\":{{\"physical\":{},\"logical\":0}}}}\n",
-            1_700_000_000_000u64 + i as u64
-        ));
-        expected.push((format!("big{i}"), value));
-    }
-    let file = tmp.path().join("big.jsonl");
-    std::fs::write(&file, &lines).unwrap();
-    let out = common::run(&dir, &["import", file.to_str().unwrap()], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let expected = import_big_graph(&tmp, &dir);
 
     let d = superpeer(&dir, relay.port);
     let r = TestPeer::join(relay.port, DB);
@@ -391,4 +372,106 @@ async fn ops_older_than_flush_ms_survive_a_sigkill_mid_stream() {
             "op {i} of {safe} was lost"
         );
     }
+}
+
+/// Imports 3,000 nodes with 1 KB of random base64 each: about 3.4 MB that barely
+/// compresses, over the 100 frames of one browser message. Returns (id, value) pairs.
+fn import_big_graph(tmp: &tempfile::TempDir, dir: &Path) -> Vec<(String, String)> {
+    let mut lines = String::new();
+    let mut expected = Vec::new();
+    for i in 0..3000u32 {
+        let mut bytes = [0u8; 768];
+        getrandom::fill(&mut bytes).unwrap();
+        let value = format!(
+            "{{\"blob\":\"{}\"}}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        );
+        lines.push_str(&format!(
+            "{{\"id\":\"big{i}\",\"value\":{value},\"edges\":[],\"timestamp\":{{\"physical\":{},\"logical\":0}}}}\n",
+            1_700_000_000_000u64 + i as u64
+        ));
+        expected.push((format!("big{i}"), value));
+    }
+    let file = tmp.path().join("big.jsonl");
+    std::fs::write(&file, &lines).unwrap();
+    let out = common::run(dir, &["import", file.to_str().unwrap()], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    expected
+}
+
+/// A peer whose whole process froze right after it joined: its runtime runs on its own
+/// thread and blocks there, so its WebRTC stack stops acknowledging anything.
+fn frozen_peer(relay_port: u16) -> (String, std::sync::mpsc::Sender<()>) {
+    let (joined_tx, joined_rx) = std::sync::mpsc::channel();
+    let (thaw_tx, thaw_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let cfg = common::peer::room_config(&format!("graph-sync-room-{DB}"));
+            let mut pool_cfg = PoolConfig::new(vec![format!("ws://127.0.0.1:{relay_port}")]);
+            pool_cfg.backoff_base = Duration::from_millis(100);
+            let (pool, inbound) = RelayPool::start(pool_cfg);
+            let (room, events) = Room::join(cfg, Arc::new(pool), inbound);
+            let room = Arc::new(room);
+            let id = room.self_id.clone();
+            let _sync = service::start(
+                room,
+                events,
+                Arc::new(Mutex::new(Store::new(1000))),
+                SyncConfig::default(),
+                move |_, change| {
+                    if matches!(change, PeerChange::Joined { .. }) {
+                        let _ = joined_tx.send(id.clone());
+                        // Freeze: this blocks the only thread of this runtime.
+                        let _ = thaw_rx.recv();
+                    }
+                },
+            );
+            std::future::pending::<()>().await;
+        });
+    });
+    let id = joined_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the frozen peer joined");
+    (id, thaw_tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_peer_is_dropped_and_stalls_no_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay(&tmp);
+    let dir = data_dir(&tmp);
+    import_big_graph(&tmp, &dir);
+    let mut d = superpeer(&dir, relay.port);
+
+    // It never asks; the daemon sends it the full state anyway (the unasked reply),
+    // and those sends stall once 2 MiB are unacknowledged.
+    let (frozen, _thaw) = tokio::task::spawn_blocking(move || frozen_peer(relay.port))
+        .await
+        .unwrap();
+    let reader = TestPeer::join(relay.port, DB);
+    reader
+        .wait_store("all 3,000 nodes", |s| s.len() == 3000)
+        .await;
+    let writer = TestPeer::join(relay.port, DB);
+    writer.wait_superpeers(1).await;
+    writer.sync.put("live", r#""still flowing""#).await.unwrap();
+    holds(&dir, "the live write", |g| g.contains_key("live")).await;
+
+    let left = format!("peer left peer={frozen}");
+    let d = tokio::task::spawn_blocking(move || {
+        d.wait_for_log(&left, Duration::from_secs(60));
+        d
+    })
+    .await
+    .unwrap();
+    assert!(metric(&d, "peers_dropped_slow") >= 1, "dropped for its stalled sends");
 }

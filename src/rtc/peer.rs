@@ -39,6 +39,10 @@ pub struct PeerConfig {
     /// Resolve browsers' `.local` host candidates by mDNS (QueryOnly) where this host
     /// can do multicast; [`mdns_mode`] decides.
     pub mdns: MulticastDnsMode,
+    /// Bytes a data channel may hold unacknowledged before `send` waits. webrtc's
+    /// default is unbounded, which would let a peer that stopped reading grow our
+    /// memory without limit; with a bound, its sends stall and the link drops it.
+    pub send_buffer_limit: usize,
 }
 
 /// QueryOnly where a multicast socket can be opened, Disabled elsewhere (a sandbox with
@@ -73,6 +77,8 @@ impl Default for PeerConfig {
             include_loopback: false,
             prflx_wait: Duration::ZERO,
             mdns: mdns_mode(),
+            // Twice the ~1 MiB SCTP receive window: a peer that reads never waits.
+            send_buffer_limit: 2 << 20,
         }
     }
 }
@@ -185,6 +191,7 @@ impl Peer {
             .with_setting_engine(settings)
             .with_handler(handler)
             .with_udp_addrs(cfg.udp_addrs.clone())
+            .with_data_channel_send_buffer_limit(cfg.send_buffer_limit)
             .build()
             .await
             .map_err(webrtc_err)?;

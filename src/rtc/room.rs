@@ -926,6 +926,7 @@ impl LinkTask {
                     Some(f) => {
                         let sent = tokio::time::timeout(SEND_STALL, self.peer.send(&f)).await;
                         if !matches!(sent, Ok(Ok(()))) {
+                            self.stats.dropped_slow.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(peer = %self.peer_id, "send failed or stalled; dropping the peer");
                             break;
                         }
@@ -1016,6 +1017,7 @@ impl LinkTask {
     /// blocked, the peer goes, and resyncs when it returns.
     async fn deliver_early(&self, early: &mut VecDeque<frame::Message>) -> bool {
         if !self.writer.attached.load(Ordering::Acquire) {
+            tracing::debug!(peer = %self.peer_id, link = self.link, kept = early.len(), "message kept until the link is attached");
             return true;
         }
         while let Some(message) = early.pop_front() {

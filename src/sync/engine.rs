@@ -3,7 +3,7 @@
 //! `sync`. The service in `service.rs` carries these decisions out.
 
 use super::message::{Batch, Message};
-use crate::store::{Store, SyncReply};
+use crate::store::{Hlc, Store, SyncReply};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,12 @@ pub const SYNC_SCHEDULE: [Duration; 4] = [
 /// holds everything we would send, so we do not.
 pub const COUNTER_REPLY_COOLDOWN: Duration = Duration::from_secs(30);
 
+/// A peer whose own `sync` has not reached us this long after its join gets the reply
+/// anyway. Every peer sends `sync` the moment its channel opens, yet real browsers'
+/// first message is sometimes lost at that moment (the harness saw it with genossrv
+/// and with us); the browser never asks again, and would otherwise leave empty-handed.
+pub const UNASKED_REPLY_AFTER: Duration = Duration::from_millis(1500);
+
 /// What one batch from a peer did, and what it asks of us.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -34,6 +40,8 @@ pub struct Applied {
     pub answered: bool,
     /// A full state from the peer lacked ids we hold (§7.5).
     pub counter_reply: bool,
+    /// The global timestamp the peer's last delta or full state carried.
+    pub peer_ts: Option<Option<Hlc>>,
     /// Live ops, delta ops and adopted nodes that changed the store.
     pub merged: usize,
     pub unknown: usize,
@@ -50,12 +58,14 @@ pub fn apply_batch(store: &mut Store, batch: Batch, now_ms: u64) -> Applied {
         match msg {
             Message::Sync(ts) => applied.requests.push(store.sync_reply(ts)),
             Message::Op(op) => applied.merged += store.apply(op, now_ms) as usize,
-            Message::Delta { ops, .. } => {
+            Message::Delta { ops, ts } => {
                 applied.answered = true;
+                applied.peer_ts = Some(ts);
                 applied.merged += store.delta(ops, now_ms);
             }
             Message::Full(state) => {
                 applied.answered = true;
+                applied.peer_ts = Some(state.ts);
                 let outcome = store.full_state(state);
                 applied.merged += outcome.adopted + outcome.removed;
                 applied.counter_reply |= outcome.counter_reply;
@@ -75,6 +85,10 @@ struct PeerSync {
     /// the same state again.
     answered: bool,
     last_full: Option<Instant>,
+    /// The peer sent us a `sync`, or we replied as if it had.
+    served: bool,
+    /// The global timestamp of the peer's last delta or full state, if any came.
+    their_ts: Option<Hlc>,
 }
 
 /// Per-peer sync state.
@@ -102,6 +116,8 @@ impl Engine {
                 syncs_sent: 0,
                 answered: false,
                 last_full: None,
+                served: false,
+                their_ts: None,
             },
         );
     }
@@ -136,9 +152,32 @@ impl Engine {
         due
     }
 
-    /// When the next `sync` falls due, if any is still scheduled.
+    /// Peers whose own `sync` never came (see UNASKED_REPLY_AFTER), with the global
+    /// timestamp their state carried, if any: the reply is decided as if they had
+    /// sent `sync` with it. Each peer is returned once per join.
+    pub fn unasked(&mut self, now: Instant) -> Vec<(String, Option<Hlc>)> {
+        let mut due = Vec::new();
+        for (id, p) in &mut self.peers {
+            if !p.served && p.joined + UNASKED_REPLY_AFTER <= now {
+                p.served = true;
+                due.push((id.clone(), p.their_ts));
+            }
+        }
+        due
+    }
+
+    /// When the next `sync` or unasked reply falls due, if any is still scheduled.
     pub fn next_due(&self) -> Option<Instant> {
-        self.peers.values().filter_map(Self::next_for).min()
+        let unasked = self
+            .peers
+            .values()
+            .filter(|p| !p.served)
+            .map(|p| p.joined + UNASKED_REPLY_AFTER);
+        self.peers
+            .values()
+            .filter_map(Self::next_for)
+            .chain(unasked)
+            .min()
     }
 
     fn next_for(p: &PeerSync) -> Option<Instant> {
@@ -153,6 +192,12 @@ impl Engine {
         let p = self.peers.get_mut(peer)?;
         if applied.answered {
             p.answered = true;
+        }
+        if let Some(ts) = applied.peer_ts {
+            p.their_ts = ts;
+        }
+        if !applied.requests.is_empty() {
+            p.served = true;
         }
         let asked = if applied.requests.contains(&SyncReply::Full) {
             Some(SyncReply::Full)
@@ -193,6 +238,9 @@ mod tests {
         assert_eq!(e.due_syncs(t0), vec!["p"]);
         assert!(e.due_syncs(at(t0, 1499)).is_empty());
         assert_eq!(e.next_due(), Some(at(t0, 1500)));
+        assert_eq!(e.unasked(at(t0, 1499)), vec![]);
+        assert_eq!(e.unasked(at(t0, 1500)), vec![("p".to_owned(), None)]);
+        assert_eq!(e.unasked(at(t0, 5000)), vec![], "once per join");
         assert_eq!(e.due_syncs(at(t0, 1500)), vec!["p"]);
         // A loop that wakes late sends one sync for the two slots it missed.
         assert_eq!(e.due_syncs(at(t0, 9500)), vec!["p"]);
@@ -211,10 +259,38 @@ mod tests {
             ..Applied::default()
         };
         assert_eq!(e.replies("p", &answered, at(t0, 100)), None);
-        assert_eq!(e.next_due(), None);
+        assert_eq!(
+            e.next_due(),
+            Some(at(t0, 1500)),
+            "only the unasked reply is left"
+        );
         // Rejoining starts over.
         e.join("p", at(t0, 200));
         assert_eq!(e.due_syncs(at(t0, 200)), vec!["p"]);
+    }
+
+    #[test]
+    fn a_peer_that_asked_gets_no_unasked_reply_and_one_that_did_not_is_judged_by_its_state() {
+        let t0 = Instant::now();
+        let mut e = Engine::default();
+        e.join("asked", t0);
+        e.join("silent", t0);
+        let ask = Applied {
+            requests: vec![SyncReply::Delta],
+            ..Applied::default()
+        };
+        e.replies("asked", &ask, t0);
+        let ts = Hlc::new(77, 1);
+        let state = Applied {
+            answered: true,
+            peer_ts: Some(Some(ts)),
+            ..Applied::default()
+        };
+        e.replies("silent", &state, t0);
+        assert_eq!(
+            e.unasked(at(t0, 3000)),
+            vec![("silent".to_owned(), Some(ts))]
+        );
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub struct SyncStats {
     pub full_replies: AtomicU64,
     pub delta_replies: AtomicU64,
     pub counter_replies: AtomicU64,
+    pub unasked_replies: AtomicU64,
     pub messages_out: AtomicU64,
     pub slow_peers: AtomicU64,
 }
@@ -195,7 +196,10 @@ impl Service {
                     Some((write, reply)) => self.on_write(write, reply),
                     None => writes_open = false,
                 },
-                _ = sleep_until(due), if due.is_some() => self.send_due_syncs(),
+                _ = sleep_until(due), if due.is_some() => {
+                    self.send_due_syncs();
+                    self.reply_unasked();
+                }
             }
         }
     }
@@ -258,7 +262,17 @@ impl Service {
             }
         };
         self.count(&peer, &applied);
-        match self.engine.replies(&peer, &applied, Instant::now()) {
+        let reply = self.engine.replies(&peer, &applied, Instant::now());
+        tracing::debug!(
+            %peer,
+            requests = applied.requests.len(),
+            merged = applied.merged,
+            answered = applied.answered,
+            counter = applied.counter_reply,
+            ?reply,
+            "sync message"
+        );
+        match reply {
             Some(SyncReply::Full) => {
                 if applied.requests.is_empty() {
                     bump(&self.shared.stats.counter_replies, 1);
@@ -313,10 +327,20 @@ impl Service {
         }
     }
 
+    fn reply_unasked(&mut self) {
+        for (peer, their_ts) in self.engine.unasked(Instant::now()) {
+            let reply = self.shared.store().sync_reply(their_ts);
+            tracing::debug!(%peer, ?reply, "the peer's sync never came; replying anyway");
+            bump(&self.shared.stats.unasked_replies, 1);
+            self.enqueue(&peer, reply.into());
+        }
+    }
+
     /// Queues a message for one peer; a peer whose queue is full is dropped, and it
     /// resyncs when it comes back.
     fn enqueue(&mut self, peer: &str, item: Outgoing) {
         let Some(outbox) = self.outboxes.get(peer) else {
+            tracing::debug!(%peer, "no queue for this peer (it left); reply dropped");
             return;
         };
         if outbox.push(item).is_err() {
@@ -344,6 +368,15 @@ fn decode(message: &frame::Message) -> Result<Batch, ParseError> {
     } else {
         // A JS string: a browser's handler finds no `type` in it and ignores it.
         Err(ParseError::Shape)
+    }
+}
+
+impl From<SyncReply> for Outgoing {
+    fn from(reply: SyncReply) -> Self {
+        match reply {
+            SyncReply::Full => Outgoing::Full,
+            SyncReply::Delta => Outgoing::Delta,
+        }
     }
 }
 

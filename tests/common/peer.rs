@@ -37,6 +37,16 @@ impl TestPeer {
 
     /// Joins with a store kept from an earlier session (a returning browser).
     pub fn join_with(relay_port: u16, db: &str, store: Arc<Mutex<Store>>) -> Self {
+        Self::join_tweaked(relay_port, db, store, |_| {})
+    }
+
+    /// Joins with a changed room configuration (a peer that misbehaves on purpose).
+    pub fn join_tweaked(
+        relay_port: u16,
+        db: &str,
+        store: Arc<Mutex<Store>>,
+        tweak: impl FnOnce(&mut RoomConfig),
+    ) -> Self {
         // TEST_LOG=genosdb_fallback=debug shows what the test peers do.
         if let Ok(filter) = std::env::var("TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -44,7 +54,8 @@ impl TestPeer {
                 .with_test_writer()
                 .try_init();
         }
-        let cfg = room_config(&format!("graph-sync-room-{db}"));
+        let mut cfg = room_config(&format!("graph-sync-room-{db}"));
+        tweak(&mut cfg);
         let mut pool_cfg = PoolConfig::new(vec![format!("ws://127.0.0.1:{relay_port}")]);
         pool_cfg.backoff_base = Duration::from_millis(100);
         let (pool, inbound) = RelayPool::start(pool_cfg);

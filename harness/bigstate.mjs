@@ -73,7 +73,12 @@ async function probeBigState () {
         crypto.getRandomValues(b)
         return btoa(String.fromCharCode(...b)).slice(0, bytes)
       }
-      for (let i = 0; i < k; i++) await window.H.db.put({ kind: 'big', i, blob: blob() }, `big-${i}`)
+      // A browser batches the puts of one burst into one message, and a message over
+      // 100 frames never leaves it: pause every 50 puts so each batch goes out live.
+      for (let i = 0; i < k; i++) {
+        await window.H.db.put({ kind: 'big', i, blob: blob() }, `big-${i}`)
+        if (i % 50 === 49) await new Promise((resolve) => setTimeout(resolve, 40))
+      }
     }, { k, bytes })
     const seedMs = Date.now() - t0
     await sleep(Math.max(5000, k * 2)) // let the superpeer absorb and persist

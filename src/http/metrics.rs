@@ -184,6 +184,11 @@ impl Collector for Daemon {
                     &ss.syncs_sent,
                 ),
                 ("sync_full_replies", "Full states served", &ss.full_replies),
+                (
+                    "sync_full_parts",
+                    "Messages the full states served were split into",
+                    &ss.full_parts,
+                ),
                 ("sync_delta_replies", "Deltas served", &ss.delta_replies),
                 (
                     "sync_counter_replies",

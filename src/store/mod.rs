@@ -15,7 +15,7 @@ pub use hlc::{Clock, Hlc};
 pub use json::RawJson;
 pub use node::Node;
 pub use oplog::{Entry, EntryKind, Oplog};
-pub use serve::FullStateCursor;
+pub use serve::{CursorMark, FullStateCursor};
 
 use ahash::RandomState;
 use json::RawObject;

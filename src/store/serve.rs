@@ -33,7 +33,20 @@ impl FullStateCursor {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+
+    /// Where the next part starts, to write it again smaller with [`Self::rewind`].
+    pub fn mark(&self) -> CursorMark {
+        CursorMark(self.next_id, self.next_removal, self.emitted)
+    }
+
+    pub fn rewind(&mut self, mark: CursorMark) {
+        (self.next_id, self.next_removal, self.emitted) = (mark.0, mark.1, mark.2);
+    }
 }
+
+/// A position in a [`FullStateCursor`].
+#[derive(Debug, Clone, Copy)]
+pub struct CursorMark(usize, usize, bool);
 
 /// Appends an item to the list being written (after a comma when `in_list` items are
 /// already there) unless that pushes a message already holding `in_message` items past
@@ -277,5 +290,21 @@ mod tests {
         }
         assert_eq!(sent_first + rest, 45);
         assert!(cur.is_done());
+    }
+
+    #[test]
+    fn a_rewound_part_is_written_again_from_the_same_place() {
+        let s = store_with(40, 100);
+        let mut cur = s.full_state_cursor();
+        let mark = cur.mark();
+        let big = s.next_full_state(&mut cur, 1 << 20).unwrap();
+        cur.rewind(mark);
+        let mut smaller = Vec::new();
+        while let Some(m) = s.next_full_state(&mut cur, 1500) {
+            smaller.push(m);
+        }
+        assert!(smaller.len() > 1);
+        let count = |m: &String| parse(m)["graphData"].as_object().unwrap().len();
+        assert_eq!(smaller.iter().map(count).sum::<usize>(), count(&big));
     }
 }

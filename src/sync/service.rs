@@ -18,9 +18,12 @@ use tokio::sync::{mpsc, oneshot};
 /// The GenosDB sync action.
 pub const CHANNEL: &str = "syncGraph";
 
-/// The largest message text we send. 1 MiB is 64 frames, well inside the 100 frames a
-/// browser reassembles (§3), even when compression does not help.
+/// The largest delta message text we send. 1 MiB is 64 frames, well inside the 100
+/// frames a browser reassembles (§3), even when compression does not help.
 pub const MESSAGE_BUDGET: usize = 1 << 20;
+
+/// The JSON size a full-state part is first written at; see `next_full_part`.
+pub const FULL_PART_BUDGET: usize = 6 << 20;
 
 /// Messages queued for one peer before it counts as too slow and is dropped. A full
 /// state counts as one entry: its parts are written as the peer takes them.
@@ -29,6 +32,7 @@ pub const OUTBOX_LEN: usize = 256;
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
     pub message_budget: usize,
+    pub full_part_budget: usize,
     pub outbox_len: usize,
 }
 
@@ -36,6 +40,7 @@ impl Default for SyncConfig {
     fn default() -> Self {
         Self {
             message_budget: MESSAGE_BUDGET,
+            full_part_budget: FULL_PART_BUDGET,
             outbox_len: OUTBOX_LEN,
         }
     }
@@ -51,6 +56,7 @@ pub struct SyncStats {
     pub merged: AtomicU64,
     pub syncs_sent: AtomicU64,
     pub full_replies: AtomicU64,
+    pub full_parts: AtomicU64,
     pub delta_replies: AtomicU64,
     pub counter_replies: AtomicU64,
     pub unasked_replies: AtomicU64,
@@ -491,21 +497,23 @@ impl Drain {
             return false;
         };
         let (mut parts, nodes) = (0, cursor.len());
+        let mut budget = self.shared.cfg.full_part_budget;
         loop {
             let shared = self.shared.clone();
             let next = tokio::task::spawn_blocking(move || {
-                let frames = next_full_part(&shared, &mut cursor);
-                (frames, cursor)
+                let frames = next_full_part(&shared, &mut cursor, &mut budget);
+                (frames, cursor, budget)
             })
             .await;
-            let Ok((frames, back)) = next else {
+            let Ok((frames, back, fitted)) = next else {
                 return false;
             };
-            cursor = back;
+            (cursor, budget) = (back, fitted);
             match frames {
                 None => break,
                 Some(Ok(frames)) => {
                     parts += 1;
+                    bump(&self.shared.stats.full_parts, 1);
                     if !self.send_frames(frames).await {
                         return false;
                     }
@@ -552,16 +560,38 @@ impl Drain {
     }
 }
 
+/// Frames one full-state part may take: a browser reassembles at most 100 (§3).
+const PART_FRAMES: usize = 96;
+
+/// Parts are never cut smaller than this to make them fit.
+const MIN_PART_BUDGET: usize = 64 << 10;
+
+/// Writes and frames the next part. What limits a part is its compressed size, so a
+/// part is first written at `budget` bytes of JSON and, if its frames are too many,
+/// written again at the size its compression ratio allows; the budget found carries
+/// over to the next part. Text nodes compress several times, so a graph of ten
+/// thousand of them still goes out as one message, as genossrv sends it.
 fn next_full_part(
     shared: &Shared,
     cursor: &mut FullStateCursor,
+    budget: &mut usize,
 ) -> Option<Result<Vec<Vec<u8>>, frame::FrameError>> {
-    let text = shared
-        .store()
-        .next_full_state(cursor, shared.cfg.message_budget)?;
-    Some(
-        shared
+    loop {
+        let mark = cursor.mark();
+        let text = shared.store().next_full_state(cursor, *budget)?;
+        let frames = shared
             .room
-            .encode(CHANNEL, Payload::Json(&format!("[{text}]"))),
-    )
+            .encode(CHANNEL, Payload::Json(&format!("[{text}]")));
+        let count = match &frames {
+            Ok(f) => f.len(),
+            Err(frame::FrameError::TooLarge(n)) => *n,
+            Err(_) => return Some(frames),
+        };
+        if count <= PART_FRAMES || *budget <= MIN_PART_BUDGET {
+            return Some(frames);
+        }
+        cursor.rewind(mark);
+        let fitted = text.len() as f64 * 0.9 * PART_FRAMES as f64 / count as f64;
+        *budget = (fitted as usize).clamp(MIN_PART_BUDGET, *budget / 2);
+    }
 }

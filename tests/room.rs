@@ -7,30 +7,19 @@ mod common;
 use common::{Daemon, data_dir};
 use genosdb_fallback::rtc::frame::Payload;
 use genosdb_fallback::rtc::nostr::{PoolConfig, RelayPool};
-use genosdb_fallback::rtc::peer::PeerConfig;
-use genosdb_fallback::rtc::room::{Room, RoomConfig, RoomEvent};
-use std::sync::Arc;
+use genosdb_fallback::rtc::room::{RoomConfig, RoomEvent};
 use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
 
+/// Rooms here play superpeers, so that joins report the type.
 fn config(room: &str, password: &str) -> RoomConfig {
-    let mut cfg = RoomConfig::new(room);
+    let mut cfg = common::peer::room_config(room);
+    cfg.peer_type = Some("superpeer".into());
     cfg.password = password.into();
-    cfg.peer = PeerConfig {
-        udp_addrs: vec!["127.0.0.1:0".into()],
-        include_loopback: true,
-        ..PeerConfig::default()
-    };
-    cfg.announce_every = Duration::from_millis(300);
     cfg
 }
 
-fn join(relay_port: u16, cfg: RoomConfig) -> (Room, Receiver<RoomEvent>) {
-    let mut pool_cfg = PoolConfig::new(vec![format!("ws://127.0.0.1:{relay_port}")]);
-    pool_cfg.backoff_base = Duration::from_millis(100);
-    let (pool, inbound) = RelayPool::start(pool_cfg);
-    Room::join(cfg, Arc::new(pool), inbound)
-}
+use common::peer::join_room as join;
 
 async fn next(rx: &mut Receiver<RoomEvent>, wait: Duration) -> Option<RoomEvent> {
     tokio::time::timeout(wait, rx.recv()).await.ok().flatten()

@@ -9,8 +9,6 @@ use base64::Engine as _;
 use common::peer::{TestPeer, value_of, wait_async};
 use common::{DB, Daemon, data_dir, export};
 use genosdb_fallback::rtc::frame::{self, Payload};
-use genosdb_fallback::rtc::nostr::{PoolConfig, RelayPool};
-use genosdb_fallback::rtc::room::Room;
 use genosdb_fallback::store::Store;
 use genosdb_fallback::sync::{PeerChange, SyncConfig, service};
 use serde_json::json;
@@ -416,10 +414,7 @@ fn frozen_peer(relay_port: u16) -> (String, std::sync::mpsc::Sender<()>) {
             .unwrap();
         rt.block_on(async move {
             let cfg = common::peer::room_config(&format!("graph-sync-room-{DB}"));
-            let mut pool_cfg = PoolConfig::new(vec![format!("ws://127.0.0.1:{relay_port}")]);
-            pool_cfg.backoff_base = Duration::from_millis(100);
-            let (pool, inbound) = RelayPool::start(pool_cfg);
-            let (room, events) = Room::join(cfg, Arc::new(pool), inbound);
+            let (room, events) = common::peer::join_room(relay_port, cfg);
             let room = Arc::new(room);
             let id = room.self_id.clone();
             let _sync = service::start(

@@ -3,12 +3,13 @@
 
 use genosdb_fallback::rtc::nostr::{PoolConfig, RelayPool};
 use genosdb_fallback::rtc::peer::PeerConfig;
-use genosdb_fallback::rtc::room::{Room, RoomConfig};
+use genosdb_fallback::rtc::room::{Room, RoomConfig, RoomEvent};
 use genosdb_fallback::store::Store;
 use genosdb_fallback::sync::{PeerChange, SyncConfig, SyncHandle, service};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 pub struct TestPeer {
     pub room: Arc<Room>,
@@ -17,6 +18,7 @@ pub struct TestPeer {
     superpeers: Arc<Mutex<HashSet<String>>>,
 }
 
+/// A browser-like room member: no `type`, loopback only, quick announces.
 pub fn room_config(room: &str) -> RoomConfig {
     let mut cfg = RoomConfig::new(room);
     cfg.peer_type = None;
@@ -27,6 +29,14 @@ pub fn room_config(room: &str) -> RoomConfig {
     };
     cfg.announce_every = Duration::from_millis(300);
     cfg
+}
+
+/// Joins a room through the relay on `relay_port`, reconnecting quickly.
+pub fn join_room(relay_port: u16, cfg: RoomConfig) -> (Room, mpsc::Receiver<RoomEvent>) {
+    let mut pool_cfg = PoolConfig::new(vec![format!("ws://127.0.0.1:{relay_port}")]);
+    pool_cfg.backoff_base = Duration::from_millis(100);
+    let (pool, inbound) = RelayPool::start(pool_cfg);
+    Room::join(cfg, Arc::new(pool), inbound)
 }
 
 impl TestPeer {
@@ -56,10 +66,7 @@ impl TestPeer {
         }
         let mut cfg = room_config(&format!("graph-sync-room-{db}"));
         tweak(&mut cfg);
-        let mut pool_cfg = PoolConfig::new(vec![format!("ws://127.0.0.1:{relay_port}")]);
-        pool_cfg.backoff_base = Duration::from_millis(100);
-        let (pool, inbound) = RelayPool::start(pool_cfg);
-        let (room, events) = Room::join(cfg, Arc::new(pool), inbound);
+        let (room, events) = join_room(relay_port, cfg);
         let room = Arc::new(room);
         let superpeers: Arc<Mutex<HashSet<String>>> = Arc::default();
         let seen = superpeers.clone();

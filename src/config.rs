@@ -78,6 +78,9 @@ pub struct RawSettings {
     /// TURN credential (secret).
     #[arg(long, env = "TURN_CREDENTIAL", global = true, hide_env_values = true)]
     pub turn_credential: Option<String>,
+    /// Also join app-sync-<DB_NAME> as a superpeer, so apps' presence UIs show the daemon.
+    #[arg(long, env = "ROOM_PRESENCE", global = true)]
+    pub room_presence: Option<String>,
     /// Serve an embedded Nostr relay on PORT (WebSocket upgrade on /).
     #[arg(long, env = "RELAY", global = true)]
     pub relay: Option<String>,
@@ -130,6 +133,7 @@ pub enum LogFormat {
 pub struct Config {
     pub db_name: String,
     pub rtc_enabled: bool,
+    pub room_presence: bool,
     pub relay_urls: Vec<String>,
     pub relay: bool,
     pub relay_limits: RelayLimits,
@@ -169,6 +173,7 @@ impl RawSettings {
         Ok(Config {
             db_name: db_name(self.db_name.as_deref().unwrap_or("default"))?,
             rtc_enabled: boolean("RTC_ENABLED", self.rtc_enabled.as_deref(), true)?,
+            room_presence: boolean("ROOM_PRESENCE", self.room_presence.as_deref(), false)?,
             relay_urls: relay_urls(self.relay_urls.as_deref(), self.relay_enabled()?)?,
             relay: self.relay_enabled()?,
             relay_limits: self.relay_limits()?,
@@ -320,6 +325,11 @@ impl Config {
     /// The room the daemon syncs in.
     pub fn sync_room(&self) -> String {
         format!("graph-sync-room-{}", self.db_name)
+    }
+
+    /// The app room (`db.room`) where GenosDB apps keep presence; it carries no sync.
+    pub fn presence_room(&self) -> String {
+        format!("app-sync-{}", self.db_name)
     }
 
     /// Where this database's files live.

@@ -91,7 +91,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(signal, "shutting down");
     if let Some(rtc) = &rtc {
         // bye on every relay and @_leave to every peer, so browsers drop us at once.
-        let _ = tokio::time::timeout(Duration::from_secs(2), rtc.room.leave()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), rtc.leave()).await;
     }
     tracing::info!("flushing the journal");
     let _ = stop_http.send(true);
@@ -159,6 +159,7 @@ fn log_config(cfg: &Config) {
         port = cfg.port,
         rtc_enabled = cfg.rtc_enabled,
         relay = cfg.relay,
+        room_presence = cfg.room_presence,
         relay_max_connections = cfg.relay_limits.max_connections,
         relay_max_per_ip = cfg.relay_limits.max_per_ip,
         relays = ?cfg.relay_urls,

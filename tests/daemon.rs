@@ -49,6 +49,7 @@ fn bad_config_exits_2_naming_variable_value_and_form() {
         ("PORT", "99999", "port number"),
         ("OPLOG_SIZE", "10", "200"),
         ("RTC_ENABLED", "maybe", "true, false"),
+        ("ROOM_PRESENCE", "sometimes", "true, false"),
         ("SM_ENABLED", "2", "true, false"),
         (
             "SUPER_ADMINS",

@@ -178,6 +178,39 @@ async fn the_daemon_joins_its_room_as_a_superpeer_through_its_own_relay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_room_presence_the_daemon_is_a_superpeer_in_the_app_room_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_ready(
+        &data_dir(&tmp),
+        &[
+            ("RELAY", "1"),
+            ("RTC_ENABLED", "true"),
+            ("ICE_SERVERS", ""),
+            ("ROOM_PRESENCE", "1"),
+        ],
+    );
+    // A browser's db.room: the app room, no type of its own.
+    let mut app = common::peer::room_config(&format!("app-sync-{}", common::DB));
+    app.password.clear();
+    let (peer, mut rx) = join(d.port, app);
+    let (daemon_id, kind) = joined(&mut rx).await;
+    assert_eq!(kind.as_deref(), Some("superpeer"));
+    common::wait_until("health shows the presence peer", || {
+        d.get("/health").1.contains("\"presencePeers\":1")
+    });
+    // Nobody is in the sync room: presence peers are not sync peers.
+    assert!(d.get("/health").1.contains("\"peers\":0"));
+
+    d.signal(libc::SIGTERM);
+    assert_eq!(
+        left(&mut rx, "the daemon never left the app room").await,
+        daemon_id
+    );
+    assert_eq!(d.wait(Duration::from_secs(10)).code(), Some(0));
+    peer.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_answering_pings_is_dropped() {
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start_ready(&data_dir(&tmp), &[("RELAY", "1")]);

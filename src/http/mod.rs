@@ -30,6 +30,8 @@ pub struct AppState {
     persist: OnceLock<Arc<PersistStatus>>,
     /// Connected peers in the sync room.
     pub peers: AtomicUsize,
+    /// Connected peers in the presence room, when ROOM_PRESENCE=1.
+    pub presence_peers: OnceLock<AtomicUsize>,
     pub relays_connected: AtomicUsize,
     pub relays_total: AtomicUsize,
     /// The embedded relay, when RELAY=1.
@@ -47,6 +49,7 @@ impl AppState {
             store: OnceLock::new(),
             persist: OnceLock::new(),
             peers: AtomicUsize::new(0),
+            presence_peers: OnceLock::new(),
             relays_connected: AtomicUsize::new(0),
             relays_total: AtomicUsize::new(relays_total),
             relay,
@@ -109,6 +112,8 @@ struct Health {
     status: &'static str,
     db_name: String,
     peers: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_peers: Option<usize>,
     uptime: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     nodes: Option<usize>,
@@ -151,6 +156,10 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         status,
         db_name: state.db_name.clone(),
         peers: state.peers.load(Ordering::Relaxed),
+        presence_peers: state
+            .presence_peers
+            .get()
+            .map(|p| p.load(Ordering::Relaxed)),
         uptime: state.started.elapsed().as_secs(),
         nodes,
         oplog,

@@ -16,6 +16,20 @@ use webrtc::peer_connection::RTCIceServer;
 pub struct Rtc {
     pub room: Arc<Room>,
     pub pool: Arc<RelayPool>,
+    /// `app-sync-<DB_NAME>`, when ROOM_PRESENCE=1.
+    pub presence: Option<Arc<Room>>,
+}
+
+impl Rtc {
+    /// Says goodbye in every room joined.
+    pub async fn leave(&self) {
+        match &self.presence {
+            Some(p) => {
+                tokio::join!(self.room.leave(), p.leave());
+            }
+            None => self.room.leave().await,
+        }
+    }
 }
 
 /// Relays to use: RELAY_URLS, plus our own embedded relay when RELAY=1.
@@ -72,9 +86,28 @@ pub fn start(
         );
     }
     state.relays_total.store(urls.len(), Ordering::Relaxed);
-    let (pool, inbound) = RelayPool::start(PoolConfig::new(urls));
+    let (pool, inbound) = RelayPool::start(PoolConfig::new(urls.clone()));
     let pool = Arc::new(pool);
-    let mut room_cfg = RoomConfig::new(&cfg.sync_room());
+    let (room, events) = Room::join(room_config(cfg, &cfg.sync_room()), pool.clone(), inbound);
+    tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), "joined the sync room");
+    let room = Arc::new(room);
+    state.set_room_stats(room.shared_stats());
+    let presence = cfg
+        .room_presence
+        .then(|| join_presence(cfg, urls, state.clone()));
+    tokio::spawn(watch_relays(pool.clone(), state));
+    (
+        Rtc {
+            room,
+            pool,
+            presence,
+        },
+        events,
+    )
+}
+
+fn room_config(cfg: &Config, room: &str) -> RoomConfig {
+    let mut room_cfg = RoomConfig::new(room);
     room_cfg.password = cfg.password.0.clone();
     room_cfg.peer = PeerConfig {
         ice_servers: ice_servers(cfg),
@@ -82,12 +115,36 @@ pub fn start(
         include_loopback: true,
         ..PeerConfig::default()
     };
-    let (room, events) = Room::join(room_cfg, pool.clone(), inbound);
-    tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), "joined the sync room");
+    room_cfg
+}
+
+/// Joins `app-sync-<DB_NAME>` as a superpeer (genossrv's `--room`). Presence is nothing
+/// more than being there: browsers see our announces (`peer:seen`), connect
+/// (`peer:join` with type `superpeer`) and get our `bye` (`peer:lost`). Its own relay
+/// connections keep its signalling apart from the sync room's. Nothing is synced here.
+fn join_presence(cfg: &Config, urls: Vec<String>, state: Arc<AppState>) -> Arc<Room> {
+    let (pool, inbound) = RelayPool::start(PoolConfig::new(urls));
+    let name = cfg.presence_room();
+    let (room, mut events) = Room::join(room_config(cfg, &name), Arc::new(pool), inbound);
+    tracing::info!(peer_id = %room.self_id, room = %name, "joined the presence room");
     let room = Arc::new(room);
-    state.set_room_stats(room.shared_stats());
-    tokio::spawn(watch_relays(pool.clone(), state));
-    (Rtc { room, pool }, events)
+    state.presence_peers.get_or_init(Default::default);
+    let watched = room.clone();
+    tokio::spawn(async move {
+        let count = state.presence_peers.get_or_init(Default::default);
+        while let Some(ev) = events.recv().await {
+            let peers = watched.peers().len();
+            count.store(peers, Ordering::Relaxed);
+            match ev {
+                RoomEvent::Joined { peer, .. } => {
+                    tracing::info!(%peer, peers, "presence peer joined")
+                }
+                RoomEvent::Left { peer } => tracing::info!(%peer, peers, "presence peer left"),
+                RoomEvent::Message { .. } => {}
+            }
+        }
+    });
+    room
 }
 
 async fn watch_relays(pool: Arc<RelayPool>, state: Arc<AppState>) {

@@ -1,0 +1,75 @@
+// Shared by the probes in this folder (adapted from the harness's scale.mjs): output
+// files, the relay, the superpeer, and a main that runs one probe and prints
+// "N passed, N failed". Copy this folder's .mjs files next to run.sh.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { startStatic } from './lib/static.mjs'
+import { startNodeRelay } from './lib/relay-node.mjs'
+import { startProcess, stopAll, freePort, httpOk, sleep } from './lib/procs.mjs'
+
+const HERE = path.dirname(fileURLToPath(import.meta.url))
+export const env = process.env
+const GDB_DIST = path.resolve(env.GDB_DIST || new URL('./gdb-dist', import.meta.url).pathname)
+const BUN = env.BUN || path.join(HERE, 'node_modules', '.bin', 'bun')
+const SUPERPEER_CMD = env.SUPERPEER_CMD || `exec "${BUN}" "${path.join(HERE, 'superpeers', 'genossrv-loopback.mjs')}"`
+const SUPERPEER_NAME = env.SUPERPEER_NAME || (env.SUPERPEER_CMD ? 'custom' : 'genossrv')
+const SUPERPEER_READY = env.SUPERPEER_READY || (env.SUPERPEER_CMD ? 'tcp' : 'log:superpeer ready')
+
+export const runId = `${new Date().toISOString().replace(/[-:T]/g, '').slice(2, 14)}-${Math.random().toString(36).slice(2, 6)}`
+let OUT, hlog
+export const log = (...a) => { const l = `${new Date().toISOString().slice(11, 23)} ${a.map((x) => typeof x === 'string' ? x : JSON.stringify(x)).join(' ')}`; hlog.write(l + '\n'); if (env.VERBOSE === '1') process.stderr.write(l + '\n') }
+const results = []
+export const emit = (r) => { const o = { superpeer: SUPERPEER_NAME, run: runId, ...r }; results.push(o); const l = JSON.stringify(o); console.log(l); fs.appendFileSync(path.join(OUT, 'results.jsonl'), l + '\n'); log('RESULT', l) }
+export const mem = () => ({ free_mb: Math.round(os.freemem() / 1048576), load1: Number(os.loadavg()[0].toFixed(2)) })
+
+export let st, relayUrls, OUT_DIR
+let relayStop
+let superpeerEnv = {}
+async function startRelay () {
+  if ((env.RELAY_IMPL || 'genossrv') === 'node') {
+    const r = await startNodeRelay({}); relayUrls = [`ws://127.0.0.1:${r.port}`]; relayStop = () => r.close(); return
+  }
+  const port = await freePort()
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gdbh-relay-'))
+  const p = startProcess({ name: 'relay', command: `exec "${BUN}" "${path.join(GDB_DIST, 'genossrv.min.js')}" harness-relay-only-${runId}`, env: { ...env, GDB_RELAY: '1', PORT: String(port), GDB_DB_PATH: path.join(dir, 'relay.sqlite'), GDB_RELAY_URLS: `ws://127.0.0.1:${port}` }, cwd: dir, logFile: path.join(OUT, 'relay.log') })
+  const t0 = Date.now()
+  while (!(await httpOk(`http://127.0.0.1:${port}/`))) { if (Date.now() - t0 > 20000) throw new Error('relay did not start'); await sleep(100) }
+  relayUrls = [`ws://127.0.0.1:${port}`]
+  relayStop = async () => { await p.stop(); fs.rmSync(dir, { recursive: true, force: true }) }
+}
+export async function startSuperpeer (dbName, dataDir) {
+  fs.mkdirSync(dataDir, { recursive: true })
+  const port = await freePort()
+  const p = startProcess({ name: 'superpeer', command: SUPERPEER_CMD, cwd: dataDir, env: { ...env, ...superpeerEnv, DB_NAME: dbName, RELAY_URLS: relayUrls.join(','), PORT: String(port), RTC_ENABLED: '1', ICE_SERVERS: env.ICE_SERVERS ?? '', SM_ENABLED: '0', SUPER_ADMINS: '', DATA_DIR: dataDir, DB_PATH: path.join(dataDir, 'data.sqlite'), GDB_DIST, HARNESS_DIR: HERE }, logFile: path.join(OUT, 'superpeer.log') })
+  const [mode, ...rest] = SUPERPEER_READY.split(':')
+  if (mode === 'log') { if (!(await p.waitForLog(new RegExp(rest.join(':')), 30000))) throw new Error('superpeer not ready') } else if (mode === 'delay') await sleep(Number(rest[0] || 2000))
+  else { const t0 = Date.now(); const { tcpOk } = await import('./lib/procs.mjs'); while (!(await (mode === 'http' ? httpOk(`http://127.0.0.1:${port}${rest.join(':') || '/'}`) : tcpOk(port)))) { if (Date.now() - t0 > 30000) throw new Error('superpeer not ready'); await sleep(100) } }
+  return p
+}
+
+
+/** Runs `probe` between a fresh static server and relay, and exits with its verdict. */
+export async function runProbe (name, probe, extraSuperpeerEnv = {}) {
+  superpeerEnv = extraSuperpeerEnv
+  OUT = path.resolve(env.OUT_DIR || path.join(HERE, 'out', `${name}-${runId}`))
+  OUT_DIR = OUT
+  fs.mkdirSync(OUT, { recursive: true })
+  hlog = fs.createWriteStream(path.join(OUT, `${name}.log`))
+  let code = 1
+  try {
+    st = await startStatic({ pageDir: path.join(HERE, 'page'), distDir: GDB_DIST })
+    await startRelay()
+    await probe()
+    code = results.every((r) => r.pass) ? 0 : 1
+  } finally {
+    try { await relayStop?.() } catch {}
+    await stopAll().catch(() => {})
+    try { await st?.close() } catch {}
+    const passed = results.filter((r) => r.pass).length
+    console.log(`${passed} passed, ${results.length - passed} failed`)
+    process.exit(code)
+  }
+}
+export { sleep }

@@ -190,8 +190,7 @@ async fn with_room_presence_the_daemon_is_a_superpeer_in_the_app_room_too() {
         ],
     );
     // A browser's db.room: the app room, no type of its own.
-    let mut app = common::peer::room_config(&format!("app-sync-{}", common::DB));
-    app.password.clear();
+    let app = common::peer::room_config(&format!("app-sync-{}", common::DB));
     let (peer, mut rx) = join(d.port, app);
     let (daemon_id, kind) = joined(&mut rx).await;
     assert_eq!(kind.as_deref(), Some("superpeer"));

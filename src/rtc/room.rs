@@ -238,18 +238,6 @@ impl Room {
         Ok(())
     }
 
-    /// Sends one message to one peer, waiting while its queue is full: bulk replies
-    /// go out as fast as that peer takes them.
-    pub async fn send_to(
-        &self,
-        channel: &str,
-        payload: Payload<'_>,
-        peer: &str,
-    ) -> Result<(), SendError> {
-        let frames = self.encode(channel, payload)?;
-        self.send_frames_to(peer, frames).await
-    }
-
     /// Frames one message with the channel's next nonce, for [`Room::send_frames_to`].
     /// Compressing a large message takes milliseconds: callers may do it off the runtime.
     pub fn encode(

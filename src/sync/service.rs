@@ -20,7 +20,7 @@ pub const CHANNEL: &str = "syncGraph";
 
 /// The largest delta message text we send. 1 MiB is 64 frames, well inside the 100
 /// frames a browser reassembles (§3), even when compression does not help.
-pub const MESSAGE_BUDGET: usize = 1 << 20;
+pub const DELTA_BUDGET: usize = 1 << 20;
 
 /// The JSON size a full-state part is first written at; see `next_full_part`.
 pub const FULL_PART_BUDGET: usize = 6 << 20;
@@ -31,7 +31,7 @@ pub const OUTBOX_LEN: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
-    pub message_budget: usize,
+    pub delta_budget: usize,
     pub full_part_budget: usize,
     pub outbox_len: usize,
 }
@@ -39,7 +39,7 @@ pub struct SyncConfig {
 impl Default for SyncConfig {
     fn default() -> Self {
         Self {
-            message_budget: MESSAGE_BUDGET,
+            delta_budget: DELTA_BUDGET,
             full_part_budget: FULL_PART_BUDGET,
             outbox_len: OUTBOX_LEN,
         }
@@ -530,7 +530,7 @@ impl Drain {
     async fn send_delta(&self) -> bool {
         let shared = self.shared.clone();
         let Ok(parts) = tokio::task::spawn_blocking(move || {
-            let texts = shared.store().delta_messages(shared.cfg.message_budget);
+            let texts = shared.store().delta_messages(shared.cfg.delta_budget);
             texts
                 .into_iter()
                 .map(|t| {

@@ -6,6 +6,10 @@ use crate::eth;
 use crate::persist::files::Layout;
 use crate::persist::{MAX_UNWRITTEN_BYTES, PersistConfig};
 use crate::relay::RelayLimits;
+use crate::sm::governance::{self, Rule};
+use crate::sm::key;
+use crate::sm::policy::Roles;
+use crate::sm::sig::Signer;
 use crate::store::oplog::MIN_OPLOG_SIZE;
 use clap::{Args, Parser, Subcommand};
 use std::net::IpAddr;
@@ -102,6 +106,15 @@ pub struct RawSettings {
     /// Comma list of superadmin 0x addresses.
     #[arg(long, env = "SUPER_ADMINS", global = true)]
     pub super_admins: Option<String>,
+    /// Refuse user nodes that name an unlisted address superadmin, even in deltas.
+    #[arg(long, env = "SM_STRICT", global = true)]
+    pub sm_strict: Option<String>,
+    /// Signing key: a BIP39 mnemonic or a 0x private key. Never logged.
+    #[arg(long, env = "SM_KEY", global = true, hide_env_values = true)]
+    pub sm_key: Option<String>,
+    /// Governance rules: inline JSON or a path to a JSON file.
+    #[arg(long, env = "SM_RULES", global = true)]
+    pub sm_rules: Option<String>,
     /// Directory holding <DB_NAME>.bin and its journal.
     #[arg(long, env = "DATA_DIR", global = true)]
     pub data_dir: Option<String>,
@@ -143,6 +156,10 @@ pub struct Config {
     pub port: u16,
     pub sm_enabled: bool,
     pub super_admins: Vec<String>,
+    pub sm_strict: bool,
+    /// SM_KEY, parsed: its Debug form shows only the address.
+    pub sm_signer: Option<Signer>,
+    pub sm_rules: Vec<Rule>,
     pub data_dir: PathBuf,
     pub flush_every: Duration,
     pub oplog_size: usize,
@@ -190,6 +207,9 @@ impl RawSettings {
             )? as u16,
             sm_enabled: boolean("SM_ENABLED", self.sm_enabled.as_deref(), false)?,
             super_admins: super_admins(self.super_admins.as_deref().unwrap_or(""))?,
+            sm_strict: boolean("SM_STRICT", self.sm_strict.as_deref(), false)?,
+            sm_signer: sm_key(self.sm_key.as_deref())?,
+            sm_rules: self.sm_rules()?,
             data_dir: data_dir(self.data_dir.as_deref().unwrap_or("./data"))?,
             flush_every: Duration::from_millis(number(
                 "FLUSH_MS",
@@ -463,6 +483,40 @@ fn super_admins(v: &str) -> Result<Vec<String>, ConfigError> {
     Ok(out)
 }
 
+/// SM_KEY is never echoed: a refusal shows `<hidden>` for its value.
+fn sm_key(v: Option<&str>) -> Result<Option<Signer>, ConfigError> {
+    let Some(v) = v.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    key::parse_key(v).map(Some).map_err(|e| ConfigError {
+        var: "SM_KEY",
+        value: "<hidden>".into(),
+        expected: format!(
+            "a BIP39 English mnemonic (words separated by spaces) or a 32-byte hex private key (0x + 64 hex digits); it {e}"
+        ),
+    })
+}
+
+impl RawSettings {
+    fn sm_rules(&self) -> Result<Vec<Rule>, ConfigError> {
+        let Some(spec) = self.sm_rules.as_deref().filter(|v| !v.trim().is_empty()) else {
+            return Ok(Vec::new());
+        };
+        const FORM: &str = "a JSON array of {\"if\": <query>, \"then\": {\"assignRole\": \"<role>\"}} rules, inline or in a file";
+        if self.sm_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+            return Err(bad(
+                "SM_RULES",
+                spec,
+                format!(
+                    "{FORM}, together with SM_KEY (the role assignments it writes must be signed)"
+                ),
+            ));
+        }
+        governance::load_rules(spec, &Roles::default())
+            .map_err(|e| bad("SM_RULES", spec, format!("{FORM}; it {e}")))
+    }
+}
+
 fn data_dir(v: &str) -> Result<PathBuf, ConfigError> {
     if v.trim().is_empty() {
         return Err(bad("DATA_DIR", v, "a directory path"));
@@ -703,6 +757,69 @@ mod tests {
         assert_eq!(
             with(|r| r.rust_log = Some("[[[".into())).unwrap_err().var,
             "RUST_LOG"
+        );
+    }
+
+    #[test]
+    fn sm_settings() {
+        let mnemonic = "test test test test test test test test test test test junk";
+        let c = with(|r| {
+            r.sm_key = Some(mnemonic.into());
+            r.sm_strict = Some("1".into());
+            r.sm_rules =
+                Some(r#"[{"if":{"points":{"$gte":10}},"then":{"assignRole":"user"}}]"#.into());
+        })
+        .unwrap();
+        assert!(c.sm_strict);
+        assert_eq!(c.sm_rules.len(), 1);
+        assert_eq!(
+            c.sm_signer.as_ref().unwrap().address(),
+            "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+        );
+        assert!(
+            !format!("{c:?}").contains("junk"),
+            "SM_KEY never shows in Debug"
+        );
+
+        let e = with(|r| r.sm_key = Some("correct horse battery staple".into())).unwrap_err();
+        assert_eq!(e.var, "SM_KEY");
+        assert!(!e.to_string().contains("horse"), "{e}");
+        assert!(e.to_string().contains("BIP39"), "{e}");
+        let e = with(|r| r.sm_key = Some("0x12".into())).unwrap_err();
+        assert!(
+            e.to_string().contains("<hidden>") && !e.to_string().contains("0x12"),
+            "{e}"
+        );
+
+        let e = with(|r| r.sm_rules = Some(r#"[{"if":{},"then":{"assignRole":"user"}}]"#.into()))
+            .unwrap_err();
+        assert_eq!(e.var, "SM_RULES");
+        assert!(e.to_string().contains("together with SM_KEY"), "{e}");
+        for (rules, needle) in [
+            (
+                r#"[{"if":{},"then":{"assignRole":"wizard"}}]"#,
+                "unknown role",
+            ),
+            (
+                r#"[{"if":{"a":{"$regex":"("}},"then":{"assignRole":"user"}}]"#,
+                "$regex",
+            ),
+            ("[oops", "not JSON"),
+            ("/no/such/rules.json", "cannot read"),
+        ] {
+            let e = with(|r| {
+                r.sm_key = Some(mnemonic.into());
+                r.sm_rules = Some(rules.into());
+            })
+            .unwrap_err();
+            assert_eq!(e.var, "SM_RULES");
+            assert!(e.to_string().contains(needle), "{rules}: {e}");
+        }
+        assert_eq!(
+            with(|r| r.sm_strict = Some("sometimes".into()))
+                .unwrap_err()
+                .var,
+            "SM_STRICT"
         );
     }
 }

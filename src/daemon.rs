@@ -6,7 +6,10 @@ use crate::http::{self, AppState};
 use crate::persist::files;
 use crate::persist::{Persistence, unix_ms};
 use crate::relay::Relay;
+use crate::sm::SmConfig;
+use crate::sm::policy::Policy;
 use crate::sync::SyncConfig;
+use crate::sync::governor::Governor;
 use anyhow::Context;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -71,6 +74,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = Arc::new(Mutex::new(store));
     let persistence = Persistence::start(cfg.persist(), store.clone(), writer)?;
     state.ready(store.clone(), persistence.status.clone());
+    let sm = sm_config(&cfg, &state);
     let rtc = cfg.rtc_enabled.then(|| {
         let (rtc, events) =
             crate::rtc::daemon_room::start(&cfg, cfg.host, addr.port(), state.clone());
@@ -79,10 +83,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             rtc.room.clone(),
             events,
             store.clone(),
-            SyncConfig::default(),
+            SyncConfig {
+                sm,
+                ..SyncConfig::default()
+            },
             move |n, _| peers.peers.store(n, Ordering::Relaxed),
         );
         state.set_sync_stats(sync.stats.clone());
+        state.set_sm_stats(sync.sm_stats.clone());
+        if let (Some(signer), false) = (&cfg.sm_signer, cfg.sm_rules.is_empty()) {
+            Governor::new(
+                cfg.sm_rules.clone(),
+                signer.address().to_owned(),
+                &cfg.super_admins,
+            )
+            .start(store.clone(), sync.clone(), sync.sm_stats.clone());
+        }
         rtc
     });
     tracing::info!("ready");
@@ -110,6 +126,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::mem::forget(store);
     std::mem::forget(state);
     Ok(())
+}
+
+/// The Security Manager's settings for the sync layer, logged once.
+fn sm_config(cfg: &Config, state: &AppState) -> SmConfig {
+    if let Some(signer) = &cfg.sm_signer {
+        let address = signer.address();
+        tracing::info!(%address, "SM: signing as {address}");
+        let _ = state.signing_as.set(address.to_owned());
+    }
+    if cfg.sm_strict && !cfg.sm_enabled {
+        tracing::warn!("SM_STRICT has no effect without SM_ENABLED=true");
+    }
+    if cfg.sm_enabled {
+        tracing::info!(
+            super_admins = cfg.super_admins.len(),
+            strict = cfg.sm_strict,
+            "SM: verifying signed ops as browsers do"
+        );
+    }
+    SmConfig {
+        verify: cfg
+            .sm_enabled
+            .then(|| Policy::new(cfg.super_admins.clone(), cfg.sm_strict)),
+        signer: cfg.sm_signer.clone(),
+    }
 }
 
 async fn serve(listener: TcpListener, state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
@@ -167,6 +208,9 @@ fn log_config(cfg: &Config) {
         ice = ?cfg.ice,
         sm_enabled = cfg.sm_enabled,
         super_admins = ?cfg.super_admins,
+        sm_strict = cfg.sm_strict,
+        sm_key_set = cfg.sm_signer.is_some(),
+        sm_rules = cfg.sm_rules.len(),
         flush_ms = cfg.flush_every.as_millis() as u64,
         oplog_size = cfg.oplog_size,
         compact_bytes = cfg.compact_bytes,

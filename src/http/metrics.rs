@@ -209,6 +209,44 @@ impl Collector for Daemon {
                 counter(&mut enc, name, help, load(v))?;
             }
         }
+        if let Some(sm) = state.sm_stats() {
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            counter(
+                &mut enc,
+                "sm_accepted",
+                "Elements the Security Manager let through (SM_ENABLED)",
+                load(&sm.accepted),
+            )?;
+            let family = ConstCounter::new(0u64);
+            let mut metric = enc.encode_descriptor(
+                "sm_rejected",
+                "Elements the Security Manager refused, by reason",
+                None,
+                family.metric_type(),
+            )?;
+            for (reason, n) in sm.rejected() {
+                ConstCounter::new(n).encode(metric.encode_family(&[("reason", reason)])?)?;
+            }
+            for (name, help, v) in [
+                (
+                    "sm_signed",
+                    "Outgoing elements signed with SM_KEY",
+                    &sm.signed,
+                ),
+                (
+                    "sm_governance_writes",
+                    "Role assignments written by SM_RULES",
+                    &sm.governance_writes,
+                ),
+                (
+                    "sm_governance_failures",
+                    "Role assignments SM_RULES could not write",
+                    &sm.governance_failures,
+                ),
+            ] {
+                counter(&mut enc, name, help, load(v))?;
+            }
+        }
         if let Some(r) = &state.relay {
             let s = &r.stats;
             gauge(

@@ -39,6 +39,9 @@ pub struct AppState {
     pub relay_reconnects: std::sync::atomic::AtomicU64,
     room_stats: OnceLock<Arc<crate::rtc::room::RoomStats>>,
     sync_stats: OnceLock<Arc<crate::sync::SyncStats>>,
+    sm_stats: OnceLock<Arc<crate::sm::SmStats>>,
+    /// The address SM_KEY signs as.
+    pub signing_as: OnceLock<String>,
 }
 
 impl AppState {
@@ -56,6 +59,8 @@ impl AppState {
             relay_reconnects: Default::default(),
             room_stats: OnceLock::new(),
             sync_stats: OnceLock::new(),
+            sm_stats: OnceLock::new(),
+            signing_as: OnceLock::new(),
         })
     }
 
@@ -79,6 +84,14 @@ impl AppState {
 
     pub fn sync_stats(&self) -> Option<&Arc<crate::sync::SyncStats>> {
         self.sync_stats.get()
+    }
+
+    pub fn set_sm_stats(&self, stats: Arc<crate::sm::SmStats>) {
+        let _ = self.sm_stats.set(stats);
+    }
+
+    pub fn sm_stats(&self) -> Option<&Arc<crate::sm::SmStats>> {
+        self.sm_stats.get()
     }
 
     pub fn store(&self) -> Option<&Arc<Mutex<Store>>> {
@@ -125,6 +138,9 @@ struct Health {
     relays: Relays,
     #[serde(skip_serializing_if = "Option::is_none")]
     relay: Option<RelayHealth>,
+    /// The SM_KEY address, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_as: Option<String>,
     version: &'static str,
 }
 
@@ -174,6 +190,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             events: r.stats.events.load(Ordering::Relaxed),
             dropped: r.stats.dropped.load(Ordering::Relaxed),
         }),
+        signing_as: state.signing_as.get().cloned(),
         version: VERSION,
     };
     let code = if status == "starting" {

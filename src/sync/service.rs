@@ -4,16 +4,22 @@
 
 use super::engine::{self, Applied, Engine};
 use super::local::{self, LocalError};
-use super::message::{self, Batch, ParseError};
+use super::message::{self, Batch, Message, ParseError};
 use crate::persist::unix_ms;
 use crate::rtc::frame::{self, Payload};
 use crate::rtc::room::{Room, RoomEvent};
-use crate::store::{FullStateCursor, Hlc, Store, SyncReply};
+use crate::sm::policy::{Policy, Reason};
+use crate::sm::{self, LogLimiter, SmConfig, SmStats};
+use crate::store::{FullStateCursor, Hlc, Op, Store, SyncReply};
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+
+/// One log line per signer (or peer) per this long for refused SM elements.
+const SM_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The GenosDB sync action.
 pub const CHANNEL: &str = "syncGraph";
@@ -34,6 +40,8 @@ pub struct SyncConfig {
     pub delta_budget: usize,
     pub full_part_budget: usize,
     pub outbox_len: usize,
+    /// Verification of incoming ops and signing of outgoing messages.
+    pub sm: SmConfig,
 }
 
 impl Default for SyncConfig {
@@ -42,6 +50,7 @@ impl Default for SyncConfig {
             delta_budget: DELTA_BUDGET,
             full_part_budget: FULL_PART_BUDGET,
             outbox_len: OUTBOX_LEN,
+            sm: SmConfig::default(),
         }
     }
 }
@@ -101,6 +110,9 @@ type WriteReply = oneshot::Sender<Result<Hlc, LocalError>>;
 pub struct SyncHandle {
     writes: mpsc::Sender<(LocalWrite, WriteReply)>,
     pub stats: Arc<SyncStats>,
+    pub sm_stats: Arc<SmStats>,
+    /// Peers whose first sync exchange is still going on.
+    pub unsettled: Arc<AtomicUsize>,
 }
 
 impl SyncHandle {
@@ -144,6 +156,8 @@ pub fn start(
     on_peers: impl Fn(usize, &PeerChange) + Send + 'static,
 ) -> SyncHandle {
     let stats = Arc::new(SyncStats::default());
+    let sm_stats = Arc::new(SmStats::default());
+    let unsettled = Arc::new(AtomicUsize::new(0));
     let (writes_tx, writes) = mpsc::channel(64);
     let service = Service {
         shared: Arc::new(Shared {
@@ -151,15 +165,20 @@ pub fn start(
             store,
             cfg,
             stats: stats.clone(),
+            sm_stats: sm_stats.clone(),
+            sm_log: LogLimiter::new(SM_LOG_EVERY),
         }),
         engine: Engine::default(),
         outboxes: HashMap::new(),
         on_peers: Box::new(on_peers),
+        unsettled: unsettled.clone(),
     };
     tokio::spawn(service.run(events, writes));
     SyncHandle {
         writes: writes_tx,
         stats,
+        sm_stats,
+        unsettled,
     }
 }
 
@@ -169,12 +188,115 @@ struct Shared {
     store: Arc<Mutex<Store>>,
     cfg: SyncConfig,
     stats: Arc<SyncStats>,
+    sm_stats: Arc<SmStats>,
+    sm_log: LogLimiter,
 }
 
 impl Shared {
     fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// One outgoing message holding `element`, signed when the daemon has SM_KEY.
+    fn wrap(&self, element: &str) -> String {
+        let Some(signer) = &self.cfg.sm.signer else {
+            return format!("[{element}]");
+        };
+        match sm::sign_element(signer, element) {
+            Ok(signed) => {
+                bump(&self.sm_stats.signed, 1);
+                format!("[{signed}]")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign an outgoing element; sent unsigned");
+                format!("[{element}]")
+            }
+        }
+    }
+
+    /// Decodes a message and applies it: through the Security Manager's policy when
+    /// SM_ENABLED, with signatures checked before the store is locked.
+    fn receive(
+        &self,
+        peer: &str,
+        message: &frame::Message,
+        now: u64,
+    ) -> Result<Applied, ParseError> {
+        let text = payload_text(message)?;
+        let elements = message::elements(&text)?;
+        let Some(policy) = &self.cfg.sm.verify else {
+            let batch = message::parse_elements(elements);
+            return Ok(engine::apply_batch(&mut self.store(), batch, now));
+        };
+        let checked = sm::check_all(&elements);
+        let mut store = self.store();
+        let filtered = sm::filter(policy, &elements, checked, &store, now);
+        let mut batch = message::parse_elements(filtered.kept.iter().map(|c| c.as_ref()));
+        let laundered = strict_filter(policy, &mut batch);
+        let applied = engine::apply_batch(&mut store, batch, now);
+        drop(store);
+        bump(&self.sm_stats.accepted, filtered.kept.len() as u64);
+        for _ in 0..laundered {
+            self.sm_stats.reject(Reason::Strict);
+        }
+        for d in &filtered.dropped {
+            self.sm_stats.reject(d.reason);
+            let who = d.signer.as_deref().unwrap_or(peer);
+            if let Some(suppressed) = self.sm_log.allow(who, Instant::now()) {
+                tracing::warn!(
+                    %peer,
+                    signer = d.signer.as_deref().unwrap_or("-"),
+                    kind = %d.kind,
+                    reason = d.reason.as_str(),
+                    suppressed,
+                    "SM: refused an element"
+                );
+            }
+        }
+        if laundered > 0 && self.sm_log.allow(peer, Instant::now()).is_some() {
+            tracing::warn!(%peer, nodes = laundered, "SM_STRICT: refused user nodes naming an unlisted superadmin");
+        }
+        Ok(applied)
+    }
+}
+
+/// The payload as JSON text; MessagePack is converted (§6.5).
+fn payload_text(message: &frame::Message) -> Result<Cow<'_, str>, ParseError> {
+    if message.is_binary() {
+        Ok(Cow::Owned(message::msgpack_to_json(&message.data)?))
+    } else if message.is_json() {
+        std::str::from_utf8(&message.data)
+            .map(Cow::Borrowed)
+            .map_err(|_| ParseError::Utf8)
+    } else {
+        // A JS string: a browser's handler finds no `type` in it and ignores it.
+        Err(ParseError::Shape)
+    }
+}
+
+/// SM_STRICT: drops laundered superadmin `user:` nodes from deltas and full states.
+fn strict_filter(policy: &Policy, batch: &mut Batch) -> usize {
+    if !policy.strict {
+        return 0;
+    }
+    let mut refused = 0;
+    for msg in &mut batch.messages {
+        match msg {
+            Message::Full(full) => full.nodes.retain(|(id, node)| {
+                let bad = policy.strict_refuses(id, node.value.as_ref().map(|v| v.get()));
+                refused += usize::from(bad);
+                !bad
+            }),
+            Message::Delta { ops, .. } => ops.retain(|op| {
+                let bad = matches!(op, Op::Upsert(u)
+                    if policy.strict_refuses(&u.id, u.value.as_ref().map(|v| v.get())));
+                refused += usize::from(bad);
+                !bad
+            }),
+            _ => {}
+        }
+    }
+    refused
 }
 
 struct Service {
@@ -182,6 +304,7 @@ struct Service {
     engine: Engine,
     outboxes: HashMap<String, Outbox>,
     on_peers: OnPeers,
+    unsettled: Arc<AtomicUsize>,
 }
 
 impl Service {
@@ -191,6 +314,9 @@ impl Service {
         mut writes: mpsc::Receiver<(LocalWrite, WriteReply)>,
     ) {
         let mut writes_open = true;
+        // Keeps `unsettled` current while nothing else happens.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let due = self.engine.next_due();
             tokio::select! {
@@ -206,7 +332,10 @@ impl Service {
                     self.send_due_syncs();
                     self.reply_unasked();
                 }
+                _ = tick.tick() => {}
             }
+            self.unsettled
+                .store(self.engine.unsettled(Instant::now()), Ordering::Relaxed);
         }
     }
 
@@ -250,11 +379,9 @@ impl Service {
     async fn on_message(&mut self, peer: String, message: frame::Message) {
         let shared = self.shared.clone();
         bump(&shared.stats.messages_in, 1);
-        let applied = tokio::task::spawn_blocking(move || {
-            let batch = decode(&message)?;
-            Ok::<_, ParseError>(engine::apply_batch(&mut shared.store(), batch, unix_ms()))
-        })
-        .await;
+        let from = peer.clone();
+        let applied =
+            tokio::task::spawn_blocking(move || shared.receive(&from, &message, unix_ms())).await;
         let applied = match applied {
             Ok(Ok(applied)) => applied,
             Ok(Err(e)) => {
@@ -311,7 +438,7 @@ impl Service {
             }
         };
         let result = result.map(|op| {
-            let text: Arc<str> = format!("[{}]", op.json).into();
+            let text: Arc<str> = self.shared.wrap(&op.json).into();
             let peers: Vec<String> = self.outboxes.keys().cloned().collect();
             for peer in peers {
                 self.enqueue(&peer, Outgoing::Text(text.clone()));
@@ -326,7 +453,8 @@ impl Service {
         if due.is_empty() {
             return;
         }
-        let text: Arc<str> = format!("[{}]", self.shared.store().sync_json()).into();
+        let sync = self.shared.store().sync_json();
+        let text: Arc<str> = self.shared.wrap(&sync).into();
         for peer in due {
             bump(&self.shared.stats.syncs_sent, 1);
             self.enqueue(&peer, Outgoing::Text(text.clone()));
@@ -362,18 +490,6 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-fn decode(message: &frame::Message) -> Result<Batch, ParseError> {
-    if message.is_binary() {
-        message::parse_msgpack(&message.data)
-    } else if message.is_json() {
-        let text = std::str::from_utf8(&message.data).map_err(|_| ParseError::Utf8)?;
-        message::parse_json(text)
-    } else {
-        // A JS string: a browser's handler finds no `type` in it and ignores it.
-        Err(ParseError::Shape)
     }
 }
 
@@ -533,11 +649,7 @@ impl Drain {
             let texts = shared.store().delta_messages(shared.cfg.delta_budget);
             texts
                 .into_iter()
-                .map(|t| {
-                    shared
-                        .room
-                        .encode(CHANNEL, Payload::Json(&format!("[{t}]")))
-                })
+                .map(|t| shared.room.encode(CHANNEL, Payload::Json(&shared.wrap(&t))))
                 .collect::<Vec<_>>()
         })
         .await
@@ -581,7 +693,7 @@ fn next_full_part(
         let text = shared.store().next_full_state(cursor, *budget)?;
         let frames = shared
             .room
-            .encode(CHANNEL, Payload::Json(&format!("[{text}]")));
+            .encode(CHANNEL, Payload::Json(&shared.wrap(&text)));
         let count = match &frames {
             Ok(f) => f.len(),
             Err(frame::FrameError::TooLarge(n)) => *n,

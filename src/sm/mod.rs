@@ -8,13 +8,14 @@ pub mod policy;
 pub mod query;
 pub mod sig;
 
-use crate::store::Store;
+use crate::store::json::{self, RawObject};
+use crate::store::{Hlc, Store};
 use js::Js;
 use policy::{Checked, Graph, Policy, Reason, Verdict};
 use serde_json::value::RawValue;
 use sig::Signer;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -118,6 +119,62 @@ pub struct Dropped {
     pub reason: Reason,
     pub signer: Option<String>,
     pub kind: String,
+    /// What the op wrote, when it was an op: see [`Refused`].
+    pub op: Option<OpKey>,
+}
+
+/// An op by what it wrote and when: `id` (or `source\0target` for a link) and its
+/// timestamp. A replay of the same op carries the same key.
+pub type OpKey = (String, Hlc);
+
+/// Live ops the policy refused, remembered so the same op cannot come back inside
+/// its author's delta or full state (browsers hydrate their oplog without
+/// signatures, so such a replay cannot be verified; it is the laundering of §10.6).
+/// Bounded: the oldest keys are forgotten first.
+#[derive(Debug)]
+pub struct Refused {
+    keys: HashSet<OpKey>,
+    order: VecDeque<OpKey>,
+    capacity: usize,
+}
+
+impl Refused {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            keys: HashSet::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    pub fn insert(&mut self, key: OpKey) {
+        if self.capacity == 0 || !self.keys.insert(key.clone()) {
+            return;
+        }
+        self.order.push_back(key);
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+    }
+
+    pub fn contains(&self, id: &str, ts: Hlc) -> bool {
+        !self.keys.is_empty() && self.keys.contains(&(id.to_owned(), ts))
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// The key a link is remembered under.
+pub fn link_key(source: &str, target: &str) -> String {
+    format!("{source}\0{target}")
 }
 
 /// A batch after the policy: the elements to parse, and what was dropped.
@@ -165,13 +222,25 @@ pub fn filter<'a>(
 }
 
 fn dropped(raw: &RawValue, reason: Reason, signer: Option<String>) -> Dropped {
-    let kind = crate::store::json::RawObject::parse(raw)
-        .and_then(|o| o.get("type").and_then(crate::store::json::parse_string))
-        .unwrap_or_default();
+    let obj = RawObject::parse(raw);
+    let field = |k: &str| obj.as_ref()?.get(k).and_then(json::parse_string);
+    let kind = field("type").unwrap_or_default();
+    let ts = obj
+        .as_ref()
+        .and_then(|o| o.get("timestamp"))
+        .and_then(|t| json::parse_hlc(t).ok().flatten());
+    let target = match kind.as_str() {
+        "upsert" | "remove" => field("id"),
+        "link" => field("sourceId")
+            .zip(field("targetId"))
+            .map(|(s, t)| link_key(&s, &t)),
+        _ => None,
+    };
     Dropped {
         reason,
         signer,
         kind,
+        op: target.zip(ts),
     }
 }
 

@@ -26,11 +26,12 @@ pub enum Reason {
     Denied,
     SuperadminGrant,
     Strict,
+    Laundered,
     BatchAborted,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::MissingFields,
         Reason::InvalidAddress,
         Reason::AddressMismatch,
@@ -39,6 +40,7 @@ impl Reason {
         Reason::Denied,
         Reason::SuperadminGrant,
         Reason::Strict,
+        Reason::Laundered,
         Reason::BatchAborted,
     ];
 
@@ -52,6 +54,7 @@ impl Reason {
             Reason::Denied => "denied",
             Reason::SuperadminGrant => "superadmin-grant",
             Reason::Strict => "strict",
+            Reason::Laundered => "laundered",
             Reason::BatchAborted => "batch-aborted",
         }
     }

@@ -18,6 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// Refused live ops remembered so their replays inside deltas are refused too.
+const REFUSED_OPS_KEPT: usize = 65_536;
+
 /// One log line per signer (or peer) per this long for refused SM elements.
 const SM_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -167,6 +170,7 @@ pub fn start(
             stats: stats.clone(),
             sm_stats: sm_stats.clone(),
             sm_log: LogLimiter::new(SM_LOG_EVERY),
+            refused: Mutex::new(sm::Refused::new(REFUSED_OPS_KEPT)),
         }),
         engine: Engine::default(),
         outboxes: HashMap::new(),
@@ -190,6 +194,7 @@ struct Shared {
     stats: Arc<SyncStats>,
     sm_stats: Arc<SmStats>,
     sm_log: LogLimiter,
+    refused: Mutex<sm::Refused>,
 }
 
 impl Shared {
@@ -232,13 +237,20 @@ impl Shared {
         let mut store = self.store();
         let filtered = sm::filter(policy, &elements, checked, &store, now);
         let mut batch = message::parse_elements(filtered.kept.iter().map(|c| c.as_ref()));
-        let laundered = strict_filter(policy, &mut batch);
+        let replays = {
+            let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            for op in filtered.dropped.iter().filter_map(|d| d.op.clone()) {
+                refused.insert(op);
+            }
+            drop_replays(&refused, &mut batch)
+        };
+        let strict = strict_filter(policy, &mut batch);
+        let laundered = replays + strict;
         let applied = engine::apply_batch(&mut store, batch, now);
         drop(store);
         bump(&self.sm_stats.accepted, filtered.kept.len() as u64);
-        for _ in 0..laundered {
-            self.sm_stats.reject(Reason::Strict);
-        }
+        (0..replays).for_each(|_| self.sm_stats.reject(Reason::Laundered));
+        (0..strict).for_each(|_| self.sm_stats.reject(Reason::Strict));
         for d in &filtered.dropped {
             self.sm_stats.reject(d.reason);
             let who = d.signer.as_deref().unwrap_or(peer);
@@ -254,7 +266,11 @@ impl Shared {
             }
         }
         if laundered > 0 && self.sm_log.allow(peer, Instant::now()).is_some() {
-            tracing::warn!(%peer, nodes = laundered, "SM_STRICT: refused user nodes naming an unlisted superadmin");
+            tracing::warn!(
+                %peer,
+                ops = laundered,
+                "SM: refused ops inside a delta or full state (a replay of a refused live op, or under SM_STRICT a user node naming an unlisted superadmin)"
+            );
         }
         Ok(applied)
     }
@@ -272,6 +288,34 @@ fn payload_text(message: &frame::Message) -> Result<Cow<'_, str>, ParseError> {
         // A JS string: a browser's handler finds no `type` in it and ignores it.
         Err(ParseError::Shape)
     }
+}
+
+/// Drops, from deltas and full states, exact replays of live ops the policy refused.
+fn drop_replays(refused: &sm::Refused, batch: &mut Batch) -> usize {
+    if refused.is_empty() {
+        return 0;
+    }
+    let mut dropped = 0;
+    for msg in &mut batch.messages {
+        match msg {
+            Message::Full(full) => full.nodes.retain(|(id, node)| {
+                let bad = node.timestamp.is_some_and(|ts| refused.contains(id, ts));
+                dropped += usize::from(bad);
+                !bad
+            }),
+            Message::Delta { ops, .. } => ops.retain(|op| {
+                let bad = match op {
+                    Op::Upsert(u) => refused.contains(&u.id, u.ts),
+                    Op::Remove(r) => refused.contains(&r.id, r.ts),
+                    Op::Link(l) => refused.contains(&sm::link_key(&l.source, &l.target), l.ts),
+                };
+                dropped += usize::from(bad);
+                !bad
+            }),
+            _ => {}
+        }
+    }
+    dropped
 }
 
 /// SM_STRICT: drops laundered superadmin `user:` nodes from deltas and full states.

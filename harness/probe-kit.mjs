@@ -42,7 +42,7 @@ async function startRelay () {
 export async function startSuperpeer (dbName, dataDir) {
   fs.mkdirSync(dataDir, { recursive: true })
   const port = await freePort()
-  const p = startProcess({ name: 'superpeer', command: SUPERPEER_CMD, cwd: dataDir, env: { ...env, ...superpeerEnv, DB_NAME: dbName, RELAY_URLS: relayUrls.join(','), PORT: String(port), RTC_ENABLED: '1', ICE_SERVERS: env.ICE_SERVERS ?? '', SM_ENABLED: '0', SUPER_ADMINS: '', DATA_DIR: dataDir, DB_PATH: path.join(dataDir, 'data.sqlite'), GDB_DIST, HARNESS_DIR: HERE }, logFile: path.join(OUT, 'superpeer.log') })
+  const p = startProcess({ name: 'superpeer', command: SUPERPEER_CMD, cwd: dataDir, env: { ...env, DB_NAME: dbName, RELAY_URLS: relayUrls.join(','), PORT: String(port), RTC_ENABLED: '1', ICE_SERVERS: env.ICE_SERVERS ?? '', SM_ENABLED: '0', SUPER_ADMINS: '', DATA_DIR: dataDir, DB_PATH: path.join(dataDir, 'data.sqlite'), GDB_DIST, HARNESS_DIR: HERE, ...superpeerEnv }, logFile: path.join(OUT, 'superpeer.log') })
   const [mode, ...rest] = SUPERPEER_READY.split(':')
   if (mode === 'log') { if (!(await p.waitForLog(new RegExp(rest.join(':')), 30000))) throw new Error('superpeer not ready') } else if (mode === 'delay') await sleep(Number(rest[0] || 2000))
   else { const t0 = Date.now(); const { tcpOk } = await import('./lib/procs.mjs'); while (!(await (mode === 'http' ? httpOk(`http://127.0.0.1:${port}${rest.join(':') || '/'}`) : tcpOk(port)))) { if (Date.now() - t0 > 30000) throw new Error('superpeer not ready'); await sleep(100) } }

@@ -54,6 +54,8 @@ pub enum Command {
     /// Merge nodes from JSON lines (the export format; - reads stdin) into the store.
     /// Refuses to run while a daemon holds the store.
     Import { file: PathBuf },
+    /// Print the address SM_KEY signs as: the one to list in browsers' superAdmins.
+    SmAddress,
 }
 
 /// Settings as given, before validation. Each flag also reads its env variable.

@@ -16,16 +16,8 @@
 // copy of ../shared/harness (page files into its page/), then:
 //   SUPERPEER_CMD='exec /path/to/genosdb-fallback' SUPERPEER_NAME=rust \
 //     SUPERPEER_READY=http:/health ./run.sh sm.mjs
-import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { chromium } from 'playwright-core'
-import { CHROMIUM, CHROME_ARGS } from './lib/browser.mjs'
-import { runProbe, startSuperpeer, emit, mem, log, runId, st, relayUrls, OUT_DIR, sleep } from './probe-kit.mjs'
-
-const HERE = path.dirname(fileURLToPath(import.meta.url))
-const SHIM = fs.readFileSync(path.join(HERE, 'page', 'rtc-loopback-shim.js'), 'utf8')
+import { runProbe, startSuperpeer, launchPage, emit, mem, runId, OUT_DIR, sleep } from './probe-kit.mjs'
 
 const ID = {
   SA: { m: 'test test test test test test test test test test test junk', a: '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266' },
@@ -38,33 +30,10 @@ const RULES = JSON.stringify([{ if: { ethAddress: ID.G2.a }, then: { assignRole:
 // Values whose canonical form trips naive canonicalizers (genosdb-data.md §14 item 13).
 const AWKWARD = { title: 'signed by SA', big: 9007199254740994, f: 0.1, e: 1e21, tiny: 1e-7, '😀': 1, '｡': 2, 10: 'ten', 2: 'two', s: 'a\u2028b/"c' }
 
-const isLoopback = (h) => h === '127.0.0.1' || h === 'localhost' || h === '[::1]' || h === '::1'
-
 async function smPeer (label, db, who) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gdbh-sm-'))
-  const context = await chromium.launchPersistentContext(dir, { executablePath: CHROMIUM, headless: true, args: CHROME_ARGS, ignoreDefaultArgs: ['--enable-automation'], timeout: 30000 })
-  await context.grantPermissions(['camera', 'microphone'], { origin: new URL(st.url).origin })
-  await context.addInitScript({ content: SHIM })
-  await context.route((u) => !isLoopback(u.hostname), (r) => { log(`[${label}] BLOCKED ${r.request().url()}`); return r.abort('blockedbyclient') })
-  await context.routeWebSocket((u) => !isLoopback(u.hostname), (ws) => ws.close({ code: 1008, reason: 'blocked by harness' }))
-  const page = context.pages()[0] || await context.newPage()
-  page.on('console', (m) => log(`[${label}] ${m.type()}: ${m.text()}`))
-  page.on('pageerror', (e) => log(`[${label}] pageerror: ${e.message}`))
-  const q = new URLSearchParams({ db, relays: relayUrls.join(','), admins: ADMINS.join(','), mnemonic: who.m })
-  await page.goto(`${st.url}/harness/sm.html?${q}`, { timeout: 30000 })
-  await page.waitForFunction(() => window.H && (window.H.ready || window.H.error), null, { timeout: 30000 })
-  const err = await page.evaluate(() => window.H.error)
-  if (err) throw new Error(`${label}: ${err}`)
-  const address = await page.evaluate(() => window.H.address)
-  if (address !== who.a) throw new Error(`${label}: logged in as ${address}, expected ${who.a}`)
-  return {
-    label,
-    put: (value, id) => page.evaluate(([v, i]) => window.H.db.put(v, i), [value, id]),
-    get: (id) => page.evaluate(async (i) => (await window.H.db.get(i)).result ?? null, id),
-    waitNode: (id, pred, ms) => page.evaluate(([i, p, t]) => window.H.waitNode(i, p, t), [id, pred.toString(), ms]),
-    waitConnected: (n, ms) => page.evaluate(([nn, t]) => window.H.waitConnected(nn, t), [n, ms]),
-    close: async () => { try { await context.close() } catch {} fs.rmSync(dir, { recursive: true, force: true }) }
-  }
+  const p = await launchPage(label, 'sm.html', db, { admins: ADMINS.join(','), mnemonic: who.m })
+  if (p.address !== who.a) { await p.close(); throw new Error(`${label}: logged in as ${p.address}, expected ${who.a}`) }
+  return p
 }
 
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b)

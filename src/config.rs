@@ -105,6 +105,12 @@ pub struct RawSettings {
     /// Verify Security Manager signatures.
     #[arg(long, env = "SM_ENABLED", global = true)]
     pub sm_enabled: Option<String>,
+    /// Speak GenosRTC's cellular mesh (browsers' `rtc: {cells: true}`).
+    #[arg(long, env = "CELLS", global = true)]
+    pub cells: Option<String>,
+    /// Cell size of the mesh; must equal the browsers' `cellSize` (default 10).
+    #[arg(long, env = "CELL_SIZE", global = true)]
+    pub cell_size: Option<String>,
     /// Comma list of superadmin 0x addresses.
     #[arg(long, env = "SUPER_ADMINS", global = true)]
     pub super_admins: Option<String>,
@@ -149,6 +155,8 @@ pub struct Config {
     pub db_name: String,
     pub rtc_enabled: bool,
     pub room_presence: bool,
+    /// Cells mode with this cell size, or the full mesh.
+    pub cells: Option<usize>,
     pub relay_urls: Vec<String>,
     pub relay: bool,
     pub relay_limits: RelayLimits,
@@ -193,6 +201,7 @@ impl RawSettings {
             db_name: db_name(self.db_name.as_deref().unwrap_or("default"))?,
             rtc_enabled: boolean("RTC_ENABLED", self.rtc_enabled.as_deref(), true)?,
             room_presence: boolean("ROOM_PRESENCE", self.room_presence.as_deref(), false)?,
+            cells: self.cells()?,
             relay_urls: relay_urls(self.relay_urls.as_deref(), self.relay_enabled()?)?,
             relay: self.relay_enabled()?,
             relay_limits: self.relay_limits()?,
@@ -500,6 +509,19 @@ fn sm_key(v: Option<&str>) -> Result<Option<Signer>, ConfigError> {
 }
 
 impl RawSettings {
+    fn cells(&self) -> Result<Option<usize>, ConfigError> {
+        let on = boolean("CELLS", self.cells.as_deref(), false)?;
+        let size = number(
+            "CELL_SIZE",
+            self.cell_size.as_deref(),
+            crate::rtc::cells::DEFAULT_CELL_SIZE as u64,
+            2,
+            1000,
+            "a whole number from 2 to 1000, the browsers' rtc.cells.cellSize",
+        )? as usize;
+        Ok(on.then_some(size))
+    }
+
     fn sm_rules(&self) -> Result<Vec<Rule>, ConfigError> {
         let Some(spec) = self.sm_rules.as_deref().filter(|v| !v.trim().is_empty()) else {
             return Ok(Vec::new());

@@ -201,6 +201,7 @@ fn log_config(cfg: &Config) {
         rtc_enabled = cfg.rtc_enabled,
         relay = cfg.relay,
         room_presence = cfg.room_presence,
+        cells = ?cfg.cells,
         relay_max_connections = cfg.relay_limits.max_connections,
         relay_max_per_ip = cfg.relay_limits.max_per_ip,
         relays = ?cfg.relay_urls,

@@ -128,7 +128,10 @@ pub fn sm(data: &[u8]) {
     let Ok(elements) = message::elements(text) else {
         return;
     };
-    let policy = Policy::new(vec!["0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".into()], true);
+    let policy = Policy::new(
+        vec!["0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".into()],
+        true,
+    );
     let mut store = Store::new(200);
     let checked = sm::check_all(&elements);
     let filtered = sm::filter(&policy, &elements, checked, &store, 1_800_000_000_000);

@@ -1,7 +1,8 @@
 // genosdb-fallback's harness page for Security Manager rooms (and passwords): one
 // GenosDB peer opened with `sm: { superAdmins }`, logged in with a well-known TEST
 // mnemonic given in the URL (never a real key). Same window.H helpers as the shared
-// harness's peer.js. Query: db, relays, admins (comma list), mnemonic, password.
+// harness's peer.js. Query: db, relays, admins (comma list), mnemonic, password,
+// cells (1) and cellSize.
 const q = new URLSearchParams(location.search)
 const H = window.H = { ready: false, error: null, db: null, t0: Date.now(), roomPeers: new Set(), address: null }
 const status = (s) => { document.getElementById('status').textContent = s }
@@ -10,10 +11,14 @@ try {
   const { gdb } = await import('/dist/gdb.min.js')
   const opts = { rtc: { relayUrls: (q.get('relays') || '').split(',').filter(Boolean) } }
   if (q.get('password')) opts.password = q.get('password')
+  if (q.get('cells')) opts.rtc.cells = q.get('cellSize') ? { cellSize: Number(q.get('cellSize')) } : true
   if (q.get('admins') !== null) opts.sm = { superAdmins: q.get('admins').split(',').filter(Boolean) }
   if (q.get('debug') === '1') opts.debug = true
   H.db = await gdb(q.get('db'), opts)
-  H.db.room.on('peer:join', (id) => H.roomPeers.add(id))
+  H.seenTypes = {}
+  H.db.room.on('peer:seen', (id, type) => { H.seenTypes[id] = type })
+  H.joinTypes = {}
+  H.db.room.on('peer:join', (id, type) => { H.roomPeers.add(id); H.joinTypes[id] = type })
   H.db.room.on('peer:leave', (id) => H.roomPeers.delete(id))
   if (q.get('mnemonic')) {
     await H.db.sm.loginOrRecoverUserWithMnemonic(q.get('mnemonic'))

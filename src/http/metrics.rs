@@ -143,6 +143,36 @@ impl Collector for Daemon {
                 "Sealed SDPs that did not open (wrong password?)",
                 load(&rs.seal_failures),
             )?;
+            for (name, help, v) in [
+                (
+                    "cell_envelopes_in",
+                    "Cells overlay envelopes received",
+                    &rs.cell_envelopes_in,
+                ),
+                (
+                    "cell_envelopes_out",
+                    "Cells overlay envelopes sent (per peer)",
+                    &rs.cell_envelopes_out,
+                ),
+                (
+                    "cell_deliveries",
+                    "Cells overlay messages delivered to the sync layer",
+                    &rs.cell_deliveries,
+                ),
+                ("cell_seals", "Cells topologies sealed", &rs.cell_seals),
+                (
+                    "cell_pruned",
+                    "Links closed because the cells topology does not admit them",
+                    &rs.cell_pruned,
+                ),
+                (
+                    "cell_frames_unexpected",
+                    "Cells envelopes received while CELLS is off",
+                    &rs.cell_frames_unexpected,
+                ),
+            ] {
+                counter(&mut enc, name, help, load(v))?;
+            }
             counter(
                 &mut enc,
                 "relay_reconnects",

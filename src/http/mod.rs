@@ -42,6 +42,8 @@ pub struct AppState {
     sm_stats: OnceLock<Arc<crate::sm::SmStats>>,
     /// The address SM_KEY signs as.
     pub signing_as: OnceLock<String>,
+    /// The joined sync room, for the cells state.
+    pub sync_room: OnceLock<Arc<crate::rtc::room::Room>>,
 }
 
 impl AppState {
@@ -61,6 +63,7 @@ impl AppState {
             sync_stats: OnceLock::new(),
             sm_stats: OnceLock::new(),
             signing_as: OnceLock::new(),
+            sync_room: OnceLock::new(),
         })
     }
 
@@ -141,7 +144,21 @@ struct Health {
     /// The SM_KEY address, when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     signing_as: Option<String>,
+    /// Cells mode: this peer's place in the sealed topology.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cells: Option<CellsHealth>,
+    /// Cell envelopes arrive while CELLS is off: browsers use `rtc: {cells: true}`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cells_mismatch: bool,
     version: &'static str,
+}
+
+#[derive(Serialize)]
+struct CellsHealth {
+    cell: usize,
+    cells: usize,
+    bridge: bool,
+    roster: usize,
 }
 
 #[derive(Serialize)]
@@ -191,6 +208,17 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             dropped: r.stats.dropped.load(Ordering::Relaxed),
         }),
         signing_as: state.signing_as.get().cloned(),
+        cells: state.sync_room.get().and_then(|r| r.cell_state()).map(
+            |(cell, cells, bridge, roster)| CellsHealth {
+                cell,
+                cells,
+                bridge,
+                roster,
+            },
+        ),
+        cells_mismatch: state
+            .room_stats()
+            .is_some_and(|s| s.cell_frames_unexpected.load(Ordering::Relaxed) > 0),
         version: VERSION,
     };
     let code = if status == "starting" {

@@ -100,13 +100,20 @@ pub struct Seal {
 }
 
 impl Seal {
-    pub fn compute(self_id: &str, members: impl IntoIterator<Item = String>, cell_size: usize) -> Seal {
+    pub fn compute(
+        self_id: &str,
+        members: impl IntoIterator<Item = String>,
+        cell_size: usize,
+    ) -> Seal {
         let mut roster: Vec<String> = members.into_iter().collect();
         roster.push(self_id.to_owned());
         roster.sort();
         roster.dedup();
         let cells = cell_count(roster.len(), cell_size);
-        let cell: HashMap<&str, usize> = roster.iter().map(|m| (m.as_str(), cell_of(m, cells))).collect();
+        let cell: HashMap<&str, usize> = roster
+            .iter()
+            .map(|m| (m.as_str(), cell_of(m, cells)))
+            .collect();
         let mut bridges: HashMap<usize, String> = HashMap::new();
         let mut best: HashMap<usize, u32> = HashMap::new();
         for m in &roster {
@@ -119,7 +126,10 @@ impl Seal {
         }
         let mut audience: HashMap<usize, Vec<String>> = HashMap::new();
         for m in &roster {
-            audience.entry(cell[m.as_str()]).or_default().push(m.clone());
+            audience
+                .entry(cell[m.as_str()])
+                .or_default()
+                .push(m.clone());
         }
         let my_cell = cell[self_id];
         let mut duties: HashMap<String, Vec<usize>> = HashMap::new();
@@ -176,7 +186,11 @@ impl Seal {
     pub fn channels(&self) -> Vec<String> {
         let mut out = vec![channel_name(self.my_cell)];
         if self.is_bridge() {
-            out.extend(neighbors(self.my_cell, self.cells).into_iter().map(channel_name));
+            out.extend(
+                neighbors(self.my_cell, self.cells)
+                    .into_iter()
+                    .map(channel_name),
+            );
         }
         out
     }
@@ -219,7 +233,11 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn new(self_id: &str, cell_size: usize) -> Mesh {
-        let cell_size = if cell_size >= 2 { cell_size } else { DEFAULT_CELL_SIZE };
+        let cell_size = if cell_size >= 2 {
+            cell_size
+        } else {
+            DEFAULT_CELL_SIZE
+        };
         Mesh {
             self_id: self_id.to_owned(),
             cell_size,
@@ -250,11 +268,27 @@ impl Mesh {
         self.gone.insert(x.to_owned());
     }
 
-    /// §8.7: may we dial or answer `x`?
+    /// §8.7: may we dial or answer `x`? Also yes when the next seal will admit it
+    /// (a newcomer the roster will hold once it is quiet): ignoring its offers until
+    /// then leaves both sides waiting on a dial the other ignored.
     pub fn admit(&self, x: &str, now: Instant) -> bool {
         (self.sealed.roster.len() < 2 && self.previous.roster.len() < 2)
             || self.sealed.allows(x)
             || (self.grace_until.is_some_and(|g| now < g) && self.previous.allows(x))
+            || self.next_seal_admits(x, now)
+    }
+
+    fn next_seal_admits(&self, x: &str, now: Instant) -> bool {
+        if !self.census.contains_key(x) || self.sealed.roster.iter().any(|m| m == x) {
+            return false;
+        }
+        let members = self
+            .census
+            .iter()
+            .filter(|(m, at)| now.duration_since(**at) < CENSUS_WINDOW && !self.gone.contains(*m))
+            .map(|(m, _)| m.clone())
+            .chain(std::iter::once(x.to_owned()));
+        Seal::compute(&self.self_id, members, self.cell_size).allows(x)
     }
 
     /// Whether the grace after the last seal is over (then non-admitted links close).
@@ -268,7 +302,12 @@ impl Mesh {
             .iter()
             .filter(|(x, at)| now.duration_since(**at) < CENSUS_WINDOW && !self.gone.contains(*x))
             .map(|(x, _)| x.clone())
-            .chain(connected.iter().filter(|x| !self.gone.contains(*x)).cloned())
+            .chain(
+                connected
+                    .iter()
+                    .filter(|x| !self.gone.contains(*x))
+                    .cloned(),
+            )
             .collect();
         r.push(self.self_id.clone());
         r.sort();
@@ -279,7 +318,8 @@ impl Mesh {
     /// The re-seal schedule (§8.2), run every TICK and on joins and leaves. Returns
     /// true when a new topology was sealed.
     pub fn tick(&mut self, connected: &[String], now: Instant) -> bool {
-        self.census.retain(|_, at| now.duration_since(*at) < CENSUS_WINDOW);
+        self.census
+            .retain(|_, at| now.duration_since(*at) < CENSUS_WINDOW);
         let candidate = self.candidate_roster(connected, now);
         if candidate == self.sealed.roster {
             self.change_first_seen = None;
@@ -320,7 +360,12 @@ impl Mesh {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         self.seq = self.seq.wrapping_add(1);
-        format!("{}:{}:{}", self.self_id, base36(now_ms), base36(u64::from(self.seq & 0xffff)))
+        format!(
+            "{}:{}:{}",
+            self.self_id,
+            base36(now_ms),
+            base36(u64::from(self.seq & 0xffff))
+        )
     }
 
     fn mark_seen(&mut self, id: &str) -> bool {
@@ -376,11 +421,21 @@ impl Mesh {
     }
 
     /// §8.5: an envelope received on cell channel `channel`.
-    pub fn receive(&mut self, channel: &str, text: &str, connected: &[String], now_ms: u64) -> Handled {
+    pub fn receive(
+        &mut self,
+        channel: &str,
+        text: &str,
+        connected: &[String],
+        now_ms: u64,
+    ) -> Handled {
         let mut handled = Handled::default();
         let mine = channel_name(self.sealed.my_cell);
         let bridged = self.sealed.is_bridge()
-            && self.sealed.my_bridges.iter().any(|k| channel_name(*k) == channel);
+            && self
+                .sealed
+                .my_bridges
+                .iter()
+                .any(|k| channel_name(*k) == channel);
         if channel != mine && !bridged {
             return handled;
         }
@@ -390,19 +445,28 @@ impl Mesh {
         let Ok(env) = serde_json::from_str::<Value>(text) else {
             return handled;
         };
-        let (Some(id), Some(t)) = (env.get("id").and_then(Value::as_str), env.get("t").and_then(Value::as_str)) else {
+        let (Some(id), Some(t)) = (
+            env.get("id").and_then(Value::as_str),
+            env.get("t").and_then(Value::as_str),
+        ) else {
             return handled;
         };
         if id.len() > 256 || !self.mark_seen(id) {
             return handled;
         }
         let connected_set: HashSet<&str> = connected.iter().map(String::as_str).collect();
-        let origin = env.get("origin").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let origin = env
+            .get("origin")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let data = env.get("data").cloned().unwrap_or(Value::Null);
         match t {
-            "ping" if data.get("pingId").is_some()
-                && data.get("target").and_then(Value::as_str) == Some(self.self_id.as_str())
-                && origin != self.self_id =>
+            "ping"
+                if data.get("pingId").is_some()
+                    && data.get("target").and_then(Value::as_str)
+                        == Some(self.self_id.as_str())
+                    && origin != self.self_id =>
             {
                 let pong = json!({
                     "t": "pong",
@@ -417,14 +481,20 @@ impl Mesh {
                 } else {
                     self.audience(self.sealed.my_cell, &connected_set)
                 };
-                handled.send.push(Outbound { channel: mine.clone(), to, envelope: pong.to_string() });
+                handled.send.push(Outbound {
+                    channel: mine.clone(),
+                    to,
+                    envelope: pong.to_string(),
+                });
             }
             "msg" if origin != self.self_id && !origin.is_empty() => {
                 handled.deliver = Some((data, origin));
             }
             _ => {}
         }
-        handled.send.extend(self.forwards(&env, channel, &connected_set));
+        handled
+            .send
+            .extend(self.forwards(&env, channel, &connected_set));
         handled.send.retain(|o| !o.to.is_empty());
         handled
     }
@@ -436,7 +506,11 @@ impl Mesh {
         }
         let mut fwd = env.clone();
         fwd["ttl"] = json!(ttl_in - 1);
-        if fwd.get("origin").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if fwd
+            .get("origin")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             fwd["origin"] = json!(self.self_id);
         }
         if fwd.get("originCell").is_none() {
@@ -456,7 +530,11 @@ impl Mesh {
         for n in nbs {
             let ch = channel_name(n);
             if ch != channel {
-                out.push(Outbound { channel: ch, to: self.audience(n, connected), envelope: text.clone() });
+                out.push(Outbound {
+                    channel: ch,
+                    to: self.audience(n, connected),
+                    envelope: text.clone(),
+                });
             }
         }
         out
@@ -482,7 +560,9 @@ mod tests {
     use super::*;
 
     fn six() -> Vec<String> {
-        (1..=6).map(|d| format!("peer{}", d.to_string().repeat(16))).collect()
+        (1..=6)
+            .map(|d| format!("peer{}", d.to_string().repeat(16)))
+            .collect()
     }
 
     #[test]
@@ -490,7 +570,15 @@ mod tests {
         assert_eq!(hash32("a"), 4_077_198_353);
         assert_eq!(hash32("peer1111111111111111:0"), 2_635_311_224);
         assert_eq!(hash32("peer1111111111111111@2"), 2_615_144_096);
-        for (c, t) in [(1, 5), (2, 7), (3, 7), (4, 9), (10, 11), (100, 17), (1000, 23)] {
+        for (c, t) in [
+            (1, 5),
+            (2, 7),
+            (3, 7),
+            (4, 9),
+            (10, 11),
+            (100, 17),
+            (1000, 23),
+        ] {
             assert_eq!(ttl(c), t, "ttl({c})");
         }
         assert_eq!(channel_name(0), "c0");
@@ -536,7 +624,9 @@ mod tests {
     #[test]
     fn an_envelope_reaches_every_cell_through_bridges() {
         // Twelve peers, cellSize 4: every peer's own seal, envelopes passed hop by hop.
-        let roster: Vec<String> = (0..12).map(|i| format!("p{i:02}xxxxxxxxxxxxxxxxx")).collect();
+        let roster: Vec<String> = (0..12)
+            .map(|i| format!("p{i:02}xxxxxxxxxxxxxxxxx"))
+            .collect();
         let now = Instant::now();
         let mut meshes: HashMap<String, Mesh> = roster
             .iter()
@@ -576,7 +666,11 @@ mod tests {
             while let Some((_, out)) = queue.pop_front() {
                 for to in &out.to {
                     let conn = links(to);
-                    let h = meshes.get_mut(to).unwrap().receive(&out.channel, &out.envelope, &conn, 0);
+                    let h =
+                        meshes
+                            .get_mut(to)
+                            .unwrap()
+                            .receive(&out.channel, &out.envelope, &conn, 0);
                     if let Some((data, from)) = h.deliver {
                         assert_eq!(&from, origin);
                         assert_eq!(data["_d"][0], json!(origin));
@@ -585,7 +679,11 @@ mod tests {
                     queue.extend(h.send.into_iter().map(|o| (to.clone(), o)));
                 }
             }
-            assert_eq!(delivered.len(), roster.len() - 1, "from {origin}: {delivered:?}");
+            assert_eq!(
+                delivered.len(),
+                roster.len() - 1,
+                "from {origin}: {delivered:?}"
+            );
         }
     }
 
@@ -606,18 +704,44 @@ mod tests {
         assert!(!m.tick(&[], now + QUIET * 2));
         assert!(m.tick(&[], now + QUIET * 3));
         assert!(!m.sealed.roster.contains(&"a".to_string()));
-        assert!(!m.admit("stranger", now + QUIET * 3 + GRACE));
+        assert!(
+            !m.admit("stranger", now + QUIET * 3 + GRACE),
+            "never heard of"
+        );
+        // A newcomer that the next seal will admit is answered at once.
+        let mut one_cell = Mesh::new("me", 10);
+        one_cell.heard("a", now);
+        one_cell.tick(&[], now);
+        assert!(one_cell.tick(&[], now + QUIET));
+        assert!(!one_cell.admit("newcomer", now + QUIET));
+        one_cell.heard("newcomer", now + QUIET);
+        assert!(one_cell.admit("newcomer", now + QUIET));
     }
 
     #[test]
     fn hostile_envelopes_are_ignored() {
         let mut m = Mesh::new("me", 10);
-        for bad in ["", "nope", "{}", r#"{"t":"msg"}"#, r#"{"id":5,"t":"msg"}"#, "[1,2]"] {
+        for bad in [
+            "",
+            "nope",
+            "{}",
+            r#"{"t":"msg"}"#,
+            r#"{"id":5,"t":"msg"}"#,
+            "[1,2]",
+        ] {
             assert_eq!(m.receive("c0", bad, &[], 0), Handled::default(), "{bad}");
         }
         let ok = r#"{"t":"msg","id":"x:1:1","ttl":5,"data":{"_ch":"syncGraph","_d":[1]},"origin":"x","originCell":"cell-0"}"#;
         assert!(m.receive("c0", ok, &[], 0).deliver.is_some());
-        assert!(m.receive("c0", ok, &[], 0).deliver.is_none(), "a duplicate id");
-        assert!(m.receive("c9", ok.replace("x:1:1", "x:1:2").as_str(), &[], 0).deliver.is_none(), "not our cell");
+        assert!(
+            m.receive("c0", ok, &[], 0).deliver.is_none(),
+            "a duplicate id"
+        );
+        assert!(
+            m.receive("c9", ok.replace("x:1:1", "x:1:2").as_str(), &[], 0)
+                .deliver
+                .is_none(),
+            "not our cell"
+        );
     }
 }

@@ -18,6 +18,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// Cells mode: peers reached through the mesh are forgotten after this much silence.
+const MESH_PEER_IDLE: Duration = Duration::from_secs(120);
+/// Cells mode: most peers reached through the mesh at once.
+const MAX_MESH_PEERS: usize = 4096;
+
 /// Refused live ops remembered so their replays inside deltas are refused too.
 const REFUSED_OPS_KEPT: usize = 65_536;
 
@@ -176,6 +181,7 @@ pub fn start(
         outboxes: HashMap::new(),
         on_peers: Box::new(on_peers),
         unsettled: unsettled.clone(),
+        mesh_peers: HashMap::new(),
     };
     tokio::spawn(service.run(events, writes));
     SyncHandle {
@@ -349,6 +355,8 @@ struct Service {
     outboxes: HashMap<String, Outbox>,
     on_peers: OnPeers,
     unsettled: Arc<AtomicUsize>,
+    /// Cells mode: peers reached through the mesh, with when we last heard them.
+    mesh_peers: HashMap<String, Instant>,
 }
 
 impl Service {
@@ -376,7 +384,7 @@ impl Service {
                     self.send_due_syncs();
                     self.reply_unasked();
                 }
-                _ = tick.tick() => {}
+                _ = tick.tick() => self.expire_mesh_peers(),
             }
             self.unsettled
                 .store(self.engine.unsettled(Instant::now()), Ordering::Relaxed);
@@ -386,6 +394,7 @@ impl Service {
     async fn on_event(&mut self, ev: RoomEvent) {
         match ev {
             RoomEvent::Joined { peer, kind } => {
+                self.mesh_peers.remove(&peer);
                 let outbox = Outbox::start(self.shared.clone(), peer.clone());
                 self.outboxes.insert(peer.clone(), outbox);
                 self.engine.join(&peer, Instant::now());
@@ -397,10 +406,51 @@ impl Service {
                 self.peers_changed(PeerChange::Left { peer });
             }
             RoomEvent::Message { peer, message } if message.channel == CHANNEL => {
+                if !self.outboxes.contains_key(&peer) && self.shared.room.cells() {
+                    self.reach_through_mesh(&peer);
+                }
+                if let Some(seen) = self.mesh_peers.get_mut(&peer) {
+                    *seen = Instant::now();
+                }
                 self.on_message(peer, message).await
             }
             // Other actions (cells overlay, app channels) are not ours.
             RoomEvent::Message { .. } => {}
+        }
+    }
+
+    /// Cells mode: a peer we hear through bridges, not connected to us. It gets a
+    /// queue and a sync schedule like a connected one; what we send it travels
+    /// through the mesh addressed to it. Forgotten after MESH_PEER_IDLE of silence.
+    fn reach_through_mesh(&mut self, peer: &str) {
+        if self.mesh_peers.len() >= MAX_MESH_PEERS {
+            let oldest = self
+                .mesh_peers
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(p, _)| p.clone());
+            if let Some(p) = oldest {
+                self.mesh_peers.remove(&p);
+                self.forget(&p);
+            }
+        }
+        tracing::debug!(%peer, "cells: a peer reached through the mesh");
+        self.mesh_peers.insert(peer.to_owned(), Instant::now());
+        let outbox = Outbox::start(self.shared.clone(), peer.to_owned());
+        self.outboxes.insert(peer.to_owned(), outbox);
+        self.engine.join(peer, Instant::now());
+    }
+
+    fn expire_mesh_peers(&mut self) {
+        let idle: Vec<String> = self
+            .mesh_peers
+            .iter()
+            .filter(|(_, at)| at.elapsed() > MESH_PEER_IDLE)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in idle {
+            self.mesh_peers.remove(&p);
+            self.forget(&p);
         }
     }
 
@@ -483,9 +533,16 @@ impl Service {
         };
         let result = result.map(|op| {
             let text: Arc<str> = self.shared.wrap(&op.json).into();
-            let peers: Vec<String> = self.outboxes.keys().cloned().collect();
-            for peer in peers {
-                self.enqueue(&peer, Outgoing::Text(text.clone()));
+            if self.shared.room.cells() {
+                // Through the overlay, so every cell gets it (§8.4).
+                if let Err(e) = self.shared.room.mesh_send(CHANNEL, &text, None) {
+                    tracing::warn!(error = %e, "cannot send a write through the cells overlay");
+                }
+            } else {
+                let peers: Vec<String> = self.outboxes.keys().cloned().collect();
+                for peer in peers {
+                    self.enqueue(&peer, Outgoing::Text(text.clone()));
+                }
             }
             op.ts
         });
@@ -630,7 +687,7 @@ impl Drain {
 
     async fn send_text(&self, text: &str) -> bool {
         match self.shared.room.encode(CHANNEL, Payload::Json(text)) {
-            Ok(frames) => self.send_frames(frames).await,
+            Ok(frames) => self.send_frames(text, frames).await,
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "cannot frame a sync message");
                 true
@@ -638,11 +695,13 @@ impl Drain {
         }
     }
 
-    async fn send_frames(&self, frames: Vec<Vec<u8>>) -> bool {
+    /// Sends one message: its frames to a connected peer, or in cells mode its text
+    /// through the mesh to a peer we reach through bridges.
+    async fn send_frames(&self, text: &str, frames: Vec<Vec<u8>>) -> bool {
         bump(&self.shared.stats.messages_out, 1);
         self.shared
             .room
-            .send_frames_to(&self.peer, frames)
+            .send_message_to(&self.peer, CHANNEL, text, Some(frames))
             .await
             .is_ok()
     }
@@ -671,10 +730,10 @@ impl Drain {
             (cursor, budget) = (back, fitted);
             match frames {
                 None => break,
-                Some(Ok(frames)) => {
+                Some(Ok((text, frames))) => {
                     parts += 1;
                     bump(&self.shared.stats.full_parts, 1);
-                    if !self.send_frames(frames).await {
+                    if !self.send_frames(&text, frames).await {
                         return false;
                     }
                 }
@@ -693,7 +752,13 @@ impl Drain {
             let texts = shared.store().delta_messages(shared.cfg.delta_budget);
             texts
                 .into_iter()
-                .map(|t| shared.room.encode(CHANNEL, Payload::Json(&shared.wrap(&t))))
+                .map(|t| {
+                    let text = shared.wrap(&t);
+                    shared
+                        .room
+                        .encode(CHANNEL, Payload::Json(&text))
+                        .map(|frames| (text, frames))
+                })
                 .collect::<Vec<_>>()
         })
         .await
@@ -702,8 +767,8 @@ impl Drain {
         };
         for part in parts {
             match part {
-                Ok(frames) => {
-                    if !self.send_frames(frames).await {
+                Ok((text, frames)) => {
+                    if !self.send_frames(&text, frames).await {
                         return false;
                     }
                 }
@@ -727,24 +792,25 @@ const MIN_PART_BUDGET: usize = 64 << 10;
 /// written again at the size its compression ratio allows; the budget found carries
 /// over to the next part. Text nodes compress several times, so a graph of ten
 /// thousand of them still goes out as one message, as genossrv sends it.
+type Part = Result<(String, Vec<Vec<u8>>), frame::FrameError>;
+
 fn next_full_part(
     shared: &Shared,
     cursor: &mut FullStateCursor,
     budget: &mut usize,
-) -> Option<Result<Vec<Vec<u8>>, frame::FrameError>> {
+) -> Option<Part> {
     loop {
         let mark = cursor.mark();
         let text = shared.store().next_full_state(cursor, *budget)?;
-        let frames = shared
-            .room
-            .encode(CHANNEL, Payload::Json(&shared.wrap(&text)));
+        let message = shared.wrap(&text);
+        let frames = shared.room.encode(CHANNEL, Payload::Json(&message));
         let count = match &frames {
             Ok(f) => f.len(),
             Err(frame::FrameError::TooLarge(n)) => *n,
-            Err(_) => return Some(frames),
+            Err(_) => return Some(frames.map(|f| (message, f))),
         };
         if count <= PART_FRAMES || *budget <= MIN_PART_BUDGET {
-            return Some(frames);
+            return Some(frames.map(|f| (message, f)));
         }
         cursor.rewind(mark);
         let fitted = text.len() as f64 * 0.9 * PART_FRAMES as f64 / count as f64;

@@ -154,7 +154,10 @@ struct Health {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct CellsHealth {
+    /// The daemon's peer id in the sync room.
+    peer_id: String,
     cell: usize,
     cells: usize,
     bridge: bool,
@@ -208,14 +211,16 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             dropped: r.stats.dropped.load(Ordering::Relaxed),
         }),
         signing_as: state.signing_as.get().cloned(),
-        cells: state.sync_room.get().and_then(|r| r.cell_state()).map(
-            |(cell, cells, bridge, roster)| CellsHealth {
-                cell,
-                cells,
-                bridge,
-                roster,
-            },
-        ),
+        cells: state.sync_room.get().and_then(|r| {
+            r.cell_state()
+                .map(|(cell, cells, bridge, roster)| CellsHealth {
+                    peer_id: r.self_id.clone(),
+                    cell,
+                    cells,
+                    bridge,
+                    roster,
+                })
+        }),
         cells_mismatch: state
             .room_stats()
             .is_some_and(|s| s.cell_frames_unexpected.load(Ordering::Relaxed) > 0),

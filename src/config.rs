@@ -4,6 +4,7 @@
 
 use crate::eth;
 use crate::persist::files::Layout;
+use crate::persist::pg::PgTarget;
 use crate::persist::{MAX_UNWRITTEN_BYTES, PersistConfig};
 use crate::relay::RelayLimits;
 use crate::store::oplog::MIN_OPLOG_SIZE;
@@ -50,6 +51,19 @@ pub enum Command {
     /// Merge nodes from JSON lines (the export format; - reads stdin) into the store.
     /// Refuses to run while a daemon holds the store.
     Import { file: PathBuf },
+    /// Move the store of DB_NAME between DATA_DIR and DATABASE_URL: `--to postgres`
+    /// copies the file store into Postgres, `--to files` copies it back. The target must
+    /// hold nothing for DB_NAME; the source is left as it is. No daemon may run.
+    Migrate {
+        #[arg(long, value_enum)]
+        to: StorageKind,
+    },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    Files,
+    Postgres,
 }
 
 /// Settings as given, before validation. Each flag also reads its env variable.
@@ -105,6 +119,10 @@ pub struct RawSettings {
     /// Directory holding <DB_NAME>.bin and its journal.
     #[arg(long, env = "DATA_DIR", global = true)]
     pub data_dir: Option<String>,
+    /// Postgres URL (postgres://user:pass@host:port/db); when set, the store lives there
+    /// instead of DATA_DIR (secret: its password is never shown).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Group-commit interval of the journal, in milliseconds.
     #[arg(long, env = "FLUSH_MS", global = true)]
     pub flush_ms: Option<String>,
@@ -144,6 +162,8 @@ pub struct Config {
     pub sm_enabled: bool,
     pub super_admins: Vec<String>,
     pub data_dir: PathBuf,
+    /// Set by DATABASE_URL: the store lives in Postgres.
+    pub database: Option<PgTarget>,
     pub flush_every: Duration,
     pub oplog_size: usize,
     pub compact_bytes: u64,
@@ -191,6 +211,7 @@ impl RawSettings {
             sm_enabled: boolean("SM_ENABLED", self.sm_enabled.as_deref(), false)?,
             super_admins: super_admins(self.super_admins.as_deref().unwrap_or(""))?,
             data_dir: data_dir(self.data_dir.as_deref().unwrap_or("./data"))?,
+            database: database_url(self.database_url.as_deref())?,
             flush_every: Duration::from_millis(number(
                 "FLUSH_MS",
                 self.flush_ms.as_deref(),
@@ -470,6 +491,23 @@ fn data_dir(v: &str) -> Result<PathBuf, ConfigError> {
     Ok(PathBuf::from(v))
 }
 
+/// DATABASE_URL: unset or empty means the file store. A refused value is shown with
+/// its password replaced by `***`.
+fn database_url(v: Option<&str>) -> Result<Option<PgTarget>, ConfigError> {
+    let Some(v) = v.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    PgTarget::parse(v).map(Some).map_err(|why| {
+        bad(
+            "DATABASE_URL",
+            &crate::persist::pg::redact_url(v),
+            format!(
+                "postgres://user:pass@host:port/db, optionally with ?sslmode=disable|prefer|require|verify-full ({why})"
+            ),
+        )
+    })
+}
+
 fn log_format(v: &str) -> Result<LogFormat, ConfigError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "text" => Ok(LogFormat::Text),
@@ -686,6 +724,27 @@ mod tests {
                 .var,
             "TURN_URLS"
         );
+    }
+
+    #[test]
+    fn database_url_rules() {
+        assert!(with(|_| {}).unwrap().database.is_none());
+        assert!(
+            with(|r| r.database_url = Some(String::new()))
+                .unwrap()
+                .database
+                .is_none()
+        );
+        let c = with(|r| {
+            r.database_url = Some("postgres://u:hunter2@db.example:5432/d?sslmode=require".into())
+        })
+        .unwrap();
+        assert!(c.database.is_some());
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = with(|r| r.database_url = Some("mysql://u:hunter2@h/d".into())).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.expected.contains("postgres://user:pass@host:port/db"));
     }
 
     #[test]

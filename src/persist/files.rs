@@ -48,7 +48,13 @@ pub enum StoreError {
     #[error("the store kept changing while it was read; try again")]
     Unstable,
     #[error(transparent)]
-    Postgres(#[from] super::pg::PgError),
+    Postgres(Box<super::pg::PgError>),
+}
+
+impl From<super::pg::PgError> for StoreError {
+    fn from(e: super::pg::PgError) -> Self {
+        Self::Postgres(Box::new(e))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {

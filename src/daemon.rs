@@ -114,6 +114,12 @@ fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
         Some(target) => {
             let mut backend = PgBackend::new(target.clone(), &cfg.persist());
             let loaded = backend.load_now();
+            if let Err(StoreError::Postgres(e)) = &loaded
+                && !e.is_transient()
+            {
+                // Rows that do not decode are reported and left untouched, as files are.
+                return Err(anyhow::anyhow!("{e}").context("cannot open the store"));
+            }
             Ok(Opened::Postgres(Box::new(backend), loaded))
         }
     }

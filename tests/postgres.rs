@@ -829,3 +829,60 @@ fn tls_with_sslmode_require() {
     };
     assert!(plain.export().is_empty());
 }
+
+fn sql(url: &str, query: &str, db: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.execute(query, &[&db]).await.unwrap()
+    })
+}
+
+/// Rows that do not decode stop the start with exit 1 and stay as they are; the daemon
+/// never "repairs" what it cannot read.
+#[test]
+fn undecodable_rows_stop_the_start_and_stay_untouched() {
+    let Some(url) = pg_url() else { return };
+    let case = Case::new(&Kind::Pg(url.clone()), "corrupt");
+    case.import(&write_lines(
+        case.tmp.path(),
+        "in.jsonl",
+        &node_lines(50, "c"),
+    ));
+    let changed = sql(
+        &url,
+        "UPDATE gdbf_journal SET bytes = overlay(bytes placing '\\xdeadbeef'::bytea from 12)
+         WHERE db = $1",
+        &case.db,
+    );
+    assert!(changed >= 1);
+    let mut d = Daemon::start(
+        &case.dir(),
+        &[
+            ("DB_NAME", case.db.as_str()),
+            ("DATABASE_URL", url.as_str()),
+        ],
+    );
+    assert_eq!(d.wait(Duration::from_secs(20)).code(), Some(1));
+    assert!(
+        d.lines.iter().any(|l| l.contains("do not decode")),
+        "{}",
+        d.lines.join("\n")
+    );
+    let out = case.run(&["export"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    // Still exactly the damaged rows: counting them by their damage finds them all.
+    let still = sql(
+        &url,
+        "UPDATE gdbf_journal SET records = records
+         WHERE db = $1 AND substring(bytes from 12 for 4) = '\\xdeadbeef'::bytea",
+        &case.db,
+    );
+    assert_eq!(still, changed);
+}

@@ -122,6 +122,17 @@ pub enum PgError {
     Setup(String),
 }
 
+impl PgError {
+    /// Whether waiting can cure it (the server, the network, a lock held by another
+    /// process), as opposed to rows that do not decode or a newer schema.
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            PgError::Unreadable { .. } | PgError::Gap { .. } | PgError::NewerSchema { .. }
+        )
+    }
+}
+
 /// A validated DATABASE_URL. Its password never shows: Debug and [`PgTarget::redacted`]
 /// print `***` in its place.
 #[derive(Clone)]

@@ -644,7 +644,9 @@ impl PgClient {
         let db = db.to_owned();
         let seq = first_seq as i64;
         let records = i32::try_from(records).unwrap_or(i32::MAX);
-        self.block(APPEND_TIMEOUT, async move |c| {
+        // A queue that grew during an outage goes out as one row: allow for its size.
+        let timeout = APPEND_TIMEOUT + Duration::from_secs(bytes.len() as u64 >> 20);
+        self.block(timeout, async move |c| {
             c.execute(
                 "INSERT INTO gdbf_journal (db, seq, records, bytes) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (db, seq) DO UPDATE SET records = EXCLUDED.records, bytes = EXCLUDED.bytes",
@@ -831,7 +833,7 @@ impl PgBackend {
     /// The owning session, opened (connect, migrate, lock, check) when needed.
     fn client(&mut self) -> Result<&mut PgClient, PgError> {
         if self.client.as_ref().is_some_and(PgClient::is_closed) {
-            tracing::warn!(target = %self.target.redacted, "postgres connection lost; reconnecting");
+            tracing::warn!(database = %self.target.redacted, "postgres connection lost; reconnecting");
             self.client = None;
         }
         if self.client.is_none() {
@@ -861,7 +863,7 @@ impl PgBackend {
             match opened {
                 Ok(c) => {
                     if self.next_try.is_some() {
-                        tracing::info!(target = %self.target.redacted, "postgres reachable again");
+                        tracing::info!(database = %self.target.redacted, "postgres reachable again");
                     }
                     self.next_try = None;
                     self.backoff = BACKOFF_MIN;

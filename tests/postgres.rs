@@ -571,11 +571,15 @@ struct Proxy {
 
 impl Proxy {
     fn start(upstream: u16, up: bool) -> Proxy {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        // Serving from the first instant when up; otherwise the port is free until `up`.
+        let first = if up {
+            first.set_nonblocking(true).unwrap();
+            Some(first)
+        } else {
+            None
+        };
         let p = Proxy {
             port,
             up: Arc::new(AtomicBool::new(up)),
@@ -584,7 +588,7 @@ impl Proxy {
         };
         let (upf, conns, stop) = (p.up.clone(), p.conns.clone(), p.stop.clone());
         std::thread::spawn(move || {
-            let mut listener: Option<TcpListener> = None;
+            let mut listener: Option<TcpListener> = first;
             while !stop.load(Ordering::Relaxed) {
                 if !upf.load(Ordering::Relaxed) {
                     listener = None;
@@ -788,6 +792,15 @@ fn daemon_reports_degraded_until_the_database_answers() {
     assert!(!metrics.contains(&password(&url)));
     proxy.up();
     wait_until("healthy", || {
+        d.get("/health").1.contains("\"status\":\"ok\"")
+    });
+    // At run time, with no writes at all, an outage shows too (the session's heartbeat).
+    proxy.down();
+    wait_until("degraded while idle", || {
+        d.get("/health").1.contains("\"status\":\"degraded\"")
+    });
+    proxy.up();
+    wait_until("healthy again", || {
         d.get("/health").1.contains("\"status\":\"ok\"")
     });
     assert_eq!(d.stop().code(), Some(0));

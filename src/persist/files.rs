@@ -589,7 +589,7 @@ impl super::Backend for FilesBackend {
         Ok(())
     }
 
-    fn maintain(&mut self, _next_seq: u64, status: &super::PersistStatus) {
+    fn maintain(&mut self, _next_seq: u64, _idle: bool, status: &super::PersistStatus) {
         if !self.checked_sealed {
             self.checked_sealed = true;
             self.start_compaction_if_sealed();

@@ -140,6 +140,15 @@ impl PersistStatus {
         }
     }
 
+    /// The storage answers again and nothing waits to be written: no longer degraded.
+    /// Unlike a write, this leaves `last_flush` as it is.
+    pub fn recovered(&self) {
+        self.degraded.store(false, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+    }
+
     /// Marks persistence failing with `err` (shown in /health as `error`).
     pub fn failed(&self, err: &StoreError) {
         self.degraded.store(true, Ordering::Relaxed);
@@ -172,8 +181,9 @@ pub trait Backend: Send {
     /// below `next_seq`.
     fn rewrite(&mut self, snapshot: &[u8], next_seq: u64, nodes: usize) -> Result<(), StoreError>;
 
-    /// Runs after each flush: journal rotation and background compaction.
-    fn maintain(&mut self, next_seq: u64, status: &PersistStatus);
+    /// Runs after each flush: journal rotation, background compaction, and checking
+    /// that the storage still answers. `idle` is true when nothing waits to be written.
+    fn maintain(&mut self, next_seq: u64, idle: bool, status: &PersistStatus);
 
     /// Cancels and waits for background work; nothing is written after this returns.
     fn stop(&mut self);
@@ -282,7 +292,7 @@ impl Flusher {
         // Half the period: a record is written at most FLUSH_MS after it was merged.
         let period = (self.cfg.flush_every / 2).max(Duration::from_millis(1));
         if !self.backend.needs_load() {
-            self.backend.maintain(self.next_seq, &self.status);
+            self.backend.maintain(self.next_seq, true, &self.status);
         }
         loop {
             let stopping = match stopped.recv_timeout(period) {
@@ -318,7 +328,8 @@ impl Flusher {
             if !self.unwritten.is_empty() {
                 self.write_unwritten();
             }
-            self.backend.maintain(self.next_seq, &self.status);
+            let idle = self.unwritten.is_empty();
+            self.backend.maintain(self.next_seq, idle, &self.status);
         }
         self.publish_queue();
     }

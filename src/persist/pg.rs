@@ -43,6 +43,14 @@ const BULK_TIMEOUT: Duration = Duration::from_secs(300);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const COMPACT_RETRY: Duration = Duration::from_secs(30);
+/// An idle owner session is checked this often, so that an unreachable database shows
+/// as degraded without writes, and the session never sits idle long enough for the
+/// server to end it.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// The server ends the owner session after this long without a word from it, so the
+/// advisory lock of a daemon that vanished without closing its connection (a host
+/// that died) is free again for its successor within a minute, not after TCP's hours.
+const IDLE_SESSION_TIMEOUT: &str = "60s";
 /// Serialises migrations of concurrent daemons (an arbitrary constant key).
 const MIGRATION_LOCK: i64 = 0x6764_6266_6d69_6772;
 
@@ -407,6 +415,34 @@ impl PgClient {
         self.client.is_closed()
     }
 
+    /// Asks the server to end this session when it goes silent (see
+    /// [`IDLE_SESSION_TIMEOUT`]) and to probe its TCP connection. Servers before
+    /// Postgres 14 lack `idle_session_timeout`; each setting is tried on its own.
+    fn session_timeouts(&mut self) {
+        let settings = [
+            format!("SET idle_session_timeout = '{IDLE_SESSION_TIMEOUT}'"),
+            "SET tcp_keepalives_idle = 15".to_owned(),
+            "SET tcp_keepalives_interval = 5".to_owned(),
+            "SET tcp_keepalives_count = 3".to_owned(),
+        ];
+        for sql in settings {
+            if let Err(e) = self.block(APPEND_TIMEOUT, async move |c| {
+                c.batch_execute(&sql).await?;
+                Ok(())
+            }) {
+                tracing::debug!(error = %e, "a session setting was refused");
+            }
+        }
+    }
+
+    /// A round trip: the session and the server still answer.
+    pub fn ping(&mut self) -> Result<(), PgError> {
+        self.block(APPEND_TIMEOUT, async move |c| {
+            c.batch_execute("SELECT 1").await?;
+            Ok(())
+        })
+    }
+
     fn block<T>(
         &mut self,
         timeout: Duration,
@@ -745,9 +781,10 @@ fn application_name() -> String {
     format!("genosdb-fallback-{hex}")
 }
 
-/// Opens a session that owns `db`: connect, migrate, lock.
+/// Opens a session that owns `db`: connect, session timeouts, migrate, lock.
 pub fn open_owner(target: &PgTarget, db: &str, app: &str) -> Result<PgClient, PgError> {
     let mut c = PgClient::connect(target, app)?;
+    c.session_timeouts();
     c.migrate()?;
     c.lock(db, app)?;
     Ok(c)
@@ -807,6 +844,8 @@ pub struct PgBackend {
     compactor: Option<JoinHandle<Result<Option<CompactReport>, StoreError>>>,
     cancel: Arc<AtomicBool>,
     last_compact_fail: Option<Instant>,
+    /// The last time the owner session answered.
+    last_answer: Instant,
 }
 
 impl PgBackend {
@@ -827,6 +866,7 @@ impl PgBackend {
             compactor: None,
             cancel: Arc::new(AtomicBool::new(false)),
             last_compact_fail: None,
+            last_answer: Instant::now(),
         }
     }
 
@@ -895,10 +935,10 @@ impl PgBackend {
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
         let result = self.client().and_then(|c| f(c, &db));
-        if let Err(e) = &result
-            && self.client.is_some()
-        {
-            self.failed(e);
+        match &result {
+            Ok(_) => self.last_answer = Instant::now(),
+            Err(e) if self.client.is_some() => self.failed(e),
+            Err(_) => {}
         }
         result.map_err(StoreError::from)
     }
@@ -975,8 +1015,27 @@ impl Backend for PgBackend {
         Ok(())
     }
 
-    fn maintain(&mut self, next_seq: u64, status: &PersistStatus) {
+    fn maintain(&mut self, next_seq: u64, idle: bool, status: &PersistStatus) {
         self.reap_compactor(status);
+        // Without writes nothing else would notice the database going or coming back.
+        if idle && (self.client.is_none() || self.last_answer.elapsed() >= HEARTBEAT) {
+            let was_down = self.client.is_none();
+            match self.with_client(|c, _| c.ping()) {
+                Ok(()) if was_down || status.degraded() => {
+                    if status.degraded() {
+                        tracing::info!("postgres answers again; nothing was waiting");
+                    }
+                    status.recovered();
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !status.degraded() {
+                        tracing::error!(error = %e, "postgres does not answer; retrying");
+                    }
+                    status.failed(&e);
+                }
+            }
+        }
         let due = self.journal_bytes >= self.compact_bytes
             && self.compactor.is_none()
             && self

@@ -707,9 +707,19 @@ fn unreachable_at_start_then_loaded_and_merged() {
         db: db.clone(),
         tmp: tempfile::tempdir().unwrap(),
     };
-    // What the database already holds: n0..n99 at ts (2_000_000, 0).
+    // What the database already holds: n0..n99 and d0..d9 at ts (2_000_000, 0).
     {
         let o = direct.open(10, 64 << 20);
+        for k in 0..10u64 {
+            o.store.lock().unwrap().apply(
+                Op::Upsert(UpsertOp {
+                    id: format!("d{k}"),
+                    value: Some(RawJson::parse(format!(r#"{{"db":{k}}}"#)).unwrap()),
+                    ts: Hlc::new(2_000_000, 0),
+                }),
+                NOW,
+            );
+        }
         for k in 0..100u64 {
             o.store.lock().unwrap().apply(
                 Op::Upsert(UpsertOp {
@@ -752,10 +762,17 @@ fn unreachable_at_start_then_loaded_and_merged() {
             NOW,
         );
     }
+    // Removes of nodes memory never saw: d3's is newer than the stored node, d4's older.
+    for (id, ts) in [("d3", 3_000_000), ("d4", 1_000_000)] {
+        store.lock().unwrap().remove(RemoveOp {
+            id: id.into(),
+            ts: Hlc::new(ts, 0),
+        });
+    }
     wait_until("degraded", || p.status.degraded());
     // Nothing was written: the database still holds exactly its 100 nodes.
     let before = pg::load_readonly(&PgTarget::parse(&url).unwrap(), &db, 1000).unwrap();
-    assert_eq!(before.store.len(), 100);
+    assert_eq!(before.store.len(), 110);
     assert_eq!(p.status.records_persisted.load(Ordering::Relaxed), 0);
     proxy.up();
     wait_until("loaded and written", || !p.status.degraded());
@@ -765,7 +782,9 @@ fn unreachable_at_start_then_loaded_and_merged() {
         fingerprint(&store.lock().unwrap()).0
     );
     let s = store.lock().unwrap();
-    assert_eq!(s.len(), 150);
+    assert_eq!(s.len(), 159, "150 upserted, d0..d9 stored, d3 removed");
+    assert!(s.get("d3").is_none());
+    assert!(s.get("d4").is_some());
     assert!(s.get("n10").unwrap().to_json("n10").contains("\"db\":10"));
     assert!(s.get("n60").unwrap().to_json("n60").contains("\"mem\":60"));
     assert!(s.get("m5").is_some());

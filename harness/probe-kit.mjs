@@ -42,13 +42,48 @@ async function startRelay () {
 export async function startSuperpeer (dbName, dataDir) {
   fs.mkdirSync(dataDir, { recursive: true })
   const port = await freePort()
-  const p = startProcess({ name: 'superpeer', command: SUPERPEER_CMD, cwd: dataDir, env: { ...env, ...superpeerEnv, DB_NAME: dbName, RELAY_URLS: relayUrls.join(','), PORT: String(port), RTC_ENABLED: '1', ICE_SERVERS: env.ICE_SERVERS ?? '', SM_ENABLED: '0', SUPER_ADMINS: '', DATA_DIR: dataDir, DB_PATH: path.join(dataDir, 'data.sqlite'), GDB_DIST, HARNESS_DIR: HERE }, logFile: path.join(OUT, 'superpeer.log') })
+  const p = startProcess({ name: 'superpeer', command: SUPERPEER_CMD, cwd: dataDir, env: { ...env, DB_NAME: dbName, RELAY_URLS: relayUrls.join(','), PORT: String(port), RTC_ENABLED: '1', ICE_SERVERS: env.ICE_SERVERS ?? '', SM_ENABLED: '0', SUPER_ADMINS: '', DATA_DIR: dataDir, DB_PATH: path.join(dataDir, 'data.sqlite'), GDB_DIST, HARNESS_DIR: HERE, ...superpeerEnv }, logFile: path.join(OUT, 'superpeer.log') })
   const [mode, ...rest] = SUPERPEER_READY.split(':')
   if (mode === 'log') { if (!(await p.waitForLog(new RegExp(rest.join(':')), 30000))) throw new Error('superpeer not ready') } else if (mode === 'delay') await sleep(Number(rest[0] || 2000))
   else { const t0 = Date.now(); const { tcpOk } = await import('./lib/procs.mjs'); while (!(await (mode === 'http' ? httpOk(`http://127.0.0.1:${port}${rest.join(':') || '/'}`) : tcpOk(port)))) { if (Date.now() - t0 > 30000) throw new Error('superpeer not ready'); await sleep(100) } }
   return p
 }
 
+
+const SHIM = fs.readFileSync(path.join(HERE, 'page', 'rtc-loopback-shim.js'), 'utf8')
+const isLoopback = (h) => h === '127.0.0.1' || h === 'localhost' || h === '[::1]' || h === '::1'
+
+/** One browser on one of our pages (page/sm.html): its own Chromium and profile, the
+ *  harness's network hygiene (loopback-only ICE shim, non-loopback requests aborted).
+ *  `params` go into the page's query string next to db and relays. */
+export async function launchPage (label, page, db, params = {}) {
+  const { chromium } = await import('playwright-core')
+  const { CHROMIUM, CHROME_ARGS } = await import('./lib/browser.mjs')
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gdbh-page-'))
+  const context = await chromium.launchPersistentContext(dir, { executablePath: CHROMIUM, headless: true, args: CHROME_ARGS, ignoreDefaultArgs: ['--enable-automation'], timeout: 30000 })
+  await context.grantPermissions(['camera', 'microphone'], { origin: new URL(st.url).origin })
+  await context.addInitScript({ content: SHIM })
+  await context.route((u) => !isLoopback(u.hostname), (r) => { log(`[${label}] BLOCKED ${r.request().url()}`); return r.abort('blockedbyclient') })
+  await context.routeWebSocket((u) => !isLoopback(u.hostname), (ws) => ws.close({ code: 1008, reason: 'blocked by harness' }))
+  const tab = context.pages()[0] || await context.newPage()
+  tab.on('console', (m) => log(`[${label}] ${m.type()}: ${m.text()}`))
+  tab.on('pageerror', (e) => log(`[${label}] pageerror: ${e.message}`))
+  const q = new URLSearchParams({ db, relays: relayUrls.join(','), ...params })
+  await tab.goto(`${st.url}/harness/${page}?${q}`, { timeout: 30000 })
+  await tab.waitForFunction(() => window.H && (window.H.ready || window.H.error), null, { timeout: 30000 })
+  const err = await tab.evaluate(() => window.H.error)
+  if (err) { await context.close(); throw new Error(`${label}: ${err}`) }
+  return {
+    label,
+    address: await tab.evaluate(() => window.H.address),
+    eval: (fn, arg) => tab.evaluate(fn, arg),
+    put: (value, id) => tab.evaluate(([v, i]) => window.H.db.put(v, i), [value, id]),
+    get: (id) => tab.evaluate(async (i) => (await window.H.db.get(i)).result ?? null, id),
+    waitNode: (id, pred, ms) => tab.evaluate(([i, p, t]) => window.H.waitNode(i, p, t), [id, pred.toString(), ms]),
+    waitConnected: (n, ms) => tab.evaluate(([nn, t]) => window.H.waitConnected(nn, t), [n, ms]),
+    close: async () => { try { await context.close() } catch {} fs.rmSync(dir, { recursive: true, force: true }) }
+  }
+}
 
 /** Runs `probe` between a fresh static server and relay, and exits with its verdict. */
 export async function runProbe (name, probe, extraSuperpeerEnv = {}) {

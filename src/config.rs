@@ -7,6 +7,10 @@ use crate::persist::files::Layout;
 use crate::persist::pg::PgTarget;
 use crate::persist::{MAX_UNWRITTEN_BYTES, PersistConfig};
 use crate::relay::RelayLimits;
+use crate::sm::governance::{self, Rule};
+use crate::sm::key;
+use crate::sm::policy::Roles;
+use crate::sm::sig::Signer;
 use crate::store::oplog::MIN_OPLOG_SIZE;
 use clap::{Args, Parser, Subcommand};
 use std::net::IpAddr;
@@ -51,6 +55,8 @@ pub enum Command {
     /// Merge nodes from JSON lines (the export format; - reads stdin) into the store.
     /// Refuses to run while a daemon holds the store.
     Import { file: PathBuf },
+    /// Print the address SM_KEY signs as: the one to list in browsers' superAdmins.
+    SmAddress,
     /// Move the store of DB_NAME between DATA_DIR and DATABASE_URL: `--to postgres`
     /// copies the file store into Postgres, `--to files` copies it back. The target must
     /// hold nothing for DB_NAME; the source is left as it is. No daemon may run.
@@ -113,9 +119,24 @@ pub struct RawSettings {
     /// Verify Security Manager signatures.
     #[arg(long, env = "SM_ENABLED", global = true)]
     pub sm_enabled: Option<String>,
+    /// Speak GenosRTC's cellular mesh (browsers' `rtc: {cells: true}`).
+    #[arg(long, env = "CELLS", global = true)]
+    pub cells: Option<String>,
+    /// Cell size of the mesh; must equal the browsers' `cellSize` (default 10).
+    #[arg(long, env = "CELL_SIZE", global = true)]
+    pub cell_size: Option<String>,
     /// Comma list of superadmin 0x addresses.
     #[arg(long, env = "SUPER_ADMINS", global = true)]
     pub super_admins: Option<String>,
+    /// Refuse user nodes that name an unlisted address superadmin, even in deltas.
+    #[arg(long, env = "SM_STRICT", global = true)]
+    pub sm_strict: Option<String>,
+    /// Signing key: a BIP39 mnemonic or a 0x private key. Never logged.
+    #[arg(long, env = "SM_KEY", global = true, hide_env_values = true)]
+    pub sm_key: Option<String>,
+    /// Governance rules: inline JSON or a path to a JSON file.
+    #[arg(long, env = "SM_RULES", global = true)]
+    pub sm_rules: Option<String>,
     /// Directory holding <DB_NAME>.bin and its journal.
     #[arg(long, env = "DATA_DIR", global = true)]
     pub data_dir: Option<String>,
@@ -152,6 +173,8 @@ pub struct Config {
     pub db_name: String,
     pub rtc_enabled: bool,
     pub room_presence: bool,
+    /// Cells mode with this cell size, or the full mesh.
+    pub cells: Option<usize>,
     pub relay_urls: Vec<String>,
     pub relay: bool,
     pub relay_limits: RelayLimits,
@@ -161,6 +184,10 @@ pub struct Config {
     pub port: u16,
     pub sm_enabled: bool,
     pub super_admins: Vec<String>,
+    pub sm_strict: bool,
+    /// SM_KEY, parsed: its Debug form shows only the address.
+    pub sm_signer: Option<Signer>,
+    pub sm_rules: Vec<Rule>,
     pub data_dir: PathBuf,
     /// Set by DATABASE_URL: the store lives in Postgres.
     pub database: Option<PgTarget>,
@@ -194,6 +221,7 @@ impl RawSettings {
             db_name: db_name(self.db_name.as_deref().unwrap_or("default"))?,
             rtc_enabled: boolean("RTC_ENABLED", self.rtc_enabled.as_deref(), true)?,
             room_presence: boolean("ROOM_PRESENCE", self.room_presence.as_deref(), false)?,
+            cells: self.cells()?,
             relay_urls: relay_urls(self.relay_urls.as_deref(), self.relay_enabled()?)?,
             relay: self.relay_enabled()?,
             relay_limits: self.relay_limits()?,
@@ -210,6 +238,9 @@ impl RawSettings {
             )? as u16,
             sm_enabled: boolean("SM_ENABLED", self.sm_enabled.as_deref(), false)?,
             super_admins: super_admins(self.super_admins.as_deref().unwrap_or(""))?,
+            sm_strict: boolean("SM_STRICT", self.sm_strict.as_deref(), false)?,
+            sm_signer: sm_key(self.sm_key.as_deref())?,
+            sm_rules: self.sm_rules()?,
             data_dir: data_dir(self.data_dir.as_deref().unwrap_or("./data"))?,
             database: database_url(self.database_url.as_deref())?,
             flush_every: Duration::from_millis(number(
@@ -482,6 +513,53 @@ fn super_admins(v: &str) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(out)
+}
+
+/// SM_KEY is never echoed: a refusal shows `<hidden>` for its value.
+fn sm_key(v: Option<&str>) -> Result<Option<Signer>, ConfigError> {
+    let Some(v) = v.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    key::parse_key(v).map(Some).map_err(|e| ConfigError {
+        var: "SM_KEY",
+        value: "<hidden>".into(),
+        expected: format!(
+            "a BIP39 English mnemonic (words separated by spaces) or a 32-byte hex private key (0x + 64 hex digits); it {e}"
+        ),
+    })
+}
+
+impl RawSettings {
+    fn cells(&self) -> Result<Option<usize>, ConfigError> {
+        let on = boolean("CELLS", self.cells.as_deref(), false)?;
+        let size = number(
+            "CELL_SIZE",
+            self.cell_size.as_deref(),
+            crate::rtc::cells::DEFAULT_CELL_SIZE as u64,
+            2,
+            1000,
+            "a whole number from 2 to 1000, the browsers' rtc.cells.cellSize",
+        )? as usize;
+        Ok(on.then_some(size))
+    }
+
+    fn sm_rules(&self) -> Result<Vec<Rule>, ConfigError> {
+        let Some(spec) = self.sm_rules.as_deref().filter(|v| !v.trim().is_empty()) else {
+            return Ok(Vec::new());
+        };
+        const FORM: &str = "a JSON array of {\"if\": <query>, \"then\": {\"assignRole\": \"<role>\"}} rules, inline or in a file";
+        if self.sm_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+            return Err(bad(
+                "SM_RULES",
+                spec,
+                format!(
+                    "{FORM}, together with SM_KEY (the role assignments it writes must be signed)"
+                ),
+            ));
+        }
+        governance::load_rules(spec, &Roles::default())
+            .map_err(|e| bad("SM_RULES", spec, format!("{FORM}; it {e}")))
+    }
 }
 
 fn data_dir(v: &str) -> Result<PathBuf, ConfigError> {
@@ -762,6 +840,69 @@ mod tests {
         assert_eq!(
             with(|r| r.rust_log = Some("[[[".into())).unwrap_err().var,
             "RUST_LOG"
+        );
+    }
+
+    #[test]
+    fn sm_settings() {
+        let mnemonic = "test test test test test test test test test test test junk";
+        let c = with(|r| {
+            r.sm_key = Some(mnemonic.into());
+            r.sm_strict = Some("1".into());
+            r.sm_rules =
+                Some(r#"[{"if":{"points":{"$gte":10}},"then":{"assignRole":"user"}}]"#.into());
+        })
+        .unwrap();
+        assert!(c.sm_strict);
+        assert_eq!(c.sm_rules.len(), 1);
+        assert_eq!(
+            c.sm_signer.as_ref().unwrap().address(),
+            "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+        );
+        assert!(
+            !format!("{c:?}").contains("junk"),
+            "SM_KEY never shows in Debug"
+        );
+
+        let e = with(|r| r.sm_key = Some("correct horse battery staple".into())).unwrap_err();
+        assert_eq!(e.var, "SM_KEY");
+        assert!(!e.to_string().contains("horse"), "{e}");
+        assert!(e.to_string().contains("BIP39"), "{e}");
+        let e = with(|r| r.sm_key = Some("0x12".into())).unwrap_err();
+        assert!(
+            e.to_string().contains("<hidden>") && !e.to_string().contains("0x12"),
+            "{e}"
+        );
+
+        let e = with(|r| r.sm_rules = Some(r#"[{"if":{},"then":{"assignRole":"user"}}]"#.into()))
+            .unwrap_err();
+        assert_eq!(e.var, "SM_RULES");
+        assert!(e.to_string().contains("together with SM_KEY"), "{e}");
+        for (rules, needle) in [
+            (
+                r#"[{"if":{},"then":{"assignRole":"wizard"}}]"#,
+                "unknown role",
+            ),
+            (
+                r#"[{"if":{"a":{"$regex":"("}},"then":{"assignRole":"user"}}]"#,
+                "$regex",
+            ),
+            ("[oops", "not JSON"),
+            ("/no/such/rules.json", "cannot read"),
+        ] {
+            let e = with(|r| {
+                r.sm_key = Some(mnemonic.into());
+                r.sm_rules = Some(rules.into());
+            })
+            .unwrap_err();
+            assert_eq!(e.var, "SM_RULES");
+            assert!(e.to_string().contains(needle), "{rules}: {e}");
+        }
+        assert_eq!(
+            with(|r| r.sm_strict = Some("sometimes".into()))
+                .unwrap_err()
+                .var,
+            "SM_STRICT"
         );
     }
 }

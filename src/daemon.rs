@@ -7,8 +7,11 @@ use crate::persist::files::{self, StoreError};
 use crate::persist::pg::PgBackend;
 use crate::persist::{Persistence, unix_ms};
 use crate::relay::Relay;
+use crate::sm::SmConfig;
+use crate::sm::policy::Policy;
 use crate::store::Store;
 use crate::sync::SyncConfig;
+use crate::sync::governor::Governor;
 use anyhow::Context;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -54,6 +57,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let (store, persistence, lock) = opened.start(&cfg, started)?;
     state.ready(store.clone(), persistence.status.clone());
+    let sm = sm_config(&cfg, &state);
     let rtc = cfg.rtc_enabled.then(|| {
         let (rtc, events) =
             crate::rtc::daemon_room::start(&cfg, cfg.host, addr.port(), state.clone());
@@ -62,10 +66,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             rtc.room.clone(),
             events,
             store.clone(),
-            SyncConfig::default(),
+            SyncConfig {
+                sm,
+                ..SyncConfig::default()
+            },
             move |n, _| peers.peers.store(n, Ordering::Relaxed),
         );
         state.set_sync_stats(sync.stats.clone());
+        state.set_sm_stats(sync.sm_stats.clone());
+        if let (Some(signer), false) = (&cfg.sm_signer, cfg.sm_rules.is_empty()) {
+            Governor::new(
+                cfg.sm_rules.clone(),
+                signer.address().to_owned(),
+                &cfg.super_admins,
+            )
+            .start(store.clone(), sync.clone(), sync.sm_stats.clone());
+        }
         rtc
     });
     tracing::info!("ready");
@@ -190,6 +206,31 @@ impl Opened {
     }
 }
 
+/// The Security Manager's settings for the sync layer, logged once.
+fn sm_config(cfg: &Config, state: &AppState) -> SmConfig {
+    if let Some(signer) = &cfg.sm_signer {
+        let address = signer.address();
+        tracing::info!(%address, "SM: signing as {address}");
+        let _ = state.signing_as.set(address.to_owned());
+    }
+    if cfg.sm_strict && !cfg.sm_enabled {
+        tracing::warn!("SM_STRICT has no effect without SM_ENABLED=true");
+    }
+    if cfg.sm_enabled {
+        tracing::info!(
+            super_admins = cfg.super_admins.len(),
+            strict = cfg.sm_strict,
+            "SM: verifying signed ops as browsers do"
+        );
+    }
+    SmConfig {
+        verify: cfg
+            .sm_enabled
+            .then(|| Policy::new(cfg.super_admins.clone(), cfg.sm_strict)),
+        signer: cfg.sm_signer.clone(),
+    }
+}
+
 async fn serve(listener: TcpListener, state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
     let app = http::router(state);
     let shutdown = async move {
@@ -239,6 +280,7 @@ fn log_config(cfg: &Config) {
         rtc_enabled = cfg.rtc_enabled,
         relay = cfg.relay,
         room_presence = cfg.room_presence,
+        cells = ?cfg.cells,
         relay_max_connections = cfg.relay_limits.max_connections,
         relay_max_per_ip = cfg.relay_limits.max_per_ip,
         relays = ?cfg.relay_urls,
@@ -246,6 +288,9 @@ fn log_config(cfg: &Config) {
         ice = ?cfg.ice,
         sm_enabled = cfg.sm_enabled,
         super_admins = ?cfg.super_admins,
+        sm_strict = cfg.sm_strict,
+        sm_key_set = cfg.sm_signer.is_some(),
+        sm_rules = cfg.sm_rules.len(),
         flush_ms = cfg.flush_every.as_millis() as u64,
         oplog_size = cfg.oplog_size,
         compact_bytes = cfg.compact_bytes,

@@ -103,3 +103,38 @@ pub fn nostr(data: &[u8]) {
         }
     }
 }
+
+/// The Security Manager's decoders: canonical JSON, signature checks, the policy over
+/// a batch, governance rules and queries. The canonical form must be stable: printing
+/// what it parses back to gives the same text.
+pub fn sm(data: &[u8]) {
+    use crate::sm::{self, governance, js::Js, policy::Policy, query::Query, sig};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(v) = Js::parse(text) {
+        let canonical = v.canonical();
+        let back = Js::parse(&canonical).expect("canonical JSON parses");
+        assert_eq!(back.canonical(), canonical, "canonical JSON is stable");
+        let _ = v.to_json();
+        if let Ok(q) = Query::compile(&v) {
+            let node = Js::parse(r#"{"id":"user:0x1","value":{"role":"guest","n":5,"s":"Ab"},"edges":[],"timestamp":{"physical":1,"logical":1}}"#)
+                .expect("fixed node");
+            let _ = q.matches(&node);
+        }
+        let _ = governance::parse_rules(text, &crate::sm::policy::Roles::default());
+    }
+    let _ = sig::recover(&[7; 32], text.trim());
+    let Ok(elements) = message::elements(text) else {
+        return;
+    };
+    let policy = Policy::new(
+        vec!["0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".into()],
+        true,
+    );
+    let mut store = Store::new(200);
+    let checked = sm::check_all(&elements);
+    let filtered = sm::filter(&policy, &elements, checked, &store, 1_800_000_000_000);
+    let batch = message::parse_elements(filtered.kept.iter().map(|c| c.as_ref()));
+    crate::sync::engine::apply_batch(&mut store, batch, 1_800_000_000_000);
+}

@@ -33,6 +33,7 @@ pub mod persist;
 pub mod rate;
 pub mod relay;
 pub mod rtc;
+pub mod sm;
 pub mod store;
 pub mod sync;
 pub mod tools;

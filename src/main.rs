@@ -30,6 +30,18 @@ fn main() -> ExitCode {
             tracing::info!(nodes = n, "exported");
         }),
         Command::Import { file } => import(&cfg, &file),
+        Command::SmAddress => match &cfg.sm_signer {
+            Some(signer) => {
+                println!("{}", signer.address());
+                Ok(())
+            }
+            None => {
+                eprintln!(
+                    "genosdb-fallback: SM_KEY is not set: expected a BIP39 mnemonic or a 0x private key"
+                );
+                return ExitCode::from(2);
+            }
+        },
         Command::Migrate { to } => tools::migrate(&cfg, to).map(|r| {
             tracing::info!(
                 nodes = r.nodes,

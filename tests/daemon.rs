@@ -76,6 +76,55 @@ fn bad_config_exits_2_naming_variable_value_and_form() {
 }
 
 #[test]
+fn sm_settings_exit_2_without_echoing_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(&tmp);
+    let secret = "alpha bravo charlie";
+    let out = run(&dir, &[], &[("SM_KEY", secret)]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("SM_KEY") && err.contains("BIP39") && !err.contains("bravo"),
+        "{err}"
+    );
+    for (var, value, form) in [
+        ("SM_STRICT", "perhaps", "true, false"),
+        (
+            "SM_RULES",
+            r#"[{"if":{},"then":{"assignRole":"user"}}]"#,
+            "SM_KEY",
+        ),
+    ] {
+        let out = run(&dir, &[], &[(var, value)]);
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(var) && err.contains(form), "{err}");
+    }
+    let key = (
+        "SM_KEY",
+        "test test test test test test test test test test test junk",
+    );
+    let out = run(
+        &dir,
+        &[],
+        &[
+            key,
+            ("SM_RULES", r#"[{"if":{},"then":{"assignRole":"emperor"}}]"#),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role \"emperor\""));
+    // sm-address prints the address browsers must list in superAdmins.
+    let out = run(&dir, &["sm-address"], &[key]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+    );
+    assert_eq!(run(&dir, &["sm-address"], &[]).status.code(), Some(2));
+}
+
+#[test]
 fn dotenv_file_is_read_and_validated() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);

@@ -41,3 +41,8 @@ fn store_files_seeds() {
 fn nostr_seeds() {
     replay("nostr", fuzzing::nostr);
 }
+
+#[test]
+fn sm_seeds() {
+    replay("sm", fuzzing::sm);
+}

@@ -143,6 +143,36 @@ impl Collector for Daemon {
                 "Sealed SDPs that did not open (wrong password?)",
                 load(&rs.seal_failures),
             )?;
+            for (name, help, v) in [
+                (
+                    "cell_envelopes_in",
+                    "Cells overlay envelopes received",
+                    &rs.cell_envelopes_in,
+                ),
+                (
+                    "cell_envelopes_out",
+                    "Cells overlay envelopes sent (per peer)",
+                    &rs.cell_envelopes_out,
+                ),
+                (
+                    "cell_deliveries",
+                    "Cells overlay messages delivered to the sync layer",
+                    &rs.cell_deliveries,
+                ),
+                ("cell_seals", "Cells topologies sealed", &rs.cell_seals),
+                (
+                    "cell_pruned",
+                    "Links closed because the cells topology does not admit them",
+                    &rs.cell_pruned,
+                ),
+                (
+                    "cell_frames_unexpected",
+                    "Cells envelopes received while CELLS is off",
+                    &rs.cell_frames_unexpected,
+                ),
+            ] {
+                counter(&mut enc, name, help, load(v))?;
+            }
             counter(
                 &mut enc,
                 "relay_reconnects",
@@ -204,6 +234,44 @@ impl Collector for Daemon {
                     "sync_slow_peers",
                     "Peers dropped because their sync queue was full",
                     &ss.slow_peers,
+                ),
+            ] {
+                counter(&mut enc, name, help, load(v))?;
+            }
+        }
+        if let Some(sm) = state.sm_stats() {
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            counter(
+                &mut enc,
+                "sm_accepted",
+                "Elements the Security Manager let through (SM_ENABLED)",
+                load(&sm.accepted),
+            )?;
+            let family = ConstCounter::new(0u64);
+            let mut metric = enc.encode_descriptor(
+                "sm_rejected",
+                "Elements the Security Manager refused, by reason",
+                None,
+                family.metric_type(),
+            )?;
+            for (reason, n) in sm.rejected() {
+                ConstCounter::new(n).encode(metric.encode_family(&[("reason", reason)])?)?;
+            }
+            for (name, help, v) in [
+                (
+                    "sm_signed",
+                    "Outgoing elements signed with SM_KEY",
+                    &sm.signed,
+                ),
+                (
+                    "sm_governance_writes",
+                    "Role assignments written by SM_RULES",
+                    &sm.governance_writes,
+                ),
+                (
+                    "sm_governance_failures",
+                    "Role assignments SM_RULES could not write",
+                    &sm.governance_failures,
                 ),
             ] {
                 counter(&mut enc, name, help, load(v))?;

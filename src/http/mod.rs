@@ -39,6 +39,11 @@ pub struct AppState {
     pub relay_reconnects: std::sync::atomic::AtomicU64,
     room_stats: OnceLock<Arc<crate::rtc::room::RoomStats>>,
     sync_stats: OnceLock<Arc<crate::sync::SyncStats>>,
+    sm_stats: OnceLock<Arc<crate::sm::SmStats>>,
+    /// The address SM_KEY signs as.
+    pub signing_as: OnceLock<String>,
+    /// The joined sync room, for the cells state.
+    pub sync_room: OnceLock<Arc<crate::rtc::room::Room>>,
 }
 
 impl AppState {
@@ -56,6 +61,9 @@ impl AppState {
             relay_reconnects: Default::default(),
             room_stats: OnceLock::new(),
             sync_stats: OnceLock::new(),
+            sm_stats: OnceLock::new(),
+            signing_as: OnceLock::new(),
+            sync_room: OnceLock::new(),
         })
     }
 
@@ -79,6 +87,14 @@ impl AppState {
 
     pub fn sync_stats(&self) -> Option<&Arc<crate::sync::SyncStats>> {
         self.sync_stats.get()
+    }
+
+    pub fn set_sm_stats(&self, stats: Arc<crate::sm::SmStats>) {
+        let _ = self.sm_stats.set(stats);
+    }
+
+    pub fn sm_stats(&self) -> Option<&Arc<crate::sm::SmStats>> {
+        self.sm_stats.get()
     }
 
     pub fn store(&self) -> Option<&Arc<Mutex<Store>>> {
@@ -130,7 +146,24 @@ struct Health {
     relays: Relays,
     #[serde(skip_serializing_if = "Option::is_none")]
     relay: Option<RelayHealth>,
+    /// The SM_KEY address, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_as: Option<String>,
+    /// Cells mode: this peer's place in the sealed topology.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cells: Option<CellsHealth>,
+    /// Cell envelopes arrive while CELLS is off: browsers use `rtc: {cells: true}`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cells_mismatch: bool,
     version: &'static str,
+}
+
+#[derive(Serialize)]
+struct CellsHealth {
+    cell: usize,
+    cells: usize,
+    bridge: bool,
+    roster: usize,
 }
 
 #[derive(Serialize)]
@@ -183,6 +216,18 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             events: r.stats.events.load(Ordering::Relaxed),
             dropped: r.stats.dropped.load(Ordering::Relaxed),
         }),
+        signing_as: state.signing_as.get().cloned(),
+        cells: state.sync_room.get().and_then(|r| r.cell_state()).map(
+            |(cell, cells, bridge, roster)| CellsHealth {
+                cell,
+                cells,
+                bridge,
+                roster,
+            },
+        ),
+        cells_mismatch: state
+            .room_stats()
+            .is_some_and(|s| s.cell_frames_unexpected.load(Ordering::Relaxed) > 0),
         version: VERSION,
     };
     let code = if status == "starting" {

@@ -88,9 +88,12 @@ pub fn start(
     state.relays_total.store(urls.len(), Ordering::Relaxed);
     let (pool, inbound) = RelayPool::start(PoolConfig::new(urls.clone()));
     let pool = Arc::new(pool);
-    let (room, events) = Room::join(room_config(cfg, &cfg.sync_room()), pool.clone(), inbound);
-    tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), "joined the sync room");
+    let mut sync_cfg = room_config(cfg, &cfg.sync_room());
+    sync_cfg.cells = cfg.cells;
+    let (room, events) = Room::join(sync_cfg, pool.clone(), inbound);
+    tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), cells = ?cfg.cells, "joined the sync room");
     let room = Arc::new(room);
+    let _ = state.sync_room.set(room.clone());
     state.set_room_stats(room.shared_stats());
     let presence = cfg
         .room_presence

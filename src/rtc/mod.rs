@@ -2,6 +2,7 @@
 //! its pure codecs: data-channel frames, topics and kinds, and SDP sealing. Signalling,
 //! peer connections and the room API build on them.
 
+pub mod cells;
 pub mod daemon_room;
 pub mod frame;
 pub mod nostr;

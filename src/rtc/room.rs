@@ -6,6 +6,7 @@
 //! reassembles frames, answers pings at once, runs the keepalive, and writes through a
 //! bounded queue: a peer that cannot keep up is dropped, never waited for.
 
+use super::cells::{self, Mesh};
 use super::frame::{self, Limits, Payload, Reassembler};
 use super::nostr::{Inbound, RelayPool};
 use super::peer::{Peer, PeerConfig, PeerEvent};
@@ -60,6 +61,8 @@ pub struct RoomConfig {
     pub max_pending_dials: usize,
     /// Answer `@_ping`. Only a test turns this off, to play a peer that went deaf.
     pub answer_pings: bool,
+    /// Cells mode (§8) with this cell size; `None` is the full mesh.
+    pub cells: Option<usize>,
 }
 
 impl RoomConfig {
@@ -80,6 +83,7 @@ impl RoomConfig {
             answer_timeout: Duration::from_secs(10),
             max_pending_dials: 10,
             answer_pings: true,
+            cells: None,
         }
     }
 }
@@ -111,6 +115,13 @@ pub struct RoomStats {
     pub dropped_slow: AtomicU64,
     pub bad_frames: AtomicU64,
     pub seal_failures: AtomicU64,
+    /// Cell envelopes received while cells mode is off (CELLS mismatch).
+    pub cell_frames_unexpected: AtomicU64,
+    pub cell_envelopes_in: AtomicU64,
+    pub cell_envelopes_out: AtomicU64,
+    pub cell_deliveries: AtomicU64,
+    pub cell_seals: AtomicU64,
+    pub cell_pruned: AtomicU64,
 }
 
 /// A link's writer, shared by the room handle and the link task.
@@ -146,8 +157,10 @@ type Links = Arc<Mutex<HashMap<String, Writer>>>;
 pub struct Room {
     pub self_id: String,
     links: Links,
-    nonces: Mutex<HashMap<String, u8>>,
+    nonces: Arc<Mutex<HashMap<String, u8>>>,
     stats: Arc<RoomStats>,
+    /// The cells overlay, when on.
+    mesh: Option<Arc<Mutex<Mesh>>>,
     leave: mpsc::Sender<()>,
     done: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -169,7 +182,21 @@ impl Room {
         let mine = topic::self_topic(&cfg.app_id, &cfg.room_id, &self_id);
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).expect("the OS random source works");
+        let mesh = cfg
+            .cells
+            .map(|size| Arc::new(Mutex::new(Mesh::new(&self_id, size))));
+        let nonces: Arc<Mutex<HashMap<String, u8>>> = Arc::default();
+        let overlay = mesh.clone().map(|mesh| {
+            Arc::new(Overlay {
+                mesh,
+                links: links.clone(),
+                nonces: nonces.clone(),
+                stats: stats.clone(),
+                self_id: self_id.clone(),
+            })
+        });
         let actor = Actor {
+            overlay: overlay.clone(),
             seal: SealKey::derive(&cfg.password, &cfg.app_id, &cfg.room_id),
             nostr_key: SigningKey::from_slice(&key).expect("32 random bytes are a key"),
             self_id: self_id.clone(),
@@ -200,8 +227,9 @@ impl Room {
             Self {
                 self_id,
                 links,
-                nonces: Mutex::new(HashMap::new()),
+                nonces,
                 stats,
+                mesh,
                 leave: leave_tx,
                 done: Mutex::new(Some(done)),
             },
@@ -270,6 +298,78 @@ impl Room {
             }
         }
         Ok(())
+    }
+
+    /// Whether cells mode is on.
+    pub fn cells(&self) -> bool {
+        self.mesh.is_some()
+    }
+
+    /// Sends a message to a peer: directly when connected (with `frames` if given,
+    /// already encoded for `channel`), else, in cells mode, through the mesh addressed
+    /// to it (`_t`), as GenosRTC's channel wrapper does.
+    pub async fn send_message_to(
+        &self,
+        peer: &str,
+        channel: &str,
+        json_text: &str,
+        frames: Option<Vec<Vec<u8>>>,
+    ) -> Result<(), SendError> {
+        let direct = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(peer);
+        if direct || self.mesh.is_none() {
+            let frames = match frames {
+                Some(f) => f,
+                None => self.encode(channel, Payload::Json(json_text))?,
+            };
+            return self.send_frames_to(peer, frames).await;
+        }
+        self.mesh_send(channel, json_text, Some(peer))
+    }
+
+    /// Cells mode: `mesh.send({_ch, _d, _t})` to the whole room (or to `to`).
+    pub fn mesh_send(
+        &self,
+        channel: &str,
+        json_text: &str,
+        to: Option<&str>,
+    ) -> Result<(), SendError> {
+        let Some(mesh) = &self.mesh else {
+            return Err(SendError::Gone);
+        };
+        let d: Value = serde_json::from_str(json_text).map_err(|_| SendError::Gone)?;
+        let mut data = json!({"_ch": channel, "_d": d});
+        if let Some(t) = to {
+            data["_t"] = json!([t]);
+        }
+        let connected = self.peers();
+        let out = mesh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(data, &connected);
+        let overlay = Overlay {
+            mesh: mesh.clone(),
+            links: self.links.clone(),
+            nonces: self.nonces.clone(),
+            stats: self.stats.clone(),
+            self_id: self.self_id.clone(),
+        };
+        overlay.transmit(out);
+        Ok(())
+    }
+
+    /// The sealed topology, for /health and tests: (cell, cells, is bridge, roster size).
+    pub fn cell_state(&self) -> Option<(usize, usize, bool, usize)> {
+        let mesh = self
+            .mesh
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let s = &mesh.sealed;
+        Some((s.my_cell, s.cells, s.is_bridge(), s.roster.len()))
     }
 
     /// Drops a connected peer that cannot keep up; it resyncs when it comes back.
@@ -344,6 +444,103 @@ fn sub_id(prefix: &str, topic: &str) -> String {
     id
 }
 
+/// The cells overlay as the link tasks and the room handle use it.
+struct Overlay {
+    mesh: Arc<Mutex<Mesh>>,
+    links: Links,
+    nonces: Arc<Mutex<HashMap<String, u8>>>,
+    stats: Arc<RoomStats>,
+    self_id: String,
+}
+
+impl Overlay {
+    fn connected(&self) -> Vec<String> {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Queues envelopes to their peers; a peer whose queue is full misses it (the
+    /// mesh delivers through others, and the sync layer resyncs on rejoin).
+    fn transmit(&self, out: Vec<cells::Outbound>) {
+        for o in out {
+            let nonce = {
+                let mut n = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+                let e = n.entry(o.channel.clone()).or_insert(0);
+                let cur = *e;
+                *e = e.wrapping_add(1);
+                cur
+            };
+            let Ok(frames) = frame::encode(&o.channel, nonce, Payload::Text(&o.envelope), None)
+            else {
+                continue;
+            };
+            let writers: Vec<Writer> = {
+                let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+                o.to.iter().filter_map(|t| links.get(t).cloned()).collect()
+            };
+            for w in writers {
+                self.stats
+                    .cell_envelopes_out
+                    .fetch_add(1, Ordering::Relaxed);
+                for f in &frames {
+                    self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .bytes_out
+                        .fetch_add(f.len() as u64, Ordering::Relaxed);
+                    if w.frames.try_send(f.clone()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// An envelope on a cell channel: forwards it, and returns what it carries for
+    /// `syncGraph` and the like as a message from its origin.
+    fn receive(&self, message: &frame::Message) -> Option<(String, frame::Message)> {
+        self.stats.cell_envelopes_in.fetch_add(1, Ordering::Relaxed);
+        let text = std::str::from_utf8(&message.data).ok()?;
+        let connected = self.connected();
+        let now_ms = crate::persist::unix_ms();
+        let handled = self.mesh.lock().unwrap_or_else(|p| p.into_inner()).receive(
+            &message.channel,
+            text,
+            &connected,
+            now_ms,
+        );
+        self.transmit(handled.send);
+        let (data, origin) = handled.deliver?;
+        let channel = data.get("_ch").and_then(Value::as_str)?.to_owned();
+        if let Some(t) = data.get("_t").and_then(Value::as_array)
+            && !t.iter().any(|x| x.as_str() == Some(self.self_id.as_str()))
+        {
+            return None;
+        }
+        if channel.len() > frame::NAME_LEN || channel.starts_with("@_") || !valid_peer_id(&origin) {
+            return None;
+        }
+        let d = data.get("_d")?;
+        let (flags, bytes) = match d {
+            Value::String(s) => (frame::LAST, s.clone().into_bytes()),
+            other => (frame::LAST | frame::JSON, other.to_string().into_bytes()),
+        };
+        self.stats.cell_deliveries.fetch_add(1, Ordering::Relaxed);
+        Some((
+            origin,
+            frame::Message {
+                channel,
+                flags,
+                data: bytes,
+                meta: None,
+            },
+        ))
+    }
+}
+
 /// Messages from link and dial tasks to the actor.
 enum Internal {
     /// A dial produced its offer (or failed).
@@ -388,6 +585,7 @@ struct Connected {
 }
 
 struct Actor {
+    overlay: Option<Arc<Overlay>>,
     cfg: RoomConfig,
     seal: SealKey,
     nostr_key: SigningKey,
@@ -417,10 +615,12 @@ impl Actor {
     ) {
         let mut announce = tokio::time::interval(self.cfg.announce_every);
         let mut reap = tokio::time::interval(Duration::from_secs(5));
+        let mut cells_tick = tokio::time::interval(cells::TICK);
         loop {
             tokio::select! {
                 _ = announce.tick() => self.announce(None),
                 _ = reap.tick() => self.reap_dials(),
+                _ = cells_tick.tick(), if self.overlay.is_some() => self.reseal().await,
                 msg = inbound.recv() => match msg {
                     Some(Inbound::Connected { relay }) => self.announce(Some(relay)),
                     Some(Inbound::Disconnected { .. }) => {}
@@ -505,7 +705,18 @@ impl Actor {
             .is_some_and(|b| !b.is_null() && b != &json!(false))
         {
             self.types.remove(&x);
+            if let Some(o) = &self.overlay {
+                o.mesh.lock().unwrap_or_else(|p| p.into_inner()).bye(&x);
+            }
             return;
+        }
+        if let Some(o) = &self.overlay {
+            let mut mesh = o.mesh.lock().unwrap_or_else(|p| p.into_inner());
+            mesh.heard(&x, Instant::now());
+            // §8.7: only peers the topology admits are dialled or answered.
+            if !self.connected.contains_key(&x) && !mesh.admit(&x, Instant::now()) {
+                return;
+            }
         }
         if let Some(t) = m.get("type").and_then(Value::as_str) {
             self.types.insert(x.clone(), t.chars().take(32).collect());
@@ -563,6 +774,48 @@ impl Actor {
             });
         } else {
             self.maybe_dial(x, relay);
+        }
+    }
+
+    /// Cells mode: runs the re-seal schedule, and once the grace after a seal is over,
+    /// closes links the topology no longer admits.
+    async fn reseal(&mut self) {
+        let Some(o) = self.overlay.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        let connected: Vec<String> = self.connected.keys().cloned().collect();
+        let prune: Vec<String> = {
+            let mut mesh = o.mesh.lock().unwrap_or_else(|p| p.into_inner());
+            if mesh.tick(&connected, now) {
+                self.stats.cell_seals.fetch_add(1, Ordering::Relaxed);
+                let s = &mesh.sealed;
+                tracing::debug!(
+                    epoch = mesh.epoch,
+                    cell = s.my_cell,
+                    cells = s.cells,
+                    bridge = s.is_bridge(),
+                    roster = s.roster.len(),
+                    "cells: sealed"
+                );
+            }
+            if mesh.grace_over(now) {
+                connected
+                    .into_iter()
+                    .filter(|x| !mesh.admit(x, now))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
+        for x in prune {
+            self.stats.cell_pruned.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %x, "cells: closing a link the topology does not admit");
+            if let Some(c) = self.connected.get(&x) {
+                let _ = c.peer.send(&frame::control(frame::LEAVE)).await;
+            }
+            self.drop_connected(&x);
+            let _ = self.events.send(RoomEvent::Left { peer: x }).await;
         }
     }
 
@@ -806,6 +1059,7 @@ impl Actor {
             internal: self.internal.clone(),
             stats: self.stats.clone(),
             cfg: self.cfg.clone(),
+            overlay: self.overlay.clone(),
         };
         tokio::spawn(task.run(events, rx));
     }
@@ -876,7 +1130,11 @@ struct LinkTask {
     internal: mpsc::Sender<Internal>,
     stats: Arc<RoomStats>,
     cfg: RoomConfig,
+    overlay: Option<Arc<Overlay>>,
 }
+
+/// Warned once per process: cell envelopes arrive while CELLS is off.
+static CELLS_MISMATCH_WARNED: AtomicBool = AtomicBool::new(false);
 
 impl LinkTask {
     async fn run(self, mut events: mpsc::Receiver<PeerEvent>, mut frames: mpsc::Receiver<Vec<u8>>) {
@@ -981,6 +1239,26 @@ impl LinkTask {
             _ => {}
         }
         match reasm.push(bytes, Instant::now()) {
+            Ok(Some(message)) if cells::channel_cell(&message.channel).is_some() => {
+                let Some(overlay) = &self.overlay else {
+                    self.stats
+                        .cell_frames_unexpected
+                        .fetch_add(1, Ordering::Relaxed);
+                    if !CELLS_MISMATCH_WARNED.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(peer = %self.peer_id, channel = %message.channel, "a peer speaks the cells overlay (rtc: {{cells: true}}) but CELLS is off: set CELLS=1 (and CELL_SIZE to the browsers' cellSize), or writes from other cells never reach the daemon");
+                    }
+                    return true;
+                };
+                if let Some((origin, delivered)) = overlay.receive(&message) {
+                    let ev = RoomEvent::Message {
+                        peer: origin,
+                        message: delivered,
+                    };
+                    if self.room_events.send_timeout(ev, SEND_STALL).await.is_err() {
+                        return false;
+                    }
+                }
+            }
             Ok(Some(message)) => {
                 // A browser sends its `sync` the moment its side opens, which can be
                 // before this link is attached: keep it until then.

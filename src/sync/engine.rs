@@ -166,6 +166,16 @@ impl Engine {
         due
     }
 
+    /// Peers whose first exchange is still going on: they have not sent their state
+    /// and their `sync` schedule has not run out. What we hold may still change a lot.
+    pub fn unsettled(&self, now: Instant) -> usize {
+        let window = SYNC_SCHEDULE.last().copied().unwrap_or_default() + UNASKED_REPLY_AFTER;
+        self.peers
+            .values()
+            .filter(|p| !p.answered && now < p.joined + window)
+            .count()
+    }
+
     /// When the next `sync` or unasked reply falls due, if any is still scheduled.
     pub fn next_due(&self) -> Option<Instant> {
         let unasked = self

@@ -51,14 +51,24 @@ pub enum ParseError {
 
 /// Decodes a JSON payload: an array of messages, or one message object.
 pub fn parse_json(text: &str) -> Result<Batch, ParseError> {
+    Ok(parse_elements(elements(text)?))
+}
+
+/// Splits a JSON payload into its elements, each left raw: an array's members, or
+/// the one message object.
+pub fn elements(text: &str) -> Result<Vec<&RawValue>, ParseError> {
     let trimmed = text.trim_start();
-    let elements: Vec<&RawValue> = if trimmed.starts_with('[') {
-        serde_json::from_str(text)?
+    if trimmed.starts_with('[') {
+        Ok(serde_json::from_str(text)?)
     } else if trimmed.starts_with('{') {
-        vec![serde_json::from_str(text)?]
+        Ok(vec![serde_json::from_str(text)?])
     } else {
-        return Err(ParseError::Shape);
-    };
+        Err(ParseError::Shape)
+    }
+}
+
+/// Decodes elements one by one: a malformed one is refused on its own.
+pub fn parse_elements<'a>(elements: impl IntoIterator<Item = &'a RawValue>) -> Batch {
     let mut batch = Batch::default();
     for element in elements {
         match parse_message(element) {
@@ -66,13 +76,18 @@ pub fn parse_json(text: &str) -> Result<Batch, ParseError> {
             Err(reason) => batch.rejected.push(Rejection { reason }),
         }
     }
-    Ok(batch)
+    batch
 }
 
 /// Decodes a binary payload: MessagePack of the same array (§6.5).
 pub fn parse_msgpack(bytes: &[u8]) -> Result<Batch, ParseError> {
+    parse_json(&msgpack_to_json(bytes)?)
+}
+
+/// A MessagePack payload as the JSON text of the same value.
+pub fn msgpack_to_json(bytes: &[u8]) -> Result<String, ParseError> {
     let value: serde_json::Value = rmp_serde::from_slice(bytes)?;
-    parse_json(&value.to_string())
+    Ok(value.to_string())
 }
 
 fn parse_message(raw: &RawValue) -> Result<Message, String> {

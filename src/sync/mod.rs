@@ -2,6 +2,7 @@
 //! the protocol's decisions, local writes, and the service that runs them on a room.
 
 pub mod engine;
+pub mod governor;
 pub mod local;
 pub mod message;
 pub mod service;

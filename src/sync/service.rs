@@ -4,16 +4,30 @@
 
 use super::engine::{self, Applied, Engine};
 use super::local::{self, LocalError};
-use super::message::{self, Batch, ParseError};
+use super::message::{self, Batch, Message, ParseError};
 use crate::persist::unix_ms;
 use crate::rtc::frame::{self, Payload};
 use crate::rtc::room::{Room, RoomEvent};
-use crate::store::{FullStateCursor, Hlc, Store, SyncReply};
+use crate::sm::policy::{Policy, Reason};
+use crate::sm::{self, LogLimiter, SmConfig, SmStats};
+use crate::store::{FullStateCursor, Hlc, Op, Store, SyncReply};
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+
+/// Cells mode: peers reached through the mesh are forgotten after this much silence.
+const MESH_PEER_IDLE: Duration = Duration::from_secs(120);
+/// Cells mode: most peers reached through the mesh at once.
+const MAX_MESH_PEERS: usize = 4096;
+
+/// Refused live ops remembered so their replays inside deltas are refused too.
+const REFUSED_OPS_KEPT: usize = 65_536;
+
+/// One log line per signer (or peer) per this long for refused SM elements.
+const SM_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The GenosDB sync action.
 pub const CHANNEL: &str = "syncGraph";
@@ -34,6 +48,8 @@ pub struct SyncConfig {
     pub delta_budget: usize,
     pub full_part_budget: usize,
     pub outbox_len: usize,
+    /// Verification of incoming ops and signing of outgoing messages.
+    pub sm: SmConfig,
 }
 
 impl Default for SyncConfig {
@@ -42,6 +58,7 @@ impl Default for SyncConfig {
             delta_budget: DELTA_BUDGET,
             full_part_budget: FULL_PART_BUDGET,
             outbox_len: OUTBOX_LEN,
+            sm: SmConfig::default(),
         }
     }
 }
@@ -101,6 +118,9 @@ type WriteReply = oneshot::Sender<Result<Hlc, LocalError>>;
 pub struct SyncHandle {
     writes: mpsc::Sender<(LocalWrite, WriteReply)>,
     pub stats: Arc<SyncStats>,
+    pub sm_stats: Arc<SmStats>,
+    /// Peers whose first sync exchange is still going on.
+    pub unsettled: Arc<AtomicUsize>,
 }
 
 impl SyncHandle {
@@ -144,6 +164,8 @@ pub fn start(
     on_peers: impl Fn(usize, &PeerChange) + Send + 'static,
 ) -> SyncHandle {
     let stats = Arc::new(SyncStats::default());
+    let sm_stats = Arc::new(SmStats::default());
+    let unsettled = Arc::new(AtomicUsize::new(0));
     let (writes_tx, writes) = mpsc::channel(64);
     let service = Service {
         shared: Arc::new(Shared {
@@ -151,15 +173,22 @@ pub fn start(
             store,
             cfg,
             stats: stats.clone(),
+            sm_stats: sm_stats.clone(),
+            sm_log: LogLimiter::new(SM_LOG_EVERY),
+            refused: Mutex::new(sm::Refused::new(REFUSED_OPS_KEPT)),
         }),
         engine: Engine::default(),
         outboxes: HashMap::new(),
         on_peers: Box::new(on_peers),
+        unsettled: unsettled.clone(),
+        mesh_peers: HashMap::new(),
     };
     tokio::spawn(service.run(events, writes));
     SyncHandle {
         writes: writes_tx,
         stats,
+        sm_stats,
+        unsettled,
     }
 }
 
@@ -169,12 +198,155 @@ struct Shared {
     store: Arc<Mutex<Store>>,
     cfg: SyncConfig,
     stats: Arc<SyncStats>,
+    sm_stats: Arc<SmStats>,
+    sm_log: LogLimiter,
+    refused: Mutex<sm::Refused>,
 }
 
 impl Shared {
     fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// One outgoing message holding `element`, signed when the daemon has SM_KEY.
+    fn wrap(&self, element: &str) -> String {
+        let Some(signer) = &self.cfg.sm.signer else {
+            return format!("[{element}]");
+        };
+        match sm::sign_element(signer, element) {
+            Ok(signed) => {
+                bump(&self.sm_stats.signed, 1);
+                format!("[{signed}]")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign an outgoing element; sent unsigned");
+                format!("[{element}]")
+            }
+        }
+    }
+
+    /// Decodes a message and applies it: through the Security Manager's policy when
+    /// SM_ENABLED, with signatures checked before the store is locked.
+    fn receive(
+        &self,
+        peer: &str,
+        message: &frame::Message,
+        now: u64,
+    ) -> Result<Applied, ParseError> {
+        let text = payload_text(message)?;
+        let elements = message::elements(&text)?;
+        let Some(policy) = &self.cfg.sm.verify else {
+            let batch = message::parse_elements(elements);
+            return Ok(engine::apply_batch(&mut self.store(), batch, now));
+        };
+        let checked = sm::check_all(&elements);
+        let mut store = self.store();
+        let filtered = sm::filter(policy, &elements, checked, &store, now);
+        let mut batch = message::parse_elements(filtered.kept.iter().map(|c| c.as_ref()));
+        let replays = {
+            let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            for op in filtered.dropped.iter().filter_map(|d| d.op.clone()) {
+                refused.insert(op);
+            }
+            drop_replays(&refused, &mut batch)
+        };
+        let strict = strict_filter(policy, &mut batch);
+        let laundered = replays + strict;
+        let applied = engine::apply_batch(&mut store, batch, now);
+        drop(store);
+        bump(&self.sm_stats.accepted, filtered.kept.len() as u64);
+        (0..replays).for_each(|_| self.sm_stats.reject(Reason::Laundered));
+        (0..strict).for_each(|_| self.sm_stats.reject(Reason::Strict));
+        for d in &filtered.dropped {
+            self.sm_stats.reject(d.reason);
+            let who = d.signer.as_deref().unwrap_or(peer);
+            if let Some(suppressed) = self.sm_log.allow(who, Instant::now()) {
+                tracing::warn!(
+                    %peer,
+                    signer = d.signer.as_deref().unwrap_or("-"),
+                    kind = %d.kind,
+                    reason = d.reason.as_str(),
+                    suppressed,
+                    "SM: refused an element"
+                );
+            }
+        }
+        if laundered > 0 && self.sm_log.allow(peer, Instant::now()).is_some() {
+            tracing::warn!(
+                %peer,
+                ops = laundered,
+                "SM: refused ops inside a delta or full state (a replay of a refused live op, or under SM_STRICT a user node naming an unlisted superadmin)"
+            );
+        }
+        Ok(applied)
+    }
+}
+
+/// The payload as JSON text; MessagePack is converted (§6.5).
+fn payload_text(message: &frame::Message) -> Result<Cow<'_, str>, ParseError> {
+    if message.is_binary() {
+        Ok(Cow::Owned(message::msgpack_to_json(&message.data)?))
+    } else if message.is_json() {
+        std::str::from_utf8(&message.data)
+            .map(Cow::Borrowed)
+            .map_err(|_| ParseError::Utf8)
+    } else {
+        // A JS string: a browser's handler finds no `type` in it and ignores it.
+        Err(ParseError::Shape)
+    }
+}
+
+/// Drops, from deltas and full states, exact replays of live ops the policy refused.
+fn drop_replays(refused: &sm::Refused, batch: &mut Batch) -> usize {
+    if refused.is_empty() {
+        return 0;
+    }
+    let mut dropped = 0;
+    for msg in &mut batch.messages {
+        match msg {
+            Message::Full(full) => full.nodes.retain(|(id, node)| {
+                let bad = node.timestamp.is_some_and(|ts| refused.contains(id, ts));
+                dropped += usize::from(bad);
+                !bad
+            }),
+            Message::Delta { ops, .. } => ops.retain(|op| {
+                let bad = match op {
+                    Op::Upsert(u) => refused.contains(&u.id, u.ts),
+                    Op::Remove(r) => refused.contains(&r.id, r.ts),
+                    Op::Link(l) => refused.contains(&sm::link_key(&l.source, &l.target), l.ts),
+                };
+                dropped += usize::from(bad);
+                !bad
+            }),
+            _ => {}
+        }
+    }
+    dropped
+}
+
+/// SM_STRICT: drops laundered superadmin `user:` nodes from deltas and full states.
+fn strict_filter(policy: &Policy, batch: &mut Batch) -> usize {
+    if !policy.strict {
+        return 0;
+    }
+    let mut refused = 0;
+    for msg in &mut batch.messages {
+        match msg {
+            Message::Full(full) => full.nodes.retain(|(id, node)| {
+                let bad = policy.strict_refuses(id, node.value.as_ref().map(|v| v.get()));
+                refused += usize::from(bad);
+                !bad
+            }),
+            Message::Delta { ops, .. } => ops.retain(|op| {
+                let bad = matches!(op, Op::Upsert(u)
+                    if policy.strict_refuses(&u.id, u.value.as_ref().map(|v| v.get())));
+                refused += usize::from(bad);
+                !bad
+            }),
+            _ => {}
+        }
+    }
+    refused
 }
 
 struct Service {
@@ -182,6 +354,9 @@ struct Service {
     engine: Engine,
     outboxes: HashMap<String, Outbox>,
     on_peers: OnPeers,
+    unsettled: Arc<AtomicUsize>,
+    /// Cells mode: peers reached through the mesh, with when we last heard them.
+    mesh_peers: HashMap<String, Instant>,
 }
 
 impl Service {
@@ -191,6 +366,9 @@ impl Service {
         mut writes: mpsc::Receiver<(LocalWrite, WriteReply)>,
     ) {
         let mut writes_open = true;
+        // Keeps `unsettled` current while nothing else happens.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let due = self.engine.next_due();
             tokio::select! {
@@ -206,13 +384,17 @@ impl Service {
                     self.send_due_syncs();
                     self.reply_unasked();
                 }
+                _ = tick.tick() => self.expire_mesh_peers(),
             }
+            self.unsettled
+                .store(self.engine.unsettled(Instant::now()), Ordering::Relaxed);
         }
     }
 
     async fn on_event(&mut self, ev: RoomEvent) {
         match ev {
             RoomEvent::Joined { peer, kind } => {
+                self.mesh_peers.remove(&peer);
                 let outbox = Outbox::start(self.shared.clone(), peer.clone());
                 self.outboxes.insert(peer.clone(), outbox);
                 self.engine.join(&peer, Instant::now());
@@ -224,10 +406,51 @@ impl Service {
                 self.peers_changed(PeerChange::Left { peer });
             }
             RoomEvent::Message { peer, message } if message.channel == CHANNEL => {
+                if !self.outboxes.contains_key(&peer) && self.shared.room.cells() {
+                    self.reach_through_mesh(&peer);
+                }
+                if let Some(seen) = self.mesh_peers.get_mut(&peer) {
+                    *seen = Instant::now();
+                }
                 self.on_message(peer, message).await
             }
             // Other actions (cells overlay, app channels) are not ours.
             RoomEvent::Message { .. } => {}
+        }
+    }
+
+    /// Cells mode: a peer we hear through bridges, not connected to us. It gets a
+    /// queue and a sync schedule like a connected one; what we send it travels
+    /// through the mesh addressed to it. Forgotten after MESH_PEER_IDLE of silence.
+    fn reach_through_mesh(&mut self, peer: &str) {
+        if self.mesh_peers.len() >= MAX_MESH_PEERS {
+            let oldest = self
+                .mesh_peers
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(p, _)| p.clone());
+            if let Some(p) = oldest {
+                self.mesh_peers.remove(&p);
+                self.forget(&p);
+            }
+        }
+        tracing::debug!(%peer, "cells: a peer reached through the mesh");
+        self.mesh_peers.insert(peer.to_owned(), Instant::now());
+        let outbox = Outbox::start(self.shared.clone(), peer.to_owned());
+        self.outboxes.insert(peer.to_owned(), outbox);
+        self.engine.join(peer, Instant::now());
+    }
+
+    fn expire_mesh_peers(&mut self) {
+        let idle: Vec<String> = self
+            .mesh_peers
+            .iter()
+            .filter(|(_, at)| at.elapsed() > MESH_PEER_IDLE)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in idle {
+            self.mesh_peers.remove(&p);
+            self.forget(&p);
         }
     }
 
@@ -250,11 +473,9 @@ impl Service {
     async fn on_message(&mut self, peer: String, message: frame::Message) {
         let shared = self.shared.clone();
         bump(&shared.stats.messages_in, 1);
-        let applied = tokio::task::spawn_blocking(move || {
-            let batch = decode(&message)?;
-            Ok::<_, ParseError>(engine::apply_batch(&mut shared.store(), batch, unix_ms()))
-        })
-        .await;
+        let from = peer.clone();
+        let applied =
+            tokio::task::spawn_blocking(move || shared.receive(&from, &message, unix_ms())).await;
         let applied = match applied {
             Ok(Ok(applied)) => applied,
             Ok(Err(e)) => {
@@ -311,10 +532,17 @@ impl Service {
             }
         };
         let result = result.map(|op| {
-            let text: Arc<str> = format!("[{}]", op.json).into();
-            let peers: Vec<String> = self.outboxes.keys().cloned().collect();
-            for peer in peers {
-                self.enqueue(&peer, Outgoing::Text(text.clone()));
+            let text: Arc<str> = self.shared.wrap(&op.json).into();
+            if self.shared.room.cells() {
+                // Through the overlay, so every cell gets it (§8.4).
+                if let Err(e) = self.shared.room.mesh_send(CHANNEL, &text, None) {
+                    tracing::warn!(error = %e, "cannot send a write through the cells overlay");
+                }
+            } else {
+                let peers: Vec<String> = self.outboxes.keys().cloned().collect();
+                for peer in peers {
+                    self.enqueue(&peer, Outgoing::Text(text.clone()));
+                }
             }
             op.ts
         });
@@ -326,7 +554,8 @@ impl Service {
         if due.is_empty() {
             return;
         }
-        let text: Arc<str> = format!("[{}]", self.shared.store().sync_json()).into();
+        let sync = self.shared.store().sync_json();
+        let text: Arc<str> = self.shared.wrap(&sync).into();
         for peer in due {
             bump(&self.shared.stats.syncs_sent, 1);
             self.enqueue(&peer, Outgoing::Text(text.clone()));
@@ -362,18 +591,6 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-fn decode(message: &frame::Message) -> Result<Batch, ParseError> {
-    if message.is_binary() {
-        message::parse_msgpack(&message.data)
-    } else if message.is_json() {
-        let text = std::str::from_utf8(&message.data).map_err(|_| ParseError::Utf8)?;
-        message::parse_json(text)
-    } else {
-        // A JS string: a browser's handler finds no `type` in it and ignores it.
-        Err(ParseError::Shape)
     }
 }
 
@@ -470,7 +687,7 @@ impl Drain {
 
     async fn send_text(&self, text: &str) -> bool {
         match self.shared.room.encode(CHANNEL, Payload::Json(text)) {
-            Ok(frames) => self.send_frames(frames).await,
+            Ok(frames) => self.send_frames(text, frames).await,
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "cannot frame a sync message");
                 true
@@ -478,11 +695,13 @@ impl Drain {
         }
     }
 
-    async fn send_frames(&self, frames: Vec<Vec<u8>>) -> bool {
+    /// Sends one message: its frames to a connected peer, or in cells mode its text
+    /// through the mesh to a peer we reach through bridges.
+    async fn send_frames(&self, text: &str, frames: Vec<Vec<u8>>) -> bool {
         bump(&self.shared.stats.messages_out, 1);
         self.shared
             .room
-            .send_frames_to(&self.peer, frames)
+            .send_message_to(&self.peer, CHANNEL, text, Some(frames))
             .await
             .is_ok()
     }
@@ -511,10 +730,10 @@ impl Drain {
             (cursor, budget) = (back, fitted);
             match frames {
                 None => break,
-                Some(Ok(frames)) => {
+                Some(Ok((text, frames))) => {
                     parts += 1;
                     bump(&self.shared.stats.full_parts, 1);
-                    if !self.send_frames(frames).await {
+                    if !self.send_frames(&text, frames).await {
                         return false;
                     }
                 }
@@ -534,9 +753,11 @@ impl Drain {
             texts
                 .into_iter()
                 .map(|t| {
+                    let text = shared.wrap(&t);
                     shared
                         .room
-                        .encode(CHANNEL, Payload::Json(&format!("[{t}]")))
+                        .encode(CHANNEL, Payload::Json(&text))
+                        .map(|frames| (text, frames))
                 })
                 .collect::<Vec<_>>()
         })
@@ -546,8 +767,8 @@ impl Drain {
         };
         for part in parts {
             match part {
-                Ok(frames) => {
-                    if !self.send_frames(frames).await {
+                Ok((text, frames)) => {
+                    if !self.send_frames(&text, frames).await {
                         return false;
                     }
                 }
@@ -571,24 +792,25 @@ const MIN_PART_BUDGET: usize = 64 << 10;
 /// written again at the size its compression ratio allows; the budget found carries
 /// over to the next part. Text nodes compress several times, so a graph of ten
 /// thousand of them still goes out as one message, as genossrv sends it.
+type Part = Result<(String, Vec<Vec<u8>>), frame::FrameError>;
+
 fn next_full_part(
     shared: &Shared,
     cursor: &mut FullStateCursor,
     budget: &mut usize,
-) -> Option<Result<Vec<Vec<u8>>, frame::FrameError>> {
+) -> Option<Part> {
     loop {
         let mark = cursor.mark();
         let text = shared.store().next_full_state(cursor, *budget)?;
-        let frames = shared
-            .room
-            .encode(CHANNEL, Payload::Json(&format!("[{text}]")));
+        let message = shared.wrap(&text);
+        let frames = shared.room.encode(CHANNEL, Payload::Json(&message));
         let count = match &frames {
             Ok(f) => f.len(),
             Err(frame::FrameError::TooLarge(n)) => *n,
-            Err(_) => return Some(frames),
+            Err(_) => return Some(frames.map(|f| (message, f))),
         };
         if count <= PART_FRAMES || *budget <= MIN_PART_BUDGET {
-            return Some(frames);
+            return Some(frames.map(|f| (message, f)));
         }
         cursor.rewind(mark);
         let fitted = text.len() as f64 * 0.9 * PART_FRAMES as f64 / count as f64;

@@ -4,6 +4,7 @@
 use genosdb_fallback::rtc::nostr::{PoolConfig, RelayPool};
 use genosdb_fallback::rtc::peer::PeerConfig;
 use genosdb_fallback::rtc::room::{Room, RoomConfig, RoomEvent};
+use genosdb_fallback::sm::SmConfig;
 use genosdb_fallback::store::Store;
 use genosdb_fallback::sync::{PeerChange, SyncConfig, SyncHandle, service};
 use std::collections::HashSet;
@@ -57,6 +58,26 @@ impl TestPeer {
         store: Arc<Mutex<Store>>,
         tweak: impl FnOnce(&mut RoomConfig),
     ) -> Self {
+        Self::join_configured(relay_port, db, store, tweak, SyncConfig::default())
+    }
+
+    /// Joins as an SM browser: signing with `sm.signer`, verifying with `sm.verify`.
+    pub fn join_sm(relay_port: u16, db: &str, sm: SmConfig) -> Self {
+        let cfg = SyncConfig {
+            sm,
+            ..SyncConfig::default()
+        };
+        let store = Arc::new(Mutex::new(Store::new(1000)));
+        Self::join_configured(relay_port, db, store, |_| {}, cfg)
+    }
+
+    pub fn join_configured(
+        relay_port: u16,
+        db: &str,
+        store: Arc<Mutex<Store>>,
+        tweak: impl FnOnce(&mut RoomConfig),
+        sync_cfg: SyncConfig,
+    ) -> Self {
         // TEST_LOG=genosdb_fallback=debug shows what the test peers do.
         if let Ok(filter) = std::env::var("TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -74,7 +95,7 @@ impl TestPeer {
             room.clone(),
             events,
             store.clone(),
-            SyncConfig::default(),
+            sync_cfg,
             move |_, change| {
                 let mut s = seen.lock().unwrap();
                 match change {

@@ -4,6 +4,7 @@
 
 use crate::eth;
 use crate::persist::files::Layout;
+use crate::persist::pg::PgTarget;
 use crate::persist::{MAX_UNWRITTEN_BYTES, PersistConfig};
 use crate::relay::RelayLimits;
 use crate::sm::governance::{self, Rule};
@@ -56,6 +57,19 @@ pub enum Command {
     Import { file: PathBuf },
     /// Print the address SM_KEY signs as: the one to list in browsers' superAdmins.
     SmAddress,
+    /// Move the store of DB_NAME between DATA_DIR and DATABASE_URL: `--to postgres`
+    /// copies the file store into Postgres, `--to files` copies it back. The target must
+    /// hold nothing for DB_NAME; the source is left as it is. No daemon may run.
+    Migrate {
+        #[arg(long, value_enum)]
+        to: StorageKind,
+    },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    Files,
+    Postgres,
 }
 
 /// Settings as given, before validation. Each flag also reads its env variable.
@@ -126,6 +140,10 @@ pub struct RawSettings {
     /// Directory holding <DB_NAME>.bin and its journal.
     #[arg(long, env = "DATA_DIR", global = true)]
     pub data_dir: Option<String>,
+    /// Postgres URL (postgres://user:pass@host:port/db); when set, the store lives there
+    /// instead of DATA_DIR (secret: its password is never shown).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Group-commit interval of the journal, in milliseconds.
     #[arg(long, env = "FLUSH_MS", global = true)]
     pub flush_ms: Option<String>,
@@ -171,6 +189,8 @@ pub struct Config {
     pub sm_signer: Option<Signer>,
     pub sm_rules: Vec<Rule>,
     pub data_dir: PathBuf,
+    /// Set by DATABASE_URL: the store lives in Postgres.
+    pub database: Option<PgTarget>,
     pub flush_every: Duration,
     pub oplog_size: usize,
     pub compact_bytes: u64,
@@ -222,6 +242,7 @@ impl RawSettings {
             sm_signer: sm_key(self.sm_key.as_deref())?,
             sm_rules: self.sm_rules()?,
             data_dir: data_dir(self.data_dir.as_deref().unwrap_or("./data"))?,
+            database: database_url(self.database_url.as_deref())?,
             flush_every: Duration::from_millis(number(
                 "FLUSH_MS",
                 self.flush_ms.as_deref(),
@@ -548,6 +569,23 @@ fn data_dir(v: &str) -> Result<PathBuf, ConfigError> {
     Ok(PathBuf::from(v))
 }
 
+/// DATABASE_URL: unset or empty means the file store. A refused value is shown with
+/// its password replaced by `***`.
+fn database_url(v: Option<&str>) -> Result<Option<PgTarget>, ConfigError> {
+    let Some(v) = v.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    PgTarget::parse(v).map(Some).map_err(|why| {
+        bad(
+            "DATABASE_URL",
+            &crate::persist::pg::redact_url(v),
+            format!(
+                "postgres://user:pass@host:port/db, optionally with ?sslmode=disable|prefer|require|verify-full ({why})"
+            ),
+        )
+    })
+}
+
 fn log_format(v: &str) -> Result<LogFormat, ConfigError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "text" => Ok(LogFormat::Text),
@@ -764,6 +802,27 @@ mod tests {
                 .var,
             "TURN_URLS"
         );
+    }
+
+    #[test]
+    fn database_url_rules() {
+        assert!(with(|_| {}).unwrap().database.is_none());
+        assert!(
+            with(|r| r.database_url = Some(String::new()))
+                .unwrap()
+                .database
+                .is_none()
+        );
+        let c = with(|r| {
+            r.database_url = Some("postgres://u:hunter2@db.example:5432/d?sslmode=require".into())
+        })
+        .unwrap();
+        assert!(c.database.is_some());
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = with(|r| r.database_url = Some("mysql://u:hunter2@h/d".into())).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.expected.contains("postgres://user:pass@host:port/db"));
     }
 
     #[test]

@@ -3,11 +3,13 @@
 
 use crate::config::Config;
 use crate::http::{self, AppState};
-use crate::persist::files;
+use crate::persist::files::{self, StoreError};
+use crate::persist::pg::PgBackend;
 use crate::persist::{Persistence, unix_ms};
 use crate::relay::Relay;
 use crate::sm::SmConfig;
 use crate::sm::policy::Policy;
+use crate::store::Store;
 use crate::sync::SyncConfig;
 use crate::sync::governor::Governor;
 use anyhow::Context;
@@ -41,38 +43,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let server = tokio::spawn(serve(listener, state.clone(), stopped));
 
     let started = Instant::now();
-    let oplog_size = cfg.oplog_size;
-    let open_layout = cfg.layout();
-    let opening =
-        tokio::task::spawn_blocking(move || files::open_for_daemon(&open_layout, oplog_size));
+    let opening = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || open_store(&cfg)
+    });
     // Loading writes nothing that is not atomic, so a signal may cut it short.
-    let (lock, loaded, writer) = tokio::select! {
-        opened = opening => opened?.context("cannot open the store")?,
+    let opened = tokio::select! {
+        opened = opening => opened??,
         signal = signals.recv() => {
             tracing::info!(signal, "stopped while loading the store");
             return Ok(());
         }
     };
-    let mut store = loaded.store;
-    store.start_clock(unix_ms());
-    tracing::info!(
-        dir = %cfg.data_dir.display(),
-        nodes = store.len(),
-        oplog = store.oplog().len(),
-        snapshot_bytes = loaded.snapshot_bytes,
-        journal_records = loaded.journal_records,
-        torn_bytes = loaded.torn_bytes,
-        took_ms = started.elapsed().as_millis() as u64,
-        "store loaded"
-    );
-    if loaded.torn_bytes > 0 {
-        tracing::warn!(
-            torn_bytes = loaded.torn_bytes,
-            "ignored a journal record torn by an earlier crash"
-        );
-    }
-    let store = Arc::new(Mutex::new(store));
-    let persistence = Persistence::start(cfg.persist(), store.clone(), writer)?;
+    let (store, persistence, lock) = opened.start(&cfg, started)?;
     state.ready(store.clone(), persistence.status.clone());
     let sm = sm_config(&cfg, &state);
     let rtc = cfg.rtc_enabled.then(|| {
@@ -126,6 +109,101 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::mem::forget(store);
     std::mem::forget(state);
     Ok(())
+}
+
+/// The store as opened, before its flusher starts.
+enum Opened {
+    Files(files::DirLock, files::Loaded, files::JournalWriter),
+    /// Postgres, loaded, or not reachable yet (then the error, and an empty store).
+    Postgres(Box<PgBackend>, Result<files::Loaded, StoreError>),
+}
+
+/// Opens the store DATABASE_URL or DATA_DIR names. Postgres that cannot be read is not
+/// an error: the daemon then serves from memory, degraded, until it can (see README).
+fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
+    match &cfg.database {
+        None => {
+            let (lock, loaded, writer) = files::open_for_daemon(&cfg.layout(), cfg.oplog_size)
+                .context("cannot open the store")?;
+            Ok(Opened::Files(lock, loaded, writer))
+        }
+        Some(target) => {
+            let mut backend = PgBackend::new(target.clone(), &cfg.persist());
+            let loaded = backend.load_now();
+            if let Err(StoreError::Postgres(e)) = &loaded
+                && !e.is_transient()
+            {
+                // Rows that do not decode are reported and left untouched, as files are.
+                return Err(anyhow::anyhow!("{e}").context("cannot open the store"));
+            }
+            Ok(Opened::Postgres(Box::new(backend), loaded))
+        }
+    }
+}
+
+impl Opened {
+    fn start(
+        self,
+        cfg: &Config,
+        started: Instant,
+    ) -> anyhow::Result<(Arc<Mutex<Store>>, Persistence, Option<files::DirLock>)> {
+        let (loaded, lock, backend, pg_error) = match self {
+            Opened::Files(lock, loaded, writer) => (Some(loaded), Some(lock), Err(writer), None),
+            Opened::Postgres(backend, Ok(loaded)) => (Some(loaded), None, Ok(backend), None),
+            Opened::Postgres(backend, Err(e)) => (None, None, Ok(backend), Some(e)),
+        };
+        let storage = if cfg.database.is_some() {
+            "postgres"
+        } else {
+            "files"
+        };
+        let (mut store, next_seq) = match loaded {
+            Some(loaded) => {
+                tracing::info!(
+                    storage,
+                    dir = %cfg.data_dir.display(),
+                    database = cfg.database.as_ref().map(|t| t.redacted()),
+                    nodes = loaded.store.len(),
+                    oplog = loaded.store.oplog().len(),
+                    snapshot_bytes = loaded.snapshot_bytes,
+                    journal_records = loaded.journal_records,
+                    torn_bytes = loaded.torn_bytes,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "store loaded"
+                );
+                if loaded.torn_bytes > 0 {
+                    tracing::warn!(
+                        torn_bytes = loaded.torn_bytes,
+                        "ignored a journal record torn by an earlier crash"
+                    );
+                }
+                (loaded.store, loaded.next_seq)
+            }
+            None => {
+                tracing::error!(
+                    error = %pg_error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+                    "cannot load the store from postgres; serving from memory (degraded) and retrying; nothing is written until it is loaded and merged"
+                );
+                (Store::new(cfg.oplog_size), 0)
+            }
+        };
+        store.start_clock(unix_ms());
+        let store = Arc::new(Mutex::new(store));
+        let persistence = match backend {
+            Err(writer) => Persistence::start(cfg.persist(), store.clone(), writer)?,
+            Ok(backend) => Persistence::start_with(
+                cfg.persist(),
+                store.clone(),
+                backend,
+                next_seq,
+                "postgres",
+            )?,
+        };
+        if let Some(e) = &pg_error {
+            persistence.status.failed(e);
+        }
+        Ok((store, persistence, lock))
+    }
 }
 
 /// The Security Manager's settings for the sync layer, logged once.
@@ -196,6 +274,7 @@ fn log_config(cfg: &Config) {
         db_name = %cfg.db_name,
         room = %cfg.sync_room(),
         data_dir = %cfg.data_dir.display(),
+        database = cfg.database.as_ref().map(|t| t.redacted()),
         host = %cfg.host,
         port = cfg.port,
         rtc_enabled = cfg.rtc_enabled,

@@ -42,6 +42,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Command::Migrate { to } => tools::migrate(&cfg, to).map(|r| {
+            tracing::info!(
+                nodes = r.nodes,
+                snapshot_bytes = r.snapshot_bytes,
+                next_seq = r.next_seq,
+                to = ?to,
+                "migrated"
+            );
+        }),
         Command::Backup { file } => tools::backup(&cfg, &file).map(|(nodes, bytes)| {
             tracing::info!(nodes, bytes, file = %file.display(), "backup written");
         }),

@@ -1,15 +1,24 @@
-//! The `export` and `backup` subcommands. Both read DATA_DIR without its lock, so they
-//! work while a daemon runs: the read retries until it sees one consistent state.
+//! The `export`, `backup`, `import` and `migrate` subcommands, on either backend.
+//! `export` and `backup` read without the store's lock, so they work while a daemon
+//! runs: from DATA_DIR the read retries until it sees one consistent state; from
+//! Postgres it is one repeatable-read transaction.
 
-use crate::config::Config;
+use crate::config::{Config, StorageKind};
 use crate::persist::codec;
 use crate::persist::files;
+use crate::persist::pg::{self, PgBackend, PgTarget};
 use anyhow::Context;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 fn load(cfg: &Config) -> anyhow::Result<files::Loaded> {
-    files::load_consistent(&cfg.layout(), cfg.oplog_size).context("cannot read the store")
+    match &cfg.database {
+        Some(target) => pg::load_readonly(target, &cfg.db_name, cfg.oplog_size)
+            .context("cannot read the store from postgres"),
+        None => {
+            files::load_consistent(&cfg.layout(), cfg.oplog_size).context("cannot read the store")
+        }
+    }
 }
 
 /// Every node as one JSON line, sorted by id.
@@ -52,10 +61,31 @@ pub fn backup(cfg: &Config, file: &Path) -> anyhow::Result<(usize, u64)> {
 /// lock, so it refuses to run beside a daemon.
 pub fn import(cfg: &Config, input: impl std::io::BufRead) -> anyhow::Result<ImportReport> {
     let nodes = read_node_lines(input)?;
-    let (lock, loaded, writer) =
-        files::open_for_daemon(&cfg.layout(), cfg.oplog_size).context("cannot open the store")?;
-    let store = std::sync::Arc::new(std::sync::Mutex::new(loaded.store));
-    let persistence = crate::persist::Persistence::start(cfg.persist(), store.clone(), writer)?;
+    let (lock, store, persistence) = match &cfg.database {
+        None => {
+            let (lock, loaded, writer) = files::open_for_daemon(&cfg.layout(), cfg.oplog_size)
+                .context("cannot open the store")?;
+            let store = std::sync::Arc::new(std::sync::Mutex::new(loaded.store));
+            let p = crate::persist::Persistence::start(cfg.persist(), store.clone(), writer)?;
+            (Some(lock), store, p)
+        }
+        Some(target) => {
+            let mut backend = PgBackend::new(target.clone(), &cfg.persist());
+            let loaded = backend
+                .load_now()
+                .context("cannot open the store in postgres")?;
+            let next_seq = loaded.next_seq;
+            let store = std::sync::Arc::new(std::sync::Mutex::new(loaded.store));
+            let p = crate::persist::Persistence::start_with(
+                cfg.persist(),
+                store.clone(),
+                Box::new(backend),
+                next_seq,
+                "postgres",
+            )?;
+            (None, store, p)
+        }
+    };
     let mut report = ImportReport {
         read: nodes.len(),
         adopted: 0,
@@ -84,6 +114,74 @@ pub fn import(cfg: &Config, input: impl std::io::BufRead) -> anyhow::Result<Impo
         );
     }
     Ok(report)
+}
+
+/// What `migrate` moved.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrateReport {
+    pub nodes: usize,
+    pub snapshot_bytes: u64,
+    pub next_seq: u64,
+}
+
+/// Copies the store of DB_NAME from DATA_DIR into DATABASE_URL (`to` = postgres) or
+/// back (`to` = files), as one snapshot in the file format, so the round trip is byte
+/// for byte. Both sides are locked as a daemon locks them, so none may run; a target
+/// that already holds anything for DB_NAME is refused.
+pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
+    let target: &PgTarget = cfg.database.as_ref().context(
+        "migrate needs DATABASE_URL (postgres://user:pass@host:port/db) as well as DATA_DIR",
+    )?;
+    let app = format!("genosdb-fallback-migrate-{}", std::process::id());
+    let layout = cfg.layout();
+    let lock = files::DirLock::acquire(&layout).context("cannot lock DATA_DIR")?;
+    let mut owner =
+        pg::open_owner(target, &cfg.db_name, &app).context("cannot open the store in postgres")?;
+    let loaded = match to {
+        StorageKind::Postgres => {
+            if !owner.is_empty(&cfg.db_name)? {
+                anyhow::bail!(pg::PgError::NotEmpty {
+                    target: target.redacted().to_owned(),
+                    db: cfg.db_name.clone(),
+                });
+            }
+            files::load(&layout, cfg.oplog_size).context("cannot read DATA_DIR")?
+        }
+        StorageKind::Files => {
+            let here = files::load(&layout, cfg.oplog_size).context("cannot read DATA_DIR")?;
+            if here.next_seq > 0 || !here.store.is_empty() || here.snapshot_bytes > 0 {
+                anyhow::bail!(
+                    "{} already holds a store for {}; refusing to overwrite it",
+                    layout.dir.display(),
+                    cfg.db_name
+                );
+            }
+            owner
+                .load(&cfg.db_name, cfg.oplog_size)
+                .context("cannot read the store from postgres")?
+        }
+    };
+    let bytes = codec::encode_snapshot(&loaded.store, loaded.next_seq);
+    match to {
+        StorageKind::Postgres => owner.write_snapshot(
+            &cfg.db_name,
+            &bytes,
+            loaded.next_seq,
+            loaded.store.len(),
+            true,
+        )?,
+        StorageKind::Files => {
+            files::rewrite_from_memory(&layout, &bytes, loaded.next_seq)
+                .context("cannot write DATA_DIR")?;
+        }
+    }
+    drop(owner);
+    drop(lock);
+    Ok(MigrateReport {
+        nodes: loaded.store.len(),
+        snapshot_bytes: bytes.len() as u64,
+        next_seq: loaded.next_seq,
+    })
 }
 
 #[derive(Debug, Clone, Copy)]

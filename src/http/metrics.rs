@@ -341,6 +341,24 @@ impl Collector for Daemon {
                 "Journal flushes the disk refused",
                 p.flush_failures.load(Ordering::Relaxed),
             )?;
+            gauge(
+                &mut enc,
+                "unwritten_bytes",
+                "Journal bytes merged but not yet written (bounded; see README)",
+                p.unwritten_bytes.load(Ordering::Relaxed) as i64,
+            )?;
+            gauge(
+                &mut enc,
+                "unwritten_records",
+                "Journal records merged but not yet written",
+                p.unwritten_records.load(Ordering::Relaxed) as i64,
+            )?;
+            counter(
+                &mut enc,
+                "dropped_records",
+                "Queued records given up when the queue was full; the graph is then written whole from memory",
+                p.dropped_records.load(Ordering::Relaxed),
+            )?;
             counter(
                 &mut enc,
                 "compactions",

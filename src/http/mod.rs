@@ -137,6 +137,11 @@ struct Health {
     oplog: Option<usize>,
     last_flush: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<&'static str>,
+    /// Journal records merged but not written yet (only while degraded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unwritten: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     relays: Relays,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -200,6 +205,10 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         nodes,
         oplog,
         last_flush: persist.and_then(|p| p.last_flush_ms()),
+        storage: persist.map(|p| p.backend),
+        unwritten: persist
+            .filter(|p| p.degraded())
+            .map(|p| p.unwritten_records.load(Ordering::Relaxed)),
         error: persist.and_then(|p| p.last_error()),
         relays: Relays {
             connected: state.relays_connected.load(Ordering::Relaxed),

@@ -16,8 +16,10 @@ use crate::store::Store;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -45,6 +47,14 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("the store kept changing while it was read; try again")]
     Unstable,
+    #[error(transparent)]
+    Postgres(Box<super::pg::PgError>),
+}
+
+impl From<super::pg::PgError> for StoreError {
+    fn from(e: super::pg::PgError) -> Self {
+        Self::Postgres(Box::new(e))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -441,4 +451,157 @@ pub fn rewrite_from_memory(
     }
     sync_dir(&layout.dir).map_err(io_err(&layout.dir))?;
     Ok(writer)
+}
+
+const COMPACT_RETRY: Duration = Duration::from_secs(30);
+
+/// The file backend of the flusher: the live journal segment, its rotation, and the
+/// compactor thread that folds sealed segments into the snapshot.
+pub struct FilesBackend {
+    layout: Layout,
+    oplog_size: usize,
+    compact_bytes: u64,
+    writer: Option<JournalWriter>,
+    compactor: Option<JoinHandle<Result<Option<CompactReport>, StoreError>>>,
+    cancel: Arc<AtomicBool>,
+    last_compact_fail: Option<Instant>,
+    /// Sealed segments left by an earlier run are folded in at the first maintenance.
+    checked_sealed: bool,
+}
+
+impl FilesBackend {
+    pub fn new(cfg: &super::PersistConfig, writer: JournalWriter) -> Self {
+        Self {
+            layout: cfg.layout.clone(),
+            oplog_size: cfg.oplog_size,
+            compact_bytes: cfg.compact_bytes,
+            writer: Some(writer),
+            compactor: None,
+            cancel: Arc::new(AtomicBool::new(false)),
+            last_compact_fail: None,
+            checked_sealed: false,
+        }
+    }
+
+    fn rotate_if_large(&mut self, status: &super::PersistStatus) {
+        let large = self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.len() > self.compact_bytes && !w.is_empty());
+        if !large || self.compactor.is_some() {
+            return;
+        }
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        match writer.seal(&self.layout) {
+            Ok(w) => {
+                self.writer = Some(w);
+                self.start_compaction_if_sealed();
+            }
+            Err((w, e)) => {
+                self.writer = w;
+                tracing::error!(error = %e, "could not seal the journal for compaction");
+                status.failed(&e);
+            }
+        }
+    }
+
+    fn start_compaction_if_sealed(&mut self) {
+        if self.compactor.is_some()
+            || self
+                .last_compact_fail
+                .is_some_and(|t| t.elapsed() < COMPACT_RETRY)
+        {
+            return;
+        }
+        let has_sealed = self.layout.sealed_segments().is_ok_and(|s| !s.is_empty());
+        if !has_sealed {
+            return;
+        }
+        let layout = self.layout.clone();
+        let oplog_size = self.oplog_size;
+        let cancel = self.cancel.clone();
+        let spawned = std::thread::Builder::new()
+            .name("compactor".into())
+            .spawn(move || compact(&layout, oplog_size, &cancel));
+        match spawned {
+            Ok(handle) => self.compactor = Some(handle),
+            Err(e) => tracing::error!(error = %e, "could not start the compactor thread"),
+        }
+    }
+
+    fn reap_compactor(&mut self, status: &super::PersistStatus) {
+        if !self.compactor.as_ref().is_some_and(|c| c.is_finished()) {
+            if self.compactor.is_none() && self.last_compact_fail.is_some() {
+                self.start_compaction_if_sealed();
+            }
+            return;
+        }
+        let Some(handle) = self.compactor.take() else {
+            return;
+        };
+        match handle.join() {
+            Ok(Ok(Some(r))) => {
+                self.last_compact_fail = None;
+                status.compactions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    segments = r.segments,
+                    nodes = r.nodes,
+                    snapshot_bytes = r.snapshot_bytes,
+                    took_ms = r.took.as_millis() as u64,
+                    "compacted the journal into a new snapshot"
+                );
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                self.last_compact_fail = Some(Instant::now());
+                status.failed(&e);
+                tracing::error!(error = %e, "compaction failed; the journal segments are kept");
+            }
+            Err(_) => {
+                self.last_compact_fail = Some(Instant::now());
+                tracing::error!("the compactor thread panicked; the journal segments are kept");
+            }
+        }
+    }
+}
+
+impl super::Backend for FilesBackend {
+    fn append(&mut self, first_seq: u64, bytes: &[u8], records: u64) -> Result<(), StoreError> {
+        match self.writer.as_mut() {
+            Some(w) => w.append(bytes, records),
+            None => {
+                let mut w = JournalWriter::create(&self.layout, first_seq)?;
+                let r = w.append(bytes, records);
+                self.writer = Some(w);
+                r
+            }
+        }
+    }
+
+    fn rewrite(&mut self, snapshot: &[u8], next_seq: u64, _nodes: usize) -> Result<(), StoreError> {
+        if let Some(c) = self.compactor.take() {
+            let _ = c.join();
+        }
+        self.writer = None;
+        self.writer = Some(rewrite_from_memory(&self.layout, snapshot, next_seq)?);
+        Ok(())
+    }
+
+    fn maintain(&mut self, _next_seq: u64, _idle: bool, status: &super::PersistStatus) {
+        if !self.checked_sealed {
+            self.checked_sealed = true;
+            self.start_compaction_if_sealed();
+        }
+        self.rotate_if_large(status);
+        self.reap_compactor(status);
+    }
+
+    fn stop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        if let Some(c) = self.compactor.take() {
+            let _ = c.join();
+        }
+    }
 }

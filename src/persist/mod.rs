@@ -1,12 +1,17 @@
 //! Persistence: effects are journaled, group-committed every FLUSH_MS, and folded into
 //! snapshots in the background. The cost of persisting one op does not grow with the
 //! graph: it is one appended record.
+//!
+//! Where the records go is a [`Backend`]: DATA_DIR files ([`files::FilesBackend`], the
+//! default) or Postgres ([`pg::PgBackend`], when DATABASE_URL is set). The flusher
+//! thread, its group commit, its bounded queue and its degraded mode are shared.
 
 pub mod codec;
 pub mod files;
+pub mod pg;
 
-use crate::store::{Effect, EffectSink, Store};
-use files::{CompactReport, JournalWriter, Layout, StoreError};
+use crate::store::{Effect, EffectSink, EntryKind, FullState, RemoveOp, Store};
+use files::{JournalWriter, Layout, Loaded, StoreError};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -19,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// once the disk is back: memory stays bounded and nothing is lost.
 pub const MAX_UNWRITTEN_BYTES: usize = 256 << 20;
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
-const COMPACT_RETRY: Duration = Duration::from_secs(30);
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub fn unix_ms() -> u64 {
@@ -83,6 +87,13 @@ pub struct PersistStatus {
     pub flush_failures: AtomicU64,
     pub compactions: AtomicU64,
     pub flush_seconds: Histogram,
+    /// Journal bytes and records merged but not yet written (the bounded queue).
+    pub unwritten_bytes: AtomicU64,
+    pub unwritten_records: AtomicU64,
+    /// Records dropped from the full queue; the graph is then written whole from memory.
+    pub dropped_records: AtomicU64,
+    /// "files" or "postgres".
+    pub backend: &'static str,
 }
 
 impl Default for PersistStatus {
@@ -97,6 +108,10 @@ impl Default for PersistStatus {
             compactions: AtomicU64::new(0),
             // 50 µs .. ~1.6 s
             flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            unwritten_bytes: AtomicU64::new(0),
+            unwritten_records: AtomicU64::new(0),
+            dropped_records: AtomicU64::new(0),
+            backend: "files",
         }
     }
 }
@@ -125,13 +140,53 @@ impl PersistStatus {
         }
     }
 
-    fn failed(&self, err: &StoreError) {
+    /// The storage answers again and nothing waits to be written: no longer degraded.
+    /// Unlike a write, this leaves `last_flush` as it is.
+    pub fn recovered(&self) {
+        self.degraded.store(false, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+    }
+
+    /// Marks persistence failing with `err` (shown in /health as `error`).
+    pub fn failed(&self, err: &StoreError) {
         self.degraded.store(true, Ordering::Relaxed);
         self.flush_failures.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut e) = self.last_error.lock() {
             *e = Some(err.to_string());
         }
     }
+}
+
+/// Where the flusher writes. Every call comes from the flusher thread; a backend may
+/// run its own background work (compaction) between calls.
+pub trait Backend: Send {
+    /// True while the store in memory does not yet hold what the backend holds: the
+    /// daemon started without reading it (Postgres unreachable). Nothing is written then.
+    fn needs_load(&self) -> bool {
+        false
+    }
+
+    /// Reads everything the backend holds; called while [`Backend::needs_load`] is true.
+    /// May refuse at once while a retry is not due yet.
+    fn load(&mut self, _oplog_size: usize) -> Result<Loaded, StoreError> {
+        Err(StoreError::Unstable)
+    }
+
+    /// Durably appends framed records whose seqs start at `first_seq`.
+    fn append(&mut self, first_seq: u64, bytes: &[u8], records: u64) -> Result<(), StoreError>;
+
+    /// Replaces everything stored with one snapshot (of `nodes` nodes) covering seqs
+    /// below `next_seq`.
+    fn rewrite(&mut self, snapshot: &[u8], next_seq: u64, nodes: usize) -> Result<(), StoreError>;
+
+    /// Runs after each flush: journal rotation, background compaction, and checking
+    /// that the storage still answers. `idle` is true when nothing waits to be written.
+    fn maintain(&mut self, next_seq: u64, idle: bool, status: &PersistStatus);
+
+    /// Cancels and waits for background work; nothing is written after this returns.
+    fn stop(&mut self);
 }
 
 #[derive(Clone, Debug)]
@@ -150,7 +205,7 @@ struct Flusher {
     cfg: PersistConfig,
     store: Arc<Mutex<Store>>,
     pending: PendingJournal,
-    writer: Option<JournalWriter>,
+    backend: Box<dyn Backend>,
     next_seq: u64,
     unwritten: Vec<u8>,
     unwritten_records: u64,
@@ -158,9 +213,6 @@ struct Flusher {
     last_snapshot_try: Option<Instant>,
     last_error_log: Option<Instant>,
     status: Arc<PersistStatus>,
-    compactor: Option<JoinHandle<Result<Option<CompactReport>, StoreError>>>,
-    cancel_compaction: Arc<AtomicBool>,
-    last_compact_fail: Option<Instant>,
 }
 
 /// Handle to the running flusher. Dropping it without [`Persistence::shutdown`] leaves
@@ -172,34 +224,48 @@ pub struct Persistence {
 }
 
 impl Persistence {
-    /// Attaches the journal to `store` and starts flushing it.
+    /// Attaches the file journal to `store` and starts flushing it.
     pub fn start(
         cfg: PersistConfig,
         store: Arc<Mutex<Store>>,
         writer: JournalWriter,
+    ) -> std::io::Result<Self> {
+        let next_seq = writer.next_seq();
+        let backend = files::FilesBackend::new(&cfg, writer);
+        Self::start_with(cfg, store, Box::new(backend), next_seq, "files")
+    }
+
+    /// Attaches `backend` to `store` and starts flushing; `next_seq` is the seq of the
+    /// next record (what the load returned; anything while the backend needs a load).
+    pub fn start_with(
+        cfg: PersistConfig,
+        store: Arc<Mutex<Store>>,
+        backend: Box<dyn Backend>,
+        next_seq: u64,
+        backend_name: &'static str,
     ) -> std::io::Result<Self> {
         let pending = PendingJournal::new(cfg.max_unwritten_bytes);
         store
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .set_sink(Box::new(pending.clone()));
-        let status = Arc::new(PersistStatus::default());
+        let status = Arc::new(PersistStatus {
+            backend: backend_name,
+            ..PersistStatus::default()
+        });
         let (stop, stopped) = std::sync::mpsc::channel();
         let mut flusher = Flusher {
-            next_seq: writer.next_seq(),
+            next_seq,
             cfg,
             store,
             pending,
-            writer: Some(writer),
+            backend,
             unwritten: Vec::new(),
             unwritten_records: 0,
             need_snapshot: false,
             last_snapshot_try: None,
             last_error_log: None,
             status: status.clone(),
-            compactor: None,
-            cancel_compaction: Arc::new(AtomicBool::new(false)),
-            last_compact_fail: None,
         };
         let thread = std::thread::Builder::new()
             .name("flusher".into())
@@ -211,8 +277,8 @@ impl Persistence {
         })
     }
 
-    /// Flushes what is pending and stops. A compaction still running is cancelled at its
-    /// next phase and waited for, so nothing writes to DATA_DIR after this returns.
+    /// Flushes what is pending and stops. Background compaction is cancelled at its
+    /// next phase and waited for, so nothing is written after this returns.
     pub fn shutdown(mut self) {
         let _ = self.stop.send(());
         if let Some(t) = self.thread.take() {
@@ -225,7 +291,9 @@ impl Flusher {
     fn run(&mut self, stopped: Receiver<()>) {
         // Half the period: a record is written at most FLUSH_MS after it was merged.
         let period = (self.cfg.flush_every / 2).max(Duration::from_millis(1));
-        self.start_compaction_if_sealed();
+        if !self.backend.needs_load() {
+            self.backend.maintain(self.next_seq, true, &self.status);
+        }
         loop {
             let stopping = match stopped.recv_timeout(period) {
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
@@ -233,14 +301,12 @@ impl Flusher {
             };
             self.tick();
             if stopping {
-                self.cancel_compaction.store(true, Ordering::Relaxed);
-                if let Some(c) = self.compactor.take() {
-                    let _ = c.join();
-                }
-                if !self.unwritten.is_empty() || self.need_snapshot {
+                self.backend.stop();
+                if !self.unwritten.is_empty() || self.need_snapshot || self.backend.needs_load() {
                     tracing::error!(
                         unwritten_bytes = self.unwritten.len(),
-                        "stopping with records the disk refused; they are lost"
+                        unwritten_records = self.unwritten_records,
+                        "stopping with records the storage refused; they are lost"
                     );
                 }
                 return;
@@ -251,12 +317,28 @@ impl Flusher {
     fn tick(&mut self) {
         let taken = self.pending.take();
         if taken.overflowed {
-            self.need_snapshot = true;
+            self.drop_queue();
         }
-        if self.need_snapshot {
-            self.unwritten = Vec::new();
-            self.unwritten_records = 0;
+        self.queue(taken);
+        if self.backend.needs_load() {
+            self.try_load();
+        } else if self.need_snapshot {
             self.snapshot_from_memory();
+        } else {
+            if !self.unwritten.is_empty() {
+                self.write_unwritten();
+            }
+            let idle = self.unwritten.is_empty();
+            self.backend.maintain(self.next_seq, idle, &self.status);
+        }
+        self.publish_queue();
+    }
+
+    fn queue(&mut self, taken: Buffer) {
+        if self.need_snapshot {
+            self.status
+                .dropped_records
+                .fetch_add(taken.records, Ordering::Relaxed);
             return;
         }
         if self.unwritten.is_empty() {
@@ -265,23 +347,87 @@ impl Flusher {
             self.unwritten.extend_from_slice(&taken.bytes);
         }
         self.unwritten_records += taken.records;
-        if !self.unwritten.is_empty() {
-            self.write_unwritten();
+        if self.unwritten.len() > self.cfg.max_unwritten_bytes {
+            tracing::error!(
+                unwritten_bytes = self.unwritten.len(),
+                "too much unwritten journal; the graph will be written whole from memory once the storage is back"
+            );
+            self.drop_queue();
         }
-        self.rotate_if_large();
-        self.reap_compactor();
+    }
+
+    /// Gives up the queued records: memory holds their effect, and the next write is
+    /// a snapshot of the whole graph.
+    fn drop_queue(&mut self) {
+        self.status
+            .dropped_records
+            .fetch_add(self.unwritten_records, Ordering::Relaxed);
+        self.need_snapshot = true;
+        self.unwritten = Vec::new();
+        self.unwritten_records = 0;
+    }
+
+    fn publish_queue(&self) {
+        let s = &self.status;
+        s.unwritten_bytes
+            .store(self.unwritten.len() as u64, Ordering::Relaxed);
+        s.unwritten_records
+            .store(self.unwritten_records, Ordering::Relaxed);
+    }
+
+    /// The daemon started without reading the backend. Once it answers: merge what it
+    /// holds with what memory gathered since (the full-state rules: the newer node
+    /// wins, tombstones hold), and write the merged graph as one snapshot.
+    fn try_load(&mut self) {
+        let loaded = match self.backend.load(self.cfg.oplog_size) {
+            Ok(l) => l,
+            Err(e) => {
+                self.status.failed(&e);
+                self.log_failure("storage not loaded yet; serving from memory", &e);
+                return;
+            }
+        };
+        let started = Instant::now();
+        let (bytes, nodes) = {
+            let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            let sink = store.take_sink();
+            let memory = std::mem::replace(&mut *store, loaded.store);
+            merge_into(&mut store, &memory);
+            store.start_clock(unix_ms());
+            if let Some(sink) = sink {
+                store.set_sink(sink);
+            }
+            // Everything queued so far is in the snapshot we are about to take.
+            let _ = self.pending.take();
+            (codec::encode_snapshot(&store, loaded.next_seq), store.len())
+        };
+        self.unwritten = Vec::new();
+        self.unwritten_records = 0;
+        self.next_seq = loaded.next_seq;
+        tracing::info!(
+            nodes,
+            journal_records = loaded.journal_records,
+            took_ms = started.elapsed().as_millis() as u64,
+            "storage loaded late and merged with what memory gathered meanwhile"
+        );
+        match self.backend.rewrite(&bytes, self.next_seq, nodes) {
+            Ok(()) => {
+                self.need_snapshot = false;
+                self.status.ok();
+            }
+            Err(e) => {
+                self.need_snapshot = true;
+                self.status.failed(&e);
+                self.log_failure("writing the merged graph failed; retrying", &e);
+            }
+        }
     }
 
     fn write_unwritten(&mut self) {
         let started = Instant::now();
-        let result = match self.writer.as_mut() {
-            Some(w) => w.append(&self.unwritten, self.unwritten_records),
-            None => JournalWriter::create(&self.cfg.layout, self.next_seq).and_then(|mut w| {
-                let r = w.append(&self.unwritten, self.unwritten_records);
-                self.writer = Some(w);
-                r
-            }),
-        };
+        let result = self
+            .backend
+            .append(self.next_seq, &self.unwritten, self.unwritten_records);
         match result {
             Ok(()) => {
                 let s = &self.status;
@@ -293,6 +439,7 @@ impl Flusher {
                 tracing::debug!(
                     records = self.unwritten_records,
                     bytes = self.unwritten.len(),
+                    next_seq = self.next_seq + self.unwritten_records,
                     took_us = started.elapsed().as_micros() as u64,
                     "journal flushed"
                 );
@@ -313,15 +460,6 @@ impl Flusher {
                     "journal write failed; keeping records in memory and retrying",
                     &e,
                 );
-                if self.unwritten.len() > self.cfg.max_unwritten_bytes {
-                    tracing::error!(
-                        unwritten_bytes = self.unwritten.len(),
-                        "too much unwritten journal; will write one snapshot from memory when the disk is back"
-                    );
-                    self.need_snapshot = true;
-                    self.unwritten = Vec::new();
-                    self.unwritten_records = 0;
-                }
             }
         }
     }
@@ -331,13 +469,13 @@ impl Flusher {
             .last_error_log
             .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY);
         if due {
-            tracing::error!(error = %err, "{what}");
+            tracing::error!(error = %err, backend = self.status.backend, "{what}");
             self.last_error_log = Some(Instant::now());
         }
     }
 
     /// Writes the whole graph as one snapshot, under the store lock. Only used after
-    /// records had to be dropped because the disk refused them for too long.
+    /// records had to be dropped because the storage refused them for too long.
     fn snapshot_from_memory(&mut self) {
         if self
             .last_snapshot_try
@@ -346,20 +484,15 @@ impl Flusher {
             return;
         }
         self.last_snapshot_try = Some(Instant::now());
-        if let Some(c) = self.compactor.take() {
-            let _ = c.join();
-        }
         let next_seq = self.next_seq;
-        let bytes = {
+        let (bytes, nodes) = {
             let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
             // Everything buffered so far is in the snapshot we are about to take.
             let _ = self.pending.take();
-            codec::encode_snapshot(&store, next_seq)
+            (codec::encode_snapshot(&store, next_seq), store.len())
         };
-        self.writer = None;
-        match files::rewrite_from_memory(&self.cfg.layout, &bytes, next_seq) {
-            Ok(writer) => {
-                self.writer = Some(writer);
+        match self.backend.rewrite(&bytes, next_seq, nodes) {
+            Ok(()) => {
                 self.need_snapshot = false;
                 self.status.ok();
                 tracing::info!(
@@ -373,91 +506,31 @@ impl Flusher {
             }
         }
     }
+}
 
-    fn rotate_if_large(&mut self) {
-        let large = self
-            .writer
-            .as_ref()
-            .is_some_and(|w| w.len() > self.cfg.compact_bytes && !w.is_empty());
-        if !large || self.compactor.is_some() {
-            return;
-        }
-        let Some(writer) = self.writer.take() else {
-            return;
-        };
-        match writer.seal(&self.cfg.layout) {
-            Ok(w) => {
-                self.writer = Some(w);
-                self.start_compaction_if_sealed();
-            }
-            Err((w, e)) => {
-                self.writer = w;
-                self.status.failed(&e);
-                self.log_failure("could not seal the journal for compaction", &e);
-            }
-        }
-    }
-
-    fn start_compaction_if_sealed(&mut self) {
-        if self.compactor.is_some()
-            || self
-                .last_compact_fail
-                .is_some_and(|t| t.elapsed() < COMPACT_RETRY)
-        {
-            return;
-        }
-        let has_sealed = self
-            .cfg
-            .layout
-            .sealed_segments()
-            .is_ok_and(|s| !s.is_empty());
-        if !has_sealed {
-            return;
-        }
-        let layout = self.cfg.layout.clone();
-        let oplog_size = self.cfg.oplog_size;
-        let cancel = self.cancel_compaction.clone();
-        let spawned = std::thread::Builder::new()
-            .name("compactor".into())
-            .spawn(move || files::compact(&layout, oplog_size, &cancel));
-        match spawned {
-            Ok(handle) => self.compactor = Some(handle),
-            Err(e) => tracing::error!(error = %e, "could not start the compactor thread"),
-        }
-    }
-
-    fn reap_compactor(&mut self) {
-        if !self.compactor.as_ref().is_some_and(|c| c.is_finished()) {
-            if self.compactor.is_none() && self.last_compact_fail.is_some() {
-                self.start_compaction_if_sealed();
-            }
-            return;
-        }
-        let Some(handle) = self.compactor.take() else {
-            return;
-        };
-        match handle.join() {
-            Ok(Ok(Some(r))) => {
-                self.last_compact_fail = None;
-                self.status.compactions.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    segments = r.segments,
-                    nodes = r.nodes,
-                    snapshot_bytes = r.snapshot_bytes,
-                    took_ms = r.took.as_millis() as u64,
-                    "compacted the journal into a new snapshot"
-                );
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                self.last_compact_fail = Some(Instant::now());
-                self.status.failed(&e);
-                tracing::error!(error = %e, "compaction failed; the journal segments are kept");
-            }
-            Err(_) => {
-                self.last_compact_fail = Some(Instant::now());
-                tracing::error!("the compactor thread panicked; the journal segments are kept");
-            }
-        }
-    }
+/// Merges `memory` into `base` with the full-state rules: a node is taken when it is
+/// newer than what `base` holds, and the removals in memory's oplog apply when they
+/// are newer than the node. `base` keeps its own oplog, plus entries for what it took.
+pub fn merge_into(base: &mut Store, memory: &Store) {
+    let nodes = memory
+        .nodes()
+        .iter()
+        .map(|(id, n)| (id.to_string(), n.clone()))
+        .collect();
+    let removals = memory
+        .oplog()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EntryKind::Remove { id } => Some(RemoveOp {
+                id: id.to_string(),
+                ts: e.ts,
+            }),
+            _ => None,
+        })
+        .collect();
+    base.full_state(FullState {
+        nodes,
+        removals,
+        ts: memory.global_ts(),
+    });
 }

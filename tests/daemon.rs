@@ -50,6 +50,8 @@ fn bad_config_exits_2_naming_variable_value_and_form() {
         ("OPLOG_SIZE", "10", "200"),
         ("RTC_ENABLED", "maybe", "true, false"),
         ("ROOM_PRESENCE", "sometimes", "true, false"),
+        ("CELLS", "perhaps", "true, false"),
+        ("CELL_SIZE", "1", "from 2 to 1000"),
         ("SM_ENABLED", "2", "true, false"),
         (
             "SUPER_ADMINS",

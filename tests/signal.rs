@@ -68,6 +68,19 @@ fn is_connected(m: &Inbound) -> bool {
     matches!(m, Inbound::Connected { .. })
 }
 
+/// Publishes a fresh event every 250 ms until aborted, as a room's announce loop does.
+fn announce_every<E: Fn() -> String + Send + 'static>(
+    pool: Arc<RelayPool>,
+    make: E,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            pool.publish(&make(), None);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+}
+
 fn subscribe(pool: &RelayPool, room: &str) {
     let (t, k) = topic_and_kind(room);
     pool.subscribe("root", json!({"kinds": [k], "#x": [t]}));
@@ -84,12 +97,18 @@ async fn verified_events_cross_the_embedded_relay() {
     wait_for(&mut a_rx, "a connected", is_connected).await;
     wait_for(&mut b_rx, "b connected", is_connected).await;
     assert_eq!(a.connected(), 1);
-    b.publish(&announce(&key(3), "graph-sync-room-signal", "peerB"), None);
-    match wait_for(&mut a_rx, "the announce", |m| {
+    // a's Connected means its socket is open, not that the relay has its REQ yet: a
+    // peer re-announces every 2.5 s, so the test repeats too until a hears one.
+    let b = Arc::new(b);
+    let repeat = announce_every(b.clone(), || {
+        announce(&key(3), "graph-sync-room-signal", "peerB")
+    });
+    let got = wait_for(&mut a_rx, "the announce", |m| {
         matches!(m, Inbound::Event { .. })
     })
-    .await
-    {
+    .await;
+    repeat.abort();
+    match got {
         Inbound::Event { relay, sub, event } => {
             assert_eq!((relay, sub.as_str()), (0, "root"));
             assert_eq!(event.content, r#"{"peerId":"peerB"}"#);
@@ -123,15 +142,16 @@ async fn relay_restart_reconnects_and_resubscribes() {
     assert!(a.status(0).unwrap().reconnects.load(Ordering::Relaxed) >= 1);
 
     // The subscription was sent again: a's new connection hears b.
-    b.publish(
-        &announce(&key(4), "graph-sync-room-restart", "afterRestart"),
-        None,
-    );
-    match wait_for(&mut a_rx, "an event after the restart", |m| {
+    let b = Arc::new(b);
+    let repeat = announce_every(b.clone(), || {
+        announce(&key(4), "graph-sync-room-restart", "afterRestart")
+    });
+    let got = wait_for(&mut a_rx, "an event after the restart", |m| {
         matches!(m, Inbound::Event { .. })
     })
-    .await
-    {
+    .await;
+    repeat.abort();
+    match got {
         Inbound::Event { event, .. } => assert!(event.content.contains("afterRestart")),
         other => panic!("{other:?}"),
     }

@@ -60,6 +60,9 @@ async function probeSm () {
     // inside the guest's own full state, whose nodes browsers adopt unverified,
     // genosdb-data.md §10.6; the daemon does the same.)
     await g1.waitNode('p1', (n) => !!n, 20000)
+    // ... and once the first exchange is over: a full state the guest sends back in
+    // the same instant would carry the write unsigned, and browsers adopt that too.
+    await sleep(3000)
     await g1.put({ title: 'guest write' }, 'g1')
     await sleep(2000)
     await g1.close()

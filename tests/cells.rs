@@ -4,7 +4,7 @@
 mod common;
 
 use common::peer::{TestPeer, wait_async};
-use common::{DB, Daemon, data_dir, export};
+use common::{DB, Daemon, data_dir, export, relay};
 use genosdb_fallback::rtc::cells::Seal;
 use genosdb_fallback::rtc::frame::Payload;
 use genosdb_fallback::store::Store;
@@ -15,12 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CELL_SIZE: usize = 4;
-
-fn relay(tmp: &tempfile::TempDir) -> Daemon {
-    let dir = tmp.path().join("relay");
-    std::fs::create_dir_all(&dir).unwrap();
-    Daemon::start_ready(&dir, &[("RELAY", "1"), ("DB_NAME", "relay-only")])
-}
 
 fn daemon(dir: &Path, relay_port: u16, cells: &[(&str, &str)]) -> Daemon {
     let relay = format!("ws://127.0.0.1:{relay_port}");

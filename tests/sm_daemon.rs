@@ -4,7 +4,7 @@
 mod common;
 
 use common::peer::{TestPeer, wait_async};
-use common::{DB, Daemon, data_dir, export};
+use common::{DB, Daemon, data_dir, export, relay};
 use genosdb_fallback::rtc::frame::Payload;
 use genosdb_fallback::sm::SmConfig;
 use genosdb_fallback::sm::key::parse_key;
@@ -24,12 +24,6 @@ const GUEST: &str = "0x9858EfFD232B4033E47d90003D41EC34EcaEda94";
 const SRV_MNEMONIC: &str =
     "legal winner thank year wave sausage worth useful legal winner thank yellow";
 const SRV: &str = "0x58A57ed9d8d624cBD12e2C467D34787555bB1b25";
-
-fn relay(tmp: &tempfile::TempDir) -> Daemon {
-    let dir = tmp.path().join("relay");
-    std::fs::create_dir_all(&dir).unwrap();
-    Daemon::start_ready(&dir, &[("RELAY", "1"), ("DB_NAME", "relay-only")])
-}
 
 fn sm_daemon(dir: &Path, relay_port: u16, extra: &[(&str, &str)]) -> Daemon {
     let relay = format!("ws://127.0.0.1:{relay_port}");

@@ -7,7 +7,7 @@ mod common;
 
 use base64::Engine as _;
 use common::peer::{TestPeer, value_of, wait_async};
-use common::{DB, Daemon, data_dir, export};
+use common::{DB, Daemon, data_dir, export, relay};
 use genosdb_fallback::rtc::frame::{self, Payload};
 use genosdb_fallback::store::Store;
 use genosdb_fallback::sync::{PeerChange, SyncConfig, service};
@@ -18,12 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const FLUSH_MS: u64 = 200;
-
-fn relay(tmp: &tempfile::TempDir) -> Daemon {
-    let dir = tmp.path().join("relay");
-    std::fs::create_dir_all(&dir).unwrap();
-    Daemon::start_ready(&dir, &[("RELAY", "1"), ("DB_NAME", "relay-only")])
-}
 
 fn superpeer(dir: &Path, relay_port: u16) -> Daemon {
     let relay = format!("ws://127.0.0.1:{relay_port}");

@@ -202,6 +202,14 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A relay for a test's peers: a second daemon with RTC off and RELAY=1, which
+/// outlives the daemon under test's restarts and stores nothing.
+pub fn relay(tmp: &tempfile::TempDir) -> Daemon {
+    let dir = tmp.path().join("relay");
+    std::fs::create_dir_all(&dir).unwrap();
+    Daemon::start_ready(&dir, &[("RELAY", "1"), ("DB_NAME", "relay-only")])
+}
+
 /// Every node as JSON lines, through the real `export` subcommand.
 pub fn export(dir: &Path) -> Vec<String> {
     let out = run(dir, &["export"], &[]);

@@ -78,10 +78,15 @@ impl Daemon {
             lines: Vec::new(),
         };
         let line = d.wait_for_log("listening", Duration::from_secs(20));
+        // `addr=127.0.0.1:N` in text logs, `"addr":"127.0.0.1:N"` with LOG_FORMAT=json.
         let addr = line
             .split("addr=")
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
+            .or_else(|| {
+                let rest = line.split("\"addr\":\"").nth(1)?;
+                rest.split('"').next()
+            })
             .expect("addr in the listening line");
         d.port = addr.rsplit(':').next().unwrap().parse().unwrap();
         d

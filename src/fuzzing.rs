@@ -138,3 +138,30 @@ pub fn sm(data: &[u8]) {
     let batch = message::parse_elements(filtered.kept.iter().map(|c| c.as_ref()));
     crate::sync::engine::apply_batch(&mut store, batch, 1_800_000_000_000);
 }
+
+/// Cells envelopes (§8.3–8.5) as a peer sends them on a cell channel: the input is
+/// `<channel>\n<envelope text>`, given to a bridge of a sealed 12-peer mesh with
+/// cellSize 4, whose answers and forwards must stay on channels the mesh owns.
+pub fn cells(data: &[u8]) {
+    use crate::rtc::cells::{Mesh, QUIET, channel_cell};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (channel, envelope) = text.split_once('\n').unwrap_or(("c0", text));
+    let roster: Vec<String> = (0..12)
+        .map(|i| format!("p{i:02}xxxxxxxxxxxxxxxxx"))
+        .collect();
+    let now = Instant::now();
+    let mut mesh = Mesh::new(&roster[0], 4);
+    for x in &roster {
+        mesh.heard(x, now);
+    }
+    mesh.tick(&[], now);
+    mesh.tick(&[], now + QUIET);
+    let handled = mesh.receive(channel, envelope, &roster[1..], 1_800_000_000_000);
+    for out in handled.send {
+        assert!(channel_cell(&out.channel).is_some(), "{}", out.channel);
+        assert!(out.to.iter().all(|p| roster.contains(p)));
+        serde_json::from_str::<serde_json::Value>(&out.envelope).expect("envelopes are JSON");
+    }
+}

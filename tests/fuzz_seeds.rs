@@ -46,3 +46,8 @@ fn nostr_seeds() {
 fn sm_seeds() {
     replay("sm", fuzzing::sm);
 }
+
+#[test]
+fn cells_seeds() {
+    replay("cells", fuzzing::cells);
+}

@@ -16,6 +16,10 @@ const BUN = env.BUN || path.join(HERE, 'node_modules', '.bin', 'bun')
 const SUPERPEER_CMD = env.SUPERPEER_CMD || `exec "${BUN}" "${path.join(HERE, 'superpeers', 'genossrv-loopback.mjs')}"`
 const SUPERPEER_NAME = env.SUPERPEER_NAME || (env.SUPERPEER_CMD ? 'custom' : 'genossrv')
 const SUPERPEER_READY = env.SUPERPEER_READY || (env.SUPERPEER_CMD ? 'tcp' : 'log:superpeer ready')
+/** genossrv as the harness launches it, and the server under test: for probes that
+ *  measure both in one run. */
+export const GENOSSRV = { name: 'genossrv', ready: 'log:superpeer ready', cmd: `exec "${BUN}" "${path.join(HERE, 'superpeers', 'genossrv-loopback.mjs')}"` }
+export const UNDER_TEST = { name: SUPERPEER_NAME, ready: SUPERPEER_READY, cmd: SUPERPEER_CMD }
 
 export const runId = `${new Date().toISOString().replace(/[-:T]/g, '').slice(2, 14)}-${Math.random().toString(36).slice(2, 6)}`
 let OUT, hlog
@@ -39,11 +43,15 @@ async function startRelay () {
   relayUrls = [`ws://127.0.0.1:${port}`]
   relayStop = async () => { await p.stop(); fs.rmSync(dir, { recursive: true, force: true }) }
 }
-export async function startSuperpeer (dbName, dataDir) {
+/** Starts the superpeer under test, or another one: `spec` = { cmd, ready, name } (a
+ *  probe that compares two servers in one run passes each its own). */
+export async function startSuperpeer (dbName, dataDir, spec = {}) {
+  const cmd = spec.cmd || SUPERPEER_CMD
+  const ready = spec.ready || SUPERPEER_READY
   fs.mkdirSync(dataDir, { recursive: true })
   const port = await freePort()
-  const p = startProcess({ name: 'superpeer', command: SUPERPEER_CMD, cwd: dataDir, env: { ...env, DB_NAME: dbName, RELAY_URLS: relayUrls.join(','), PORT: String(port), RTC_ENABLED: '1', ICE_SERVERS: env.ICE_SERVERS ?? '', SM_ENABLED: '0', SUPER_ADMINS: '', DATA_DIR: dataDir, DB_PATH: path.join(dataDir, 'data.sqlite'), GDB_DIST, HARNESS_DIR: HERE, ...superpeerEnv }, logFile: path.join(OUT, 'superpeer.log') })
-  const [mode, ...rest] = SUPERPEER_READY.split(':')
+  const p = startProcess({ name: spec.name || 'superpeer', command: cmd, cwd: dataDir, env: { ...env, DB_NAME: dbName, RELAY_URLS: relayUrls.join(','), PORT: String(port), RTC_ENABLED: '1', ICE_SERVERS: env.ICE_SERVERS ?? '', SM_ENABLED: '0', SUPER_ADMINS: '', DATA_DIR: dataDir, DB_PATH: path.join(dataDir, 'data.sqlite'), GDB_DIST, HARNESS_DIR: HERE, ...superpeerEnv }, logFile: path.join(OUT, `${spec.name || 'superpeer'}.log`) })
+  const [mode, ...rest] = ready.split(':')
   if (mode === 'log') { if (!(await p.waitForLog(new RegExp(rest.join(':')), 30000))) throw new Error('superpeer not ready') } else if (mode === 'delay') await sleep(Number(rest[0] || 2000))
   else { const t0 = Date.now(); const { tcpOk } = await import('./lib/procs.mjs'); while (!(await (mode === 'http' ? httpOk(`http://127.0.0.1:${port}${rest.join(':') || '/'}`) : tcpOk(port)))) { if (Date.now() - t0 > 30000) throw new Error('superpeer not ready'); await sleep(100) } }
   return p

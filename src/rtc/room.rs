@@ -836,6 +836,7 @@ impl Actor {
         if already || dials >= 2 || total >= self.cfg.max_pending_dials {
             return;
         }
+        tracing::debug!(peer = %x, relay, "dialing");
         let link = self.new_link();
         self.pending.entry(x.clone()).or_default().push(Pending {
             link,

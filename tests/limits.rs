@@ -245,6 +245,18 @@ async fn oversized_values_and_messages_are_refused_and_the_rest_applies() {
     stored(&dir, &["small"]).await;
     assert!(!stored_ids(&dir).contains(&"too-big".to_owned()));
     assert_eq!(exceeded(&d, "max_value_bytes"), 1);
+    // Inside a full state, node by node.
+    let full = format!(
+        r#"[{{"type":"fullStateSync","graphData":{{"f-big":{{"value":{big},"edges":[],"timestamp":{}}},"f-small":{{"value":1,"edges":[],"timestamp":{}}}}},"removals":[],"timestamp":null}}]"#,
+        ts(3),
+        ts(4)
+    );
+    p.room
+        .send("syncGraph", Payload::Json(&full), None)
+        .unwrap();
+    stored(&dir, &["small", "f-small"]).await;
+    assert!(!stored_ids(&dir).contains(&"f-big".to_owned()));
+    assert_eq!(exceeded(&d, "max_value_bytes"), 2);
 
     // A 100 KB message: dropped whole, counted; the peer stays and is still heard.
     let mut blob = vec![0u8; 100_000];
@@ -270,7 +282,7 @@ async fn oversized_values_and_messages_are_refused_and_the_rest_applies() {
             value_of(s, "small").is_some() && value_of(s, "later").is_some()
         })
         .await;
-    assert!(reader.value("too-big").is_none());
+    assert!(reader.value("too-big").is_none() && reader.value("f-big").is_none());
     let (_d, line) = wait_log(d, "message over MAX_MESSAGE_BYTES dropped".into()).await;
     assert!(line.contains(&p.room.self_id), "{line}");
 }

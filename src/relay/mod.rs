@@ -93,8 +93,8 @@ pub struct Relay {
     hub: broadcast::Sender<Arc<Event>>,
     limits: RelayLimits,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Connection refusals are logged at most once per 10 s.
-    refusal_log: Mutex<LogEvery>,
+    /// Limits hit are logged at most once per 10 s, all together.
+    limit_log: Mutex<LogEvery>,
     pub stats: RelayStats,
 }
 
@@ -124,7 +124,7 @@ impl Relay {
             hub,
             limits,
             per_ip: Mutex::new(HashMap::new()),
-            refusal_log: Mutex::new(LogEvery::new(std::time::Duration::from_secs(10))),
+            limit_log: Mutex::new(LogEvery::new(std::time::Duration::from_secs(10))),
             stats: RelayStats::default(),
         })
     }
@@ -152,12 +152,7 @@ impl Relay {
         if limit == "RELAY_MAX_PER_IP" {
             self.stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(unlogged) = self
-            .refusal_log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allow(std::time::Instant::now())
-        {
+        if let Some(unlogged) = self.may_log() {
             tracing::warn!(%ip, limit, unlogged, "relay connection refused: connection limit reached");
         }
         (
@@ -165,6 +160,22 @@ impl Relay {
             "relay connection limit reached",
         )
             .into_response()
+    }
+
+    /// `Some(lines held back)` when a limit may be logged now (once per 10 s).
+    fn may_log(&self) -> Option<u64> {
+        self.limit_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(std::time::Instant::now())
+    }
+
+    /// A client over a per-connection limit: counted, and logged once per 10 s.
+    fn over_limit(&self, counter: &AtomicU64, limit: &'static str, value: f64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(unlogged) = self.may_log() {
+            tracing::warn!(limit, value, unlogged, "relay client over a limit");
+        }
     }
 
     fn reserve(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
@@ -234,10 +245,11 @@ impl Relay {
     fn on_read_error(&self, e: &axum::Error) {
         let text = e.to_string();
         if text.contains("Space limit exceeded") || text.contains("too long") {
-            self.stats
-                .oversized_messages
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(limit = "RELAY_MAX_MESSAGE_BYTES", value = self.limits.max_message_bytes, error = %text, "relay connection closed: message too large");
+            self.over_limit(
+                &self.stats.oversized_messages,
+                "RELAY_MAX_MESSAGE_BYTES",
+                self.limits.max_message_bytes as f64,
+            );
         }
     }
 
@@ -255,7 +267,7 @@ impl Relay {
         };
         match (verb, items.get(1)) {
             ("EVENT", Some(ev)) => vec![self.publish(conn, ev)],
-            ("REQ", Some(id)) => conn.subscribe(id, items.get(2), &self.stats),
+            ("REQ", Some(id)) => conn.subscribe(id, items.get(2), self),
             ("CLOSE", Some(id)) => {
                 if let Ok(id) = serde_json::from_str::<String>(id.get()) {
                     conn.subs.retain(|(s, _)| *s != id);
@@ -272,7 +284,11 @@ impl Relay {
             .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_default();
         if !conn.budget.take() {
-            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.over_limit(
+                &self.stats.rate_limited,
+                "RELAY_EVENTS_PER_SEC",
+                self.limits.events_per_sec,
+            );
             return ok(&claimed_id, false, "rate-limited: slow down");
         }
         let ev = match Event::parse(raw) {
@@ -323,7 +339,7 @@ impl Connection {
         &mut self,
         id: &RawValue,
         filter: Option<&&RawValue>,
-        stats: &RelayStats,
+        relay: &Relay,
     ) -> Vec<String> {
         let Ok(id) = serde_json::from_str::<String>(id.get()) else {
             return Vec::new();
@@ -343,7 +359,11 @@ impl Connection {
         if let Some(slot) = self.subs.iter_mut().find(|(s, _)| *s == id) {
             slot.1 = filter;
         } else if self.subs.len() >= self.limits.max_subscriptions {
-            stats.refused_subscriptions.fetch_add(1, Ordering::Relaxed);
+            relay.over_limit(
+                &relay.stats.refused_subscriptions,
+                "RELAY_MAX_SUBS",
+                self.limits.max_subscriptions as f64,
+            );
             return vec![closed(&id, "error: too many subscriptions")];
         } else {
             self.subs.push((id.clone(), filter));

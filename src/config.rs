@@ -7,6 +7,8 @@ use crate::persist::files::Layout;
 use crate::persist::pg::PgTarget;
 use crate::persist::{MAX_UNWRITTEN_BYTES, PersistConfig};
 use crate::relay::RelayLimits;
+use crate::rtc::frame;
+use crate::rtc::room::PeerLimits;
 use crate::sm::governance::{self, Rule};
 use crate::sm::key;
 use crate::sm::policy::Roles;
@@ -30,6 +32,9 @@ pub const DEFAULT_RELAYS: [&str; 8] = [
 ];
 
 pub const MAX_OPLOG_SIZE: usize = 1_000_000;
+
+/// The default MAX_VALUE_BYTES: browsers write values of a few hundred KB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -110,6 +115,39 @@ pub struct RawSettings {
     /// Embedded relay: most connections from one IP address.
     #[arg(long, env = "RELAY_MAX_PER_IP", global = true)]
     pub relay_max_per_ip: Option<String>,
+    /// Embedded relay: largest WebSocket message, in bytes.
+    #[arg(long, env = "RELAY_MAX_MESSAGE_BYTES", global = true)]
+    pub relay_max_message_bytes: Option<String>,
+    /// Embedded relay: events per second one connection may publish, sustained.
+    #[arg(long, env = "RELAY_EVENTS_PER_SEC", global = true)]
+    pub relay_events_per_sec: Option<String>,
+    /// Embedded relay: events one connection may publish at once.
+    #[arg(long, env = "RELAY_EVENT_BURST", global = true)]
+    pub relay_event_burst: Option<String>,
+    /// Embedded relay: subscriptions per connection.
+    #[arg(long, env = "RELAY_MAX_SUBS", global = true)]
+    pub relay_max_subs: Option<String>,
+    /// Peers linked (or being linked) at once in each room.
+    #[arg(long, env = "MAX_PEERS", global = true)]
+    pub max_peers: Option<String>,
+    /// Messages per second one peer may send, sustained.
+    #[arg(long, env = "PEER_MSG_RATE", global = true)]
+    pub peer_msg_rate: Option<String>,
+    /// Messages one peer may send at once.
+    #[arg(long, env = "PEER_MSG_BURST", global = true)]
+    pub peer_msg_burst: Option<String>,
+    /// Bytes per second one peer may send, sustained.
+    #[arg(long, env = "PEER_BYTES_RATE", global = true)]
+    pub peer_bytes_rate: Option<String>,
+    /// Bytes one peer may send at once.
+    #[arg(long, env = "PEER_BYTES_BURST", global = true)]
+    pub peer_bytes_burst: Option<String>,
+    /// Largest message a peer may send, as received and once inflated, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", global = true)]
+    pub max_message_bytes: Option<String>,
+    /// Largest node value (its JSON text) taken from a peer, in bytes.
+    #[arg(long, env = "MAX_VALUE_BYTES", global = true)]
+    pub max_value_bytes: Option<String>,
     /// Address the HTTP server binds.
     #[arg(long, env = "HOST", global = true)]
     pub host: Option<String>,
@@ -178,6 +216,10 @@ pub struct Config {
     pub relay_urls: Vec<String>,
     pub relay: bool,
     pub relay_limits: RelayLimits,
+    /// MAX_PEERS and the per-peer rates.
+    pub peer_limits: PeerLimits,
+    pub max_message_bytes: usize,
+    pub max_value_bytes: usize,
     pub password: Secret,
     pub ice: IceConfig,
     pub host: IpAddr,
@@ -225,6 +267,16 @@ impl RawSettings {
             relay_urls: relay_urls(self.relay_urls.as_deref(), self.relay_enabled()?)?,
             relay: self.relay_enabled()?,
             relay_limits: self.relay_limits()?,
+            peer_limits: self.peer_limits()?,
+            max_message_bytes: self.max_message_bytes()?,
+            max_value_bytes: number(
+                "MAX_VALUE_BYTES",
+                self.max_value_bytes.as_deref(),
+                DEFAULT_MAX_VALUE_BYTES as u64,
+                1,
+                1 << 30,
+                "a byte count from 1 to 1073741824",
+            )? as usize,
             password: Secret(self.password.clone().unwrap_or_default()),
             ice: self.ice()?,
             host: parse_host(self.host.as_deref().unwrap_or("0.0.0.0"))?,
@@ -368,7 +420,102 @@ impl RawSettings {
                 1_000_000,
                 "a whole number from 1 to 1000000",
             )? as usize,
+            max_message_bytes: number(
+                "RELAY_MAX_MESSAGE_BYTES",
+                self.relay_max_message_bytes.as_deref(),
+                d.max_message_bytes as u64,
+                4096,
+                16 << 20,
+                "a byte count from 4096 to 16777216",
+            )? as usize,
+            events_per_sec: number(
+                "RELAY_EVENTS_PER_SEC",
+                self.relay_events_per_sec.as_deref(),
+                d.events_per_sec as u64,
+                1,
+                1_000_000,
+                "a whole number of events per second from 1 to 1000000",
+            )? as f64,
+            event_burst: number(
+                "RELAY_EVENT_BURST",
+                self.relay_event_burst.as_deref(),
+                d.event_burst as u64,
+                1,
+                1_000_000,
+                "a whole number of events from 1 to 1000000",
+            )? as f64,
+            max_subscriptions: number(
+                "RELAY_MAX_SUBS",
+                self.relay_max_subs.as_deref(),
+                d.max_subscriptions as u64,
+                1,
+                1024,
+                "a whole number from 1 to 1024",
+            )? as usize,
             ..d
+        })
+    }
+
+    fn max_message_bytes(&self) -> Result<usize, ConfigError> {
+        Ok(number(
+            "MAX_MESSAGE_BYTES",
+            self.max_message_bytes.as_deref(),
+            frame::DEFAULT_MAX_MESSAGE_BYTES as u64,
+            65_536,
+            256 << 20,
+            "a byte count from 65536 to 268435456",
+        )? as usize)
+    }
+
+    /// MAX_PEERS and the per-peer rates. The byte burst must hold the largest message
+    /// a peer may send (its frames and, compressed, what it inflates to), or a peer
+    /// that sends one would be dropped every time.
+    fn peer_limits(&self) -> Result<PeerLimits, ConfigError> {
+        let d = PeerLimits::default();
+        let min_burst = (self.max_message_bytes()? + frame::MAX_WIRE_BYTES) as u64;
+        Ok(PeerLimits {
+            max_peers: number(
+                "MAX_PEERS",
+                self.max_peers.as_deref(),
+                d.max_peers as u64,
+                1,
+                100_000,
+                "a whole number from 1 to 100000",
+            )? as usize,
+            msg_rate: number(
+                "PEER_MSG_RATE",
+                self.peer_msg_rate.as_deref(),
+                d.msg_rate as u64,
+                1,
+                1_000_000,
+                "a whole number of messages per second from 1 to 1000000",
+            )? as f64,
+            msg_burst: number(
+                "PEER_MSG_BURST",
+                self.peer_msg_burst.as_deref(),
+                d.msg_burst as u64,
+                1,
+                10_000_000,
+                "a whole number of messages from 1 to 10000000",
+            )? as f64,
+            bytes_rate: number(
+                "PEER_BYTES_RATE",
+                self.peer_bytes_rate.as_deref(),
+                d.bytes_rate as u64,
+                1024,
+                1 << 40,
+                "a byte count per second from 1024 to 1099511627776",
+            )? as f64,
+            bytes_burst: number(
+                "PEER_BYTES_BURST",
+                self.peer_bytes_burst.as_deref(),
+                (d.bytes_burst as u64).max(min_burst),
+                min_burst,
+                1 << 40,
+                format!(
+                    "a byte count from {min_burst} (MAX_MESSAGE_BYTES plus 100 frames, so the largest message fits) to 1099511627776"
+                ),
+            )? as f64,
         })
     }
 }
@@ -739,6 +886,64 @@ mod tests {
             with(|r| r.flush_ms = Some("abc".into())).unwrap_err().var,
             "FLUSH_MS"
         );
+    }
+
+    #[test]
+    fn limits_default_generously_and_are_checked() {
+        let c = with(|_| {}).unwrap();
+        assert_eq!(c.peer_limits, PeerLimits::default());
+        assert_eq!(c.peer_limits.max_peers, 256);
+        assert_eq!(c.max_message_bytes, 16 << 20);
+        assert_eq!(c.max_value_bytes, 1 << 20);
+        assert!(
+            c.peer_limits.bytes_burst >= (c.max_message_bytes + frame::MAX_WIRE_BYTES) as f64,
+            "the default burst holds the largest message"
+        );
+        assert_eq!(c.relay_limits.max_message_bytes, 64 << 10);
+        assert_eq!(c.relay_limits.max_subscriptions, 32);
+
+        let c = with(|r| {
+            r.max_peers = Some("2".into());
+            r.peer_msg_rate = Some("5".into());
+            r.peer_msg_burst = Some("10".into());
+            r.peer_bytes_rate = Some("2048".into());
+            r.max_message_bytes = Some("65536".into());
+            r.peer_bytes_burst = Some("1703936".into());
+            r.max_value_bytes = Some("100".into());
+            r.relay_max_message_bytes = Some("4096".into());
+            r.relay_events_per_sec = Some("1".into());
+            r.relay_event_burst = Some("3".into());
+            r.relay_max_subs = Some("2".into());
+        })
+        .unwrap();
+        assert_eq!(
+            c.peer_limits,
+            PeerLimits {
+                max_peers: 2,
+                msg_rate: 5.0,
+                msg_burst: 10.0,
+                bytes_rate: 2048.0,
+                bytes_burst: 1_703_936.0,
+            }
+        );
+        assert_eq!((c.max_message_bytes, c.max_value_bytes), (65_536, 100));
+        let r = c.relay_limits;
+        assert_eq!((r.max_message_bytes, r.max_subscriptions), (4096, 2));
+        assert_eq!((r.events_per_sec, r.event_burst), (1.0, 3.0));
+
+        // A bigger MAX_MESSAGE_BYTES raises the default burst with it.
+        let c = with(|r| r.max_message_bytes = Some((256 << 20).to_string())).unwrap();
+        assert_eq!(
+            c.peer_limits.bytes_burst,
+            ((256 << 20) + frame::MAX_WIRE_BYTES) as f64
+        );
+        let e = with(|r| {
+            r.max_message_bytes = Some("65536".into());
+            r.peer_bytes_burst = Some("1703935".into());
+        })
+        .unwrap_err();
+        assert_eq!(e.var, "PEER_BYTES_BURST");
+        assert!(e.expected.contains("from 1703936"), "{e}");
     }
 
     #[test]

@@ -365,3 +365,58 @@ fn cli_flags_mirror_env_and_win_over_it() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[test]
+fn limit_settings_exit_2_naming_variable_and_form() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(&tmp);
+    for (envs, var, value, form) in [
+        (vec![], "MAX_PEERS", "0", "from 1 to 100000"),
+        (vec![], "PEER_MSG_RATE", "fast", "messages per second"),
+        (vec![], "PEER_MSG_BURST", "0", "whole number of messages"),
+        (vec![], "PEER_BYTES_RATE", "1000", "from 1024"),
+        (
+            vec![],
+            "PEER_BYTES_BURST",
+            "1048576",
+            "MAX_MESSAGE_BYTES plus 100 frames",
+        ),
+        (
+            vec![("MAX_MESSAGE_BYTES", "65536")],
+            "PEER_BYTES_BURST",
+            "1703935",
+            "from 1703936",
+        ),
+        (vec![], "MAX_MESSAGE_BYTES", "1024", "from 65536"),
+        (vec![], "MAX_VALUE_BYTES", "-5", "byte count"),
+        (vec![], "RELAY_MAX_MESSAGE_BYTES", "100", "from 4096"),
+        (vec![], "RELAY_EVENTS_PER_SEC", "0", "events per second"),
+        (vec![], "RELAY_EVENT_BURST", "1e3", "whole number of events"),
+        (vec![], "RELAY_MAX_SUBS", "5000", "from 1 to 1024"),
+    ] {
+        let mut all = envs.clone();
+        all.push((var, value));
+        let out = run(&dir, &[], &all);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{var}: one line, got {err:?}");
+        assert!(
+            err.contains(&format!("invalid {var} \"{value}\"")) && err.contains(form),
+            "{err}"
+        );
+    }
+    // The same burst is fine once it holds the largest message.
+    let out = run(
+        &dir,
+        &["export"],
+        &[
+            ("MAX_MESSAGE_BYTES", "65536"),
+            ("PEER_BYTES_BURST", "1703936"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

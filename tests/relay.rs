@@ -318,3 +318,87 @@ fn without_relay_the_upgrade_is_refused_and_root_is_health() {
         other => panic!("upgrade without RELAY=1: {:?}", other.map(|_| ())),
     }
 }
+
+/// `genosdb_limit_exceeded_total{limit="<limit>"}`, 0 when absent.
+fn exceeded(d: &Daemon, limit: &str) -> u64 {
+    let (_, body) = d.get("/metrics");
+    let prefix = format!("genosdb_limit_exceeded_total{{limit=\"{limit}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_relay_limits_are_enforced_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_ready(
+        &data_dir(&tmp),
+        &[
+            ("RELAY", "1"),
+            ("RELAY_MAX_SUBS", "3"),
+            ("RELAY_EVENTS_PER_SEC", "1"),
+            ("RELAY_EVENT_BURST", "5"),
+            ("RELAY_MAX_MESSAGE_BYTES", "4096"),
+        ],
+    );
+    let r = room("graph-sync-room-knobs");
+    let mut watcher = connect(d.port).await;
+    req(
+        &mut watcher,
+        "w",
+        json!({"kinds": [r.kind], "#x": [r.topic]}),
+    )
+    .await;
+
+    // RELAY_MAX_SUBS=3 (the default allows 32).
+    let mut subs = connect(d.port).await;
+    for i in 0..3 {
+        req(&mut subs, &format!("s{i}"), json!({"kinds": [1]})).await;
+    }
+    send(&mut subs, json!(["REQ", "s3", {"kinds": [1]}]).to_string()).await;
+    assert_eq!(
+        next(&mut subs, Duration::from_secs(5)).await.unwrap(),
+        json!(["CLOSED", "s3", "error: too many subscriptions"])
+    );
+    assert_eq!(exceeded(&d, "relay_max_subs"), 1);
+
+    // RELAY_EVENT_BURST=5, RELAY_EVENTS_PER_SEC=1: 30 events at once cannot all pass
+    // (the default burst of 60 would take them all).
+    let mut flood = connect(d.port).await;
+    for i in 0..30 {
+        let ev = announce(&key(8), &r, now(), &format!("f{i}"));
+        send(&mut flood, format!("[\"EVENT\",{ev}]")).await;
+    }
+    let mut accepted = 0;
+    for _ in 0..30 {
+        let reply = next(&mut flood, Duration::from_secs(10)).await.unwrap();
+        accepted += usize::from(reply[2] == true);
+    }
+    assert!((5..30).contains(&accepted), "{accepted} of 30 accepted");
+    assert_eq!(exceeded(&d, "relay_events_per_sec"), 30 - accepted as u64);
+
+    // RELAY_MAX_MESSAGE_BYTES=4096: an 8 KB message closes that connection only.
+    send(
+        &mut flood,
+        format!("[\"EVENT\",{{\"content\":\"{}\"}}]", "x".repeat(8000)),
+    )
+    .await;
+    assert_eq!(next(&mut flood, Duration::from_secs(5)).await, None);
+    common::wait_until("the oversized message counted", || {
+        exceeded(&d, "relay_max_message_bytes") == 1
+    });
+
+    // Everyone else is still served.
+    let mut seen = 0;
+    while next(&mut watcher, QUIET).await.is_some() {
+        seen += 1;
+    }
+    assert_eq!(seen, accepted);
+    let mut late = connect(d.port).await;
+    assert_eq!(
+        publish(&mut late, &announce(&key(2), &r, now(), "late")).await[2],
+        true
+    );
+    assert!(next(&mut watcher, Duration::from_secs(5)).await.is_some());
+}

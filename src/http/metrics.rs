@@ -316,6 +316,7 @@ impl Collector for Daemon {
                 s.lagged.load(Ordering::Relaxed),
             )?;
         }
+        limits_exceeded(&mut enc, state)?;
         if let Some(p) = state.persist() {
             gauge(
                 &mut enc,
@@ -374,6 +375,38 @@ impl Collector for Daemon {
         }
         Ok(())
     }
+}
+
+/// `limit_exceeded_total{limit}`: one family for every limit of SECURITY.md's table,
+/// labelled with its variable's name in lower case.
+fn limits_exceeded(enc: &mut DescriptorEncoder, state: &AppState) -> std::fmt::Result {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    if let Some(rs) = state.room_stats() {
+        counts.extend(rs.limits_exceeded());
+    }
+    if let Some(ss) = state.sync_stats() {
+        counts.push((
+            "max_value_bytes",
+            ss.oversized_values.load(Ordering::Relaxed),
+        ));
+    }
+    if let Some(r) = &state.relay {
+        counts.extend(r.stats.limits_exceeded());
+    }
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let family = ConstCounter::new(0u64);
+    let mut metric = enc.encode_descriptor(
+        "limit_exceeded",
+        "Peers refused or dropped, messages and values refused, at a configured limit",
+        None,
+        family.metric_type(),
+    )?;
+    for (limit, n) in counts {
+        ConstCounter::new(n).encode(metric.encode_family(&[("limit", limit)])?)?;
+    }
+    Ok(())
 }
 
 /// VmRSS from /proc/self/status, in bytes (Linux).

@@ -10,7 +10,7 @@
 pub mod event;
 pub mod filter;
 
-use crate::rate::TokenBucket;
+use crate::rate::{LogEvery, TokenBucket};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -59,9 +59,33 @@ pub struct RelayStats {
     pub connections: AtomicUsize,
     pub events: AtomicU64,
     pub dropped: AtomicU64,
+    /// Connections refused at either limit, and at RELAY_MAX_PER_IP alone.
     pub refused_connections: AtomicU64,
+    pub refused_per_ip: AtomicU64,
     pub rate_limited: AtomicU64,
     pub lagged: AtomicU64,
+    /// Subscriptions refused at RELAY_MAX_SUBS.
+    pub refused_subscriptions: AtomicU64,
+    /// Connections closed for a message over RELAY_MAX_MESSAGE_BYTES.
+    pub oversized_messages: AtomicU64,
+}
+
+impl RelayStats {
+    /// `(limit, times exceeded)` for `genosdb_limit_exceeded_total{limit}`.
+    pub fn limits_exceeded(&self) -> [(&'static str, u64); 5] {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let per_ip = load(&self.refused_per_ip);
+        [
+            (
+                "relay_max_connections",
+                load(&self.refused_connections).saturating_sub(per_ip),
+            ),
+            ("relay_max_per_ip", per_ip),
+            ("relay_events_per_sec", load(&self.rate_limited)),
+            ("relay_max_subs", load(&self.refused_subscriptions)),
+            ("relay_max_message_bytes", load(&self.oversized_messages)),
+        ]
+    }
 }
 
 #[derive(Debug)]
@@ -69,6 +93,8 @@ pub struct Relay {
     hub: broadcast::Sender<Arc<Event>>,
     limits: RelayLimits,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Limits hit are logged at most once per 10 s, all together.
+    limit_log: Mutex<LogEvery>,
     pub stats: RelayStats,
 }
 
@@ -98,22 +124,16 @@ impl Relay {
             hub,
             limits,
             per_ip: Mutex::new(HashMap::new()),
+            limit_log: Mutex::new(LogEvery::new(std::time::Duration::from_secs(10))),
             stats: RelayStats::default(),
         })
     }
 
     /// Upgrades the request into a relay connection, or refuses it when full.
     pub fn accept(self: &Arc<Self>, ws: WebSocketUpgrade, ip: IpAddr) -> Response {
-        let Some(slot) = self.reserve(ip) else {
-            self.stats
-                .refused_connections
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%ip, "relay connection refused: connection limit reached");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "relay connection limit reached",
-            )
-                .into_response();
+        let slot = match self.reserve(ip) {
+            Ok(slot) => slot,
+            Err(limit) => return self.refuse(ip, limit),
         };
         let relay = self.clone();
         ws.max_message_size(self.limits.max_message_bytes)
@@ -124,16 +144,53 @@ impl Relay {
             })
     }
 
-    fn reserve(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+    /// A connection over RELAY_MAX_CONNECTIONS or RELAY_MAX_PER_IP: 503.
+    fn refuse(&self, ip: IpAddr, limit: &'static str) -> Response {
+        self.stats
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+        if limit == "RELAY_MAX_PER_IP" {
+            self.stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(unlogged) = self.may_log() {
+            tracing::warn!(%ip, limit, unlogged, "relay connection refused: connection limit reached");
+        }
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "relay connection limit reached",
+        )
+            .into_response()
+    }
+
+    /// `Some(lines held back)` when a limit may be logged now (once per 10 s).
+    fn may_log(&self) -> Option<u64> {
+        self.limit_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(std::time::Instant::now())
+    }
+
+    /// A client over a per-connection limit: counted, and logged once per 10 s.
+    fn over_limit(&self, counter: &AtomicU64, limit: &'static str, value: f64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(unlogged) = self.may_log() {
+            tracing::warn!(limit, value, unlogged, "relay client over a limit");
+        }
+    }
+
+    fn reserve(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let mine = per_ip.get(&ip).copied().unwrap_or(0);
         let total = self.stats.connections.load(Ordering::Relaxed);
-        if mine >= self.limits.max_per_ip || total >= self.limits.max_connections {
-            return None;
+        if total >= self.limits.max_connections {
+            return Err("RELAY_MAX_CONNECTIONS");
+        }
+        if mine >= self.limits.max_per_ip {
+            return Err("RELAY_MAX_PER_IP");
         }
         per_ip.insert(ip, mine + 1);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        Some(Slot {
+        Ok(Slot {
             relay: self.clone(),
             ip,
         })
@@ -148,7 +205,11 @@ impl Relay {
                 incoming = rx.next() => {
                     let text = match incoming {
                         Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Err(e)) => {
+                            self.on_read_error(&e);
+                            break;
+                        }
+                        Some(Ok(Message::Close(_))) | None => break,
                         Some(Ok(_)) => continue,
                     };
                     let replies = self.handle(&mut conn, text.as_str());
@@ -178,6 +239,20 @@ impl Relay {
         }
     }
 
+    /// A read that failed ends the connection. axum's tungstenite (not this crate's
+    /// version) reports a message over RELAY_MAX_MESSAGE_BYTES as a capacity error,
+    /// which only its text tells apart.
+    fn on_read_error(&self, e: &axum::Error) {
+        let text = e.to_string();
+        if text.contains("Space limit exceeded") || text.contains("too long") {
+            self.over_limit(
+                &self.stats.oversized_messages,
+                "RELAY_MAX_MESSAGE_BYTES",
+                self.limits.max_message_bytes as f64,
+            );
+        }
+    }
+
     /// One client message; returns the replies. Anything not understood is ignored,
     /// as genossrv's relay does.
     fn handle(&self, conn: &mut Connection, text: &str) -> Vec<String> {
@@ -192,7 +267,7 @@ impl Relay {
         };
         match (verb, items.get(1)) {
             ("EVENT", Some(ev)) => vec![self.publish(conn, ev)],
-            ("REQ", Some(id)) => conn.subscribe(id, items.get(2)),
+            ("REQ", Some(id)) => conn.subscribe(id, items.get(2), self),
             ("CLOSE", Some(id)) => {
                 if let Ok(id) = serde_json::from_str::<String>(id.get()) {
                     conn.subs.retain(|(s, _)| *s != id);
@@ -209,7 +284,11 @@ impl Relay {
             .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_default();
         if !conn.budget.take() {
-            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.over_limit(
+                &self.stats.rate_limited,
+                "RELAY_EVENTS_PER_SEC",
+                self.limits.events_per_sec,
+            );
             return ok(&claimed_id, false, "rate-limited: slow down");
         }
         let ev = match Event::parse(raw) {
@@ -256,7 +335,12 @@ impl Connection {
     }
 
     /// `["REQ", id, filter, …]`: only the first filter is kept, as genossrv does.
-    fn subscribe(&mut self, id: &RawValue, filter: Option<&&RawValue>) -> Vec<String> {
+    fn subscribe(
+        &mut self,
+        id: &RawValue,
+        filter: Option<&&RawValue>,
+        relay: &Relay,
+    ) -> Vec<String> {
         let Ok(id) = serde_json::from_str::<String>(id.get()) else {
             return Vec::new();
         };
@@ -275,6 +359,11 @@ impl Connection {
         if let Some(slot) = self.subs.iter_mut().find(|(s, _)| *s == id) {
             slot.1 = filter;
         } else if self.subs.len() >= self.limits.max_subscriptions {
+            relay.over_limit(
+                &relay.stats.refused_subscriptions,
+                "RELAY_MAX_SUBS",
+                self.limits.max_subscriptions as f64,
+            );
             return vec![closed(&id, "error: too many subscriptions")];
         } else {
             self.subs.push((id.clone(), filter));

@@ -112,6 +112,8 @@ pub fn start(
 fn room_config(cfg: &Config, room: &str) -> RoomConfig {
     let mut room_cfg = RoomConfig::new(room);
     room_cfg.password = cfg.password.0.clone();
+    room_cfg.limits = cfg.peer_limits;
+    room_cfg.frames.max_bytes = cfg.max_message_bytes;
     room_cfg.peer = PeerConfig {
         ice_servers: ice_servers(cfg),
         // Loopback candidates too: single-host setups and loopback-only sandboxes need them.

@@ -20,6 +20,10 @@ pub const MAX_FRAME_LEN: usize = 16_384;
 pub const CHUNK_LEN: usize = MAX_FRAME_LEN - HEADER_LEN;
 /// Browsers refuse to send, and ignore, messages of more chunks.
 pub const MAX_CHUNKS: usize = 100;
+/// The default MAX_MESSAGE_BYTES.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// The most bytes of frames one message can take on the wire (100 full frames).
+pub const MAX_WIRE_BYTES: usize = MAX_CHUNKS * MAX_FRAME_LEN;
 /// Payloads this large or larger are deflated when that makes them smaller.
 pub const DEFLATE_MIN: usize = 512;
 
@@ -41,9 +45,13 @@ pub enum FrameError {
     TooLarge(usize),
     #[error("frame of {0} bytes is shorter than its 15-byte header or longer than 16384")]
     FrameLength(usize),
-    #[error("message on {channel} exceeds {limit} chunks or bytes")]
+    #[error("message on {channel} exceeds {limit} chunks, or {limit} incomplete messages are held")]
     Limit { channel: String, limit: usize },
-    #[error("message on {0} does not inflate within the size limit")]
+    /// MAX_MESSAGE_BYTES: the message, received or inflated, or everything held of
+    /// incomplete messages, would pass the byte limit.
+    #[error("message on {channel} exceeds {limit} bytes")]
+    MessageBytes { channel: String, limit: usize },
+    #[error("message on {0} does not inflate")]
     Inflate(String),
     #[error("meta chunk on {0} is not JSON")]
     Meta(String),
@@ -197,7 +205,8 @@ impl Message {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_chunks: usize,
-    /// Cap on one message, both as received and once inflated.
+    /// Cap on one message, both as received and once inflated (MAX_MESSAGE_BYTES), and
+    /// on the bytes held of one peer's incomplete messages together.
     pub max_bytes: usize,
     /// An incomplete message older than this is dropped.
     pub timeout: Duration,
@@ -209,7 +218,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_chunks: MAX_CHUNKS,
-            max_bytes: 16 << 20,
+            max_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             timeout: Duration::from_secs(30),
             max_pending: 64,
         }
@@ -251,19 +260,26 @@ impl Reassembler {
                 limit: self.limits.max_pending,
             });
         }
+        // What all incomplete messages hold, this one's chunks included.
+        let held: usize = self.pending.values().map(|p| p.bytes).sum();
         let partial = self.pending.entry(key.clone()).or_insert_with(|| Partial {
             chunks: Vec::new(),
             bytes: 0,
             meta: None,
             started: now,
         });
-        let over = partial.chunks.len() + partial.meta.is_some() as usize >= self.limits.max_chunks
-            || partial.bytes + chunk.len() > self.limits.max_bytes;
-        if over {
+        if partial.chunks.len() + partial.meta.is_some() as usize >= self.limits.max_chunks {
             self.pending.remove(&key);
             return Err(FrameError::Limit {
                 channel: header.channel,
-                limit: self.limits.max_chunks.max(self.limits.max_bytes),
+                limit: self.limits.max_chunks,
+            });
+        }
+        if held + chunk.len() > self.limits.max_bytes {
+            self.pending.remove(&key);
+            return Err(FrameError::MessageBytes {
+                channel: header.channel,
+                limit: self.limits.max_bytes,
             });
         }
         if header.flags & META != 0 {
@@ -287,8 +303,16 @@ impl Reassembler {
         };
         let joined = done.chunks.concat();
         let data = if header.flags & DEFLATE != 0 {
-            inflate(&joined, self.limits.max_bytes)
-                .ok_or_else(|| FrameError::Inflate(header.channel.clone()))?
+            match inflate(&joined, self.limits.max_bytes) {
+                Inflated::Done(data) => data,
+                Inflated::TooBig => {
+                    return Err(FrameError::MessageBytes {
+                        channel: header.channel,
+                        limit: self.limits.max_bytes,
+                    });
+                }
+                Inflated::Corrupt => return Err(FrameError::Inflate(header.channel)),
+            }
         } else {
             joined
         };
@@ -314,13 +338,22 @@ impl Reassembler {
     }
 }
 
-fn inflate(bytes: &[u8], limit: usize) -> Option<Vec<u8>> {
+enum Inflated {
+    Done(Vec<u8>),
+    TooBig,
+    Corrupt,
+}
+
+fn inflate(bytes: &[u8], limit: usize) -> Inflated {
     let mut out = Vec::new();
-    flate2::read::ZlibDecoder::new(bytes)
+    let read = flate2::read::ZlibDecoder::new(bytes)
         .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .ok()?;
-    (out.len() <= limit).then_some(out)
+        .read_to_end(&mut out);
+    match read {
+        Err(_) => Inflated::Corrupt,
+        Ok(_) if out.len() > limit => Inflated::TooBig,
+        Ok(_) => Inflated::Done(out),
+    }
 }
 
 #[cfg(test)]
@@ -441,6 +474,46 @@ mod tests {
         f.extend_from_slice(&bomb[..bomb.len().min(CHUNK_LEN)]);
         let mut r = Reassembler::default();
         assert!(r.push(&f, t0).is_err());
+    }
+
+    #[test]
+    fn max_message_bytes_bounds_received_inflated_and_held_bytes() {
+        let limits = Limits {
+            max_bytes: 40_000,
+            ..Limits::default()
+        };
+        let now = Instant::now();
+        let too_big = |e: Result<Option<Message>, FrameError>| {
+            matches!(e, Err(FrameError::MessageBytes { limit: 40_000, .. }))
+        };
+        // Received: the third chunk of a 45,000-byte message passes the limit.
+        let big: Vec<u8> = (0..45_000).map(|i| (i * 7919 % 251) as u8).collect();
+        let frames = encode("ch", 1, Payload::Binary(&big), None).unwrap();
+        let mut r = Reassembler::new(limits);
+        assert_eq!(r.push(&frames[0], now), Ok(None));
+        assert_eq!(r.push(&frames[1], now), Ok(None));
+        assert!(too_big(r.push(&frames[2], now)));
+        assert_eq!(r.pending(), 0, "the offending message is dropped whole");
+        // A message of exactly the limit still passes.
+        let exact: Vec<u8> = big[..40_000].to_vec();
+        let mut out = None;
+        for f in encode("ch", 2, Payload::Binary(&exact), None).unwrap() {
+            out = r.push(&f, now).unwrap();
+        }
+        assert_eq!(out.unwrap().data, exact);
+        // Inflated: 60,000 compressible bytes arrive as one small frame.
+        let text = "a".repeat(60_000);
+        let frames = encode("ch", 3, Payload::Text(&text), None).unwrap();
+        assert_eq!(frames.len(), 1);
+        assert!(too_big(r.push(&frames[0], now)));
+        // Held: two incomplete messages of 30,000 bytes each do not fit together.
+        let half: Vec<u8> = big[..30_000].to_vec();
+        let a = encode("ch", 4, Payload::Binary(&half), None).unwrap();
+        let b = encode("ch", 5, Payload::Binary(&half), None).unwrap();
+        assert_eq!(r.push(&a[0], now), Ok(None));
+        assert_eq!(r.push(&b[0], now), Ok(None));
+        assert!(too_big(r.push(&b[1], now)));
+        assert_eq!(r.push(&a[1], now).unwrap().unwrap().data, half);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::nostr::{Inbound, RelayPool};
 use super::peer::{Peer, PeerConfig, PeerEvent};
 use super::seal::SealKey;
 use super::topic;
+use crate::rate::{LogEvery, TokenBucket};
 use crate::relay::event::sign;
 use k256::schnorr::SigningKey;
 use serde_json::{Value, json};
@@ -26,6 +27,9 @@ const SEND_STALL: Duration = Duration::from_secs(10);
 
 /// Messages a link keeps while it waits to be attached (a handful arrive in practice).
 const EARLY_MESSAGES: usize = 64;
+
+/// A limit refused or dropped this often is logged once, with how many went unlogged.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 const ALPHABET: &[u8; 62] = b"0123456789AaBbCcDdEeFfGgHhIiJjKkLlMmNnOoPpQqRrSsTtUuVvWwXxYyZz";
 
@@ -63,6 +67,44 @@ pub struct RoomConfig {
     pub answer_pings: bool,
     /// Cells mode (§8) with this cell size; `None` is the full mesh.
     pub cells: Option<usize>,
+    /// How many peers, and how much from each, the room takes.
+    pub limits: PeerLimits,
+}
+
+/// The default MAX_PEERS.
+pub const DEFAULT_MAX_PEERS: usize = 256;
+/// The default PEER_MSG_RATE and PEER_MSG_BURST.
+pub const DEFAULT_MSG_RATE: u64 = 1000;
+pub const DEFAULT_MSG_BURST: u64 = 5000;
+/// The default PEER_BYTES_RATE and PEER_BYTES_BURST.
+pub const DEFAULT_BYTES_RATE: u64 = 8 << 20;
+pub const DEFAULT_BYTES_BURST: u64 = 128 << 20;
+
+/// Bounds on peers (MAX_PEERS, PEER_MSG_RATE/BURST, PEER_BYTES_RATE/BURST).
+///
+/// A message is a whole reassembled message or a control frame (`@_ping`, `@_pong`,
+/// `@_leave`). Bytes are every frame as received, plus the inflated size of each
+/// compressed message. A peer over either rate is dropped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerLimits {
+    /// Peers linked or being linked at once; others are not answered or dialled.
+    pub max_peers: usize,
+    pub msg_rate: f64,
+    pub msg_burst: f64,
+    pub bytes_rate: f64,
+    pub bytes_burst: f64,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        Self {
+            max_peers: DEFAULT_MAX_PEERS,
+            msg_rate: DEFAULT_MSG_RATE as f64,
+            msg_burst: DEFAULT_MSG_BURST as f64,
+            bytes_rate: DEFAULT_BYTES_RATE as f64,
+            bytes_burst: DEFAULT_BYTES_BURST as f64,
+        }
+    }
 }
 
 impl RoomConfig {
@@ -84,6 +126,7 @@ impl RoomConfig {
             max_pending_dials: 10,
             answer_pings: true,
             cells: None,
+            limits: PeerLimits::default(),
         }
     }
 }
@@ -122,6 +165,26 @@ pub struct RoomStats {
     pub cell_deliveries: AtomicU64,
     pub cell_seals: AtomicU64,
     pub cell_pruned: AtomicU64,
+    /// Peers not answered or dialled because MAX_PEERS were linked or being linked.
+    pub refused_max_peers: AtomicU64,
+    /// Peers dropped for sending more than PEER_MSG_RATE or PEER_BYTES_RATE.
+    pub dropped_msg_rate: AtomicU64,
+    pub dropped_bytes_rate: AtomicU64,
+    /// Messages dropped for passing MAX_MESSAGE_BYTES.
+    pub dropped_message_bytes: AtomicU64,
+}
+
+impl RoomStats {
+    /// `(limit, times exceeded)` for `genosdb_limit_exceeded_total{limit}`.
+    pub fn limits_exceeded(&self) -> [(&'static str, u64); 4] {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("max_peers", load(&self.refused_max_peers)),
+            ("peer_msg_rate", load(&self.dropped_msg_rate)),
+            ("peer_bytes_rate", load(&self.dropped_bytes_rate)),
+            ("max_message_bytes", load(&self.dropped_message_bytes)),
+        ]
+    }
 }
 
 /// A link's writer, shared by the room handle and the link task.
@@ -211,6 +274,8 @@ impl Room {
             stats: stats.clone(),
             pending: HashMap::new(),
             connected: HashMap::new(),
+            answering: HashMap::new(),
+            refusal_log: LogEvery::new(LIMIT_LOG_EVERY),
             types: HashMap::new(),
             next_link: 0,
         };
@@ -602,6 +667,11 @@ struct Actor {
     /// Dials and answers not yet open, by peer.
     pending: HashMap<String, Vec<Pending>>,
     connected: HashMap<String, Connected>,
+    /// Answers being built (a PeerConnection exists), by link: they count toward
+    /// MAX_PEERS before they reach `pending`.
+    answering: HashMap<u64, String>,
+    /// MAX_PEERS refusals are logged at most once per LIMIT_LOG_EVERY.
+    refusal_log: LogEvery,
     types: HashMap<String, String>,
     next_link: u64,
 }
@@ -718,9 +788,6 @@ impl Actor {
                 return;
             }
         }
-        if let Some(t) = m.get("type").and_then(Value::as_str) {
-            self.types.insert(x.clone(), t.chars().take(32).collect());
-        }
         let offer = m
             .get("offer")
             .and_then(|o| o.get("sdp"))
@@ -729,6 +796,17 @@ impl Actor {
             .get("answer")
             .and_then(|o| o.get("sdp"))
             .and_then(Value::as_str);
+        // An answer only ever completes a dial of ours, which already counts.
+        if answer.is_none()
+            && !self.has_link_to(&x)
+            && self.peers_in_use() >= self.cfg.limits.max_peers
+        {
+            self.refuse_peer(&x);
+            return;
+        }
+        if let Some(t) = m.get("type").and_then(Value::as_str) {
+            self.types.insert(x.clone(), t.chars().take(32).collect());
+        }
         if let Some(c) = self.connected.get(&x) {
             // A connected peer only offers again after it restarted (a reloaded tab keeps
             // its id): the new offer replaces the old link, unless that link is brand new.
@@ -819,6 +897,36 @@ impl Actor {
         }
     }
 
+    /// Whether `x` is connected or has a PeerConnection being built.
+    fn has_link_to(&self, x: &str) -> bool {
+        self.connected.contains_key(x)
+            || self.pending.contains_key(x)
+            || self.answering.values().any(|a| a == x)
+    }
+
+    /// Peers connected or with a PeerConnection being built: what MAX_PEERS bounds.
+    fn peers_in_use(&self) -> usize {
+        let mut peers: std::collections::HashSet<&str> =
+            self.connected.keys().map(String::as_str).collect();
+        peers.extend(self.pending.keys().map(String::as_str));
+        peers.extend(self.answering.values().map(String::as_str));
+        peers.len()
+    }
+
+    /// MAX_PEERS: `x` is neither answered nor dialled. Logged at most once per 10 s.
+    fn refuse_peer(&mut self, x: &str) {
+        self.stats.refused_max_peers.fetch_add(1, Ordering::Relaxed);
+        if let Some(unlogged) = self.refusal_log.allow(Instant::now()) {
+            tracing::warn!(
+                peer = %x,
+                limit = "MAX_PEERS",
+                value = self.cfg.limits.max_peers,
+                unlogged,
+                "peer refused: MAX_PEERS peers are linked or being linked"
+            );
+        }
+    }
+
     fn open(&self, sealed: &str) -> Result<String, ()> {
         self.seal.open(sealed).map_err(|e| {
             self.stats.seal_failures.fetch_add(1, Ordering::Relaxed);
@@ -866,6 +974,7 @@ impl Actor {
 
     fn spawn_answer(&mut self, x: String, relay: usize, offer_sdp: String) {
         let link = self.new_link();
+        self.answering.insert(link, x.clone());
         let cfg = self.cfg.peer.clone();
         let internal = self.internal.clone();
         tokio::spawn(async move {
@@ -930,6 +1039,7 @@ impl Actor {
                 link,
                 result,
             } => {
+                self.answering.remove(&link);
                 let (p, rx, sdp) = match result {
                     Ok(r) => r,
                     Err(e) => {
@@ -1122,6 +1232,43 @@ fn unix_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Which of a peer's rates ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rate {
+    Messages,
+    Bytes,
+}
+
+/// One link's allowance (PEER_MSG_RATE, PEER_BYTES_RATE), and its log of messages
+/// over MAX_MESSAGE_BYTES.
+struct PeerBudget {
+    messages: TokenBucket,
+    bytes: TokenBucket,
+    oversize_log: LogEvery,
+}
+
+impl PeerBudget {
+    fn new(l: &PeerLimits) -> Self {
+        Self {
+            messages: TokenBucket::new(l.msg_rate, l.msg_burst),
+            bytes: TokenBucket::new(l.bytes_rate, l.bytes_burst),
+            oversize_log: LogEvery::new(LIMIT_LOG_EVERY),
+        }
+    }
+
+    /// A whole message: one message, and for a compressed one its inflated bytes (its
+    /// frames were charged as they came).
+    fn charge(&mut self, message: &frame::Message) -> Result<(), Rate> {
+        if !self.messages.take() {
+            return Err(Rate::Messages);
+        }
+        if message.flags & frame::DEFLATE != 0 && !self.bytes.take_n(message.data.len() as f64) {
+            return Err(Rate::Bytes);
+        }
+        Ok(())
+    }
+}
+
 struct LinkTask {
     peer_id: String,
     link: u64,
@@ -1140,6 +1287,7 @@ static CELLS_MISMATCH_WARNED: AtomicBool = AtomicBool::new(false);
 impl LinkTask {
     async fn run(self, mut events: mpsc::Receiver<PeerEvent>, mut frames: mpsc::Receiver<Vec<u8>>) {
         let mut reasm = Reassembler::new(self.cfg.frames);
+        let mut budget = PeerBudget::new(&self.cfg.limits);
         let mut last_seen = Instant::now();
         let mut ping_sent: Option<Instant> = None;
         let mut tick = tokio::time::interval(self.cfg.keepalive_tick);
@@ -1163,7 +1311,11 @@ impl LinkTask {
                         ping_sent = None;
                         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                         self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        if !self.on_frame(&bytes, &mut reasm, &mut early).await {
+                        if !budget.bytes.take_n(bytes.len() as f64) {
+                            self.over_rate(Rate::Bytes);
+                            break;
+                        }
+                        if !self.on_frame(&bytes, &mut reasm, &mut early, &mut budget).await {
                             break;
                         }
                     }
@@ -1215,18 +1367,27 @@ impl LinkTask {
             .await;
     }
 
-    /// Returns false when the link must end: `@_leave`, or a sync layer that stopped
-    /// taking messages.
+    /// Returns false when the link must end: `@_leave`, a peer over its rate, or a
+    /// sync layer that stopped taking messages.
     async fn on_frame(
         &self,
         bytes: &[u8],
         reasm: &mut Reassembler,
         early: &mut VecDeque<frame::Message>,
+        budget: &mut PeerBudget,
     ) -> bool {
         let Ok((header, _)) = frame::parse(bytes) else {
             self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
             return true;
         };
+        let control = matches!(
+            header.channel.as_str(),
+            frame::PING | frame::PONG | frame::LEAVE
+        );
+        if control && !budget.messages.take() {
+            self.over_rate(Rate::Messages);
+            return false;
+        }
         match header.channel.as_str() {
             // Answered here, before any queue, so a busy sync layer never starves pings.
             frame::PING => {
@@ -1239,7 +1400,14 @@ impl LinkTask {
             frame::LEAVE => return false,
             _ => {}
         }
-        match reasm.push(bytes, Instant::now()) {
+        let pushed = reasm.push(bytes, Instant::now());
+        if let Ok(Some(message)) = &pushed
+            && let Err(rate) = budget.charge(message)
+        {
+            self.over_rate(rate);
+            return false;
+        }
+        match pushed {
             Ok(Some(message)) if cells::channel_cell(&message.channel).is_some() => {
                 let Some(overlay) = &self.overlay else {
                     self.stats
@@ -1271,12 +1439,42 @@ impl LinkTask {
                 return self.deliver_early(early).await;
             }
             Ok(_) => {}
+            Err(frame::FrameError::MessageBytes { channel, limit }) => {
+                self.stats
+                    .dropped_message_bytes
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(unlogged) = budget.oversize_log.allow(Instant::now()) {
+                    tracing::warn!(peer = %self.peer_id, limit = "MAX_MESSAGE_BYTES", value = limit, %channel, unlogged, "message over MAX_MESSAGE_BYTES dropped");
+                }
+            }
             Err(e) => {
                 self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %self.peer_id, error = %e, "bad frame");
             }
         }
         true
+    }
+
+    /// The peer sent more than PEER_MSG_RATE or PEER_BYTES_RATE allow: counted and
+    /// logged once; the caller ends the link. It may come back, with a fresh budget.
+    fn over_rate(&self, rate: Rate) {
+        let l = &self.cfg.limits;
+        let (counter, limit, value, burst) = match rate {
+            Rate::Messages => (
+                &self.stats.dropped_msg_rate,
+                "PEER_MSG_RATE",
+                l.msg_rate,
+                l.msg_burst,
+            ),
+            Rate::Bytes => (
+                &self.stats.dropped_bytes_rate,
+                "PEER_BYTES_RATE",
+                l.bytes_rate,
+                l.bytes_burst,
+            ),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(peer = %self.peer_id, limit, value, burst, "peer over its rate limit; dropping it");
     }
 
     /// Hands on every kept message once the link is attached, in arrival order. Waiting

@@ -50,6 +50,8 @@ pub struct SyncConfig {
     pub outbox_len: usize,
     /// Verification of incoming ops and signing of outgoing messages.
     pub sm: SmConfig,
+    /// MAX_VALUE_BYTES: a value from a peer whose JSON is longer is refused.
+    pub max_value_bytes: usize,
 }
 
 impl Default for SyncConfig {
@@ -59,6 +61,7 @@ impl Default for SyncConfig {
             full_part_budget: FULL_PART_BUDGET,
             outbox_len: OUTBOX_LEN,
             sm: SmConfig::default(),
+            max_value_bytes: crate::config::DEFAULT_MAX_VALUE_BYTES,
         }
     }
 }
@@ -79,6 +82,8 @@ pub struct SyncStats {
     pub unasked_replies: AtomicU64,
     pub messages_out: AtomicU64,
     pub slow_peers: AtomicU64,
+    /// Ops and full-state nodes refused for a value over MAX_VALUE_BYTES.
+    pub oversized_values: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -175,6 +180,7 @@ pub fn start(
             stats: stats.clone(),
             sm_stats: sm_stats.clone(),
             sm_log: LogLimiter::new(SM_LOG_EVERY),
+            value_log: LogLimiter::new(SM_LOG_EVERY),
             refused: Mutex::new(sm::Refused::new(REFUSED_OPS_KEPT)),
         }),
         engine: Engine::default(),
@@ -200,6 +206,8 @@ struct Shared {
     stats: Arc<SyncStats>,
     sm_stats: Arc<SmStats>,
     sm_log: LogLimiter,
+    /// Values over MAX_VALUE_BYTES: one line per peer per SM_LOG_EVERY.
+    value_log: LogLimiter,
     refused: Mutex<sm::Refused>,
 }
 
@@ -236,7 +244,8 @@ impl Shared {
         let text = payload_text(message)?;
         let elements = message::elements(&text)?;
         let Some(policy) = &self.cfg.sm.verify else {
-            let batch = message::parse_elements(elements);
+            let mut batch = message::parse_elements(elements);
+            self.refuse_oversized(peer, &mut batch);
             return Ok(engine::apply_batch(&mut self.store(), batch, now));
         };
         let checked = sm::check_all(&elements);
@@ -251,6 +260,7 @@ impl Shared {
             drop_replays(&refused, &mut batch)
         };
         let strict = strict_filter(policy, &mut batch);
+        self.refuse_oversized(peer, &mut batch);
         let laundered = replays + strict;
         let applied = engine::apply_batch(&mut store, batch, now);
         drop(store);
@@ -280,6 +290,57 @@ impl Shared {
         }
         Ok(applied)
     }
+}
+
+impl Shared {
+    /// MAX_VALUE_BYTES: drops each op and full-state node with a larger value from
+    /// the batch (the rest still applies); counted, and logged once per peer per 10 s.
+    fn refuse_oversized(&self, peer: &str, batch: &mut Batch) {
+        let max = self.cfg.max_value_bytes;
+        let refused = oversized_filter(max, batch);
+        if refused == 0 {
+            return;
+        }
+        bump(&self.stats.oversized_values, refused as u64);
+        if let Some(unlogged) = self.value_log.allow(peer, Instant::now()) {
+            tracing::warn!(
+                %peer,
+                limit = "MAX_VALUE_BYTES",
+                value = max,
+                refused,
+                unlogged,
+                "refused values over MAX_VALUE_BYTES"
+            );
+        }
+    }
+}
+
+/// Drops ops and full-state nodes whose value's JSON text is longer than `max` bytes;
+/// returns how many.
+fn oversized_filter(max: usize, batch: &mut Batch) -> usize {
+    let too_big =
+        |v: &Option<crate::store::RawJson>| v.as_ref().is_some_and(|v| v.get().len() > max);
+    let mut refused = 0;
+    let mut keep = |bad: bool| {
+        refused += usize::from(bad);
+        !bad
+    };
+    batch.messages.retain_mut(|msg| match msg {
+        Message::Op(Op::Upsert(u)) => keep(too_big(&u.value)),
+        Message::Full(full) => {
+            full.nodes.retain(|(_, node)| keep(too_big(&node.value)));
+            true
+        }
+        Message::Delta { ops, .. } => {
+            ops.retain(|op| match op {
+                Op::Upsert(u) => keep(too_big(&u.value)),
+                _ => true,
+            });
+            true
+        }
+        _ => true,
+    });
+    refused
 }
 
 /// The payload as JSON text; MessagePack is converted (§6.5).
@@ -815,5 +876,40 @@ fn next_full_part(
         cursor.rewind(mark);
         let fitted = text.len() as f64 * 0.9 * PART_FRAMES as f64 / count as f64;
         *budget = (fitted as usize).clamp(MIN_PART_BUDGET, *budget / 2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_over_the_limit_are_refused_one_by_one() {
+        let big = format!("\"{}\"", "x".repeat(98));
+        let ts = r#"{"physical":1700000000000,"logical":0}"#;
+        let text = format!(
+            r#"[{{"type":"upsert","id":"big","value":{big},"timestamp":{ts}}},
+               {{"type":"upsert","id":"small","value":"ok","timestamp":{ts}}},
+               {{"type":"deltaSync","operations":[
+                  {{"type":"upsert","id":"d-big","value":{big},"timestamp":{ts}}},
+                  {{"type":"upsert","id":"d-small","value":1,"timestamp":{ts}}},
+                  {{"type":"remove","id":"gone","timestamp":{ts}}}],"timestamp":null}},
+               {{"type":"fullStateSync","graphData":{{
+                  "f-big":{{"value":{big},"edges":[],"timestamp":{ts}}},
+                  "f-small":{{"value":2,"edges":[],"timestamp":{ts}}}}},"timestamp":null}}]"#
+        );
+        let mut batch = message::parse_json(&text).unwrap();
+        assert_eq!(
+            oversized_filter(100, &mut batch),
+            0,
+            "100 bytes of JSON fit 100"
+        );
+        assert_eq!(oversized_filter(101, &mut batch), 0);
+        assert_eq!(oversized_filter(99, &mut batch), 3);
+        let mut store = Store::new(1000);
+        engine::apply_batch(&mut store, batch, 1_700_000_000_000);
+        let mut ids: Vec<&str> = store.nodes().keys().map(|k| k.as_ref()).collect();
+        ids.sort();
+        assert_eq!(ids, ["d-small", "f-small", "small"]);
     }
 }

@@ -114,6 +114,8 @@ pub struct RoomStats {
     pub bytes_out: AtomicU64,
     pub dropped_slow: AtomicU64,
     pub bad_frames: AtomicU64,
+    /// Incomplete messages held in the links' reassembly buffers right now (a gauge).
+    pub partial_messages: AtomicU64,
     pub seal_failures: AtomicU64,
     /// Cell envelopes received while cells mode is off (CELLS mismatch).
     pub cell_frames_unexpected: AtomicU64,
@@ -1133,12 +1135,42 @@ struct LinkTask {
     overlay: Option<Arc<Overlay>>,
 }
 
+/// One link's share of [`RoomStats::partial_messages`], given back when the link ends
+/// (however it ends: its reassembly buffer goes with it).
+struct PartialGauge {
+    stats: Arc<RoomStats>,
+    held: u64,
+}
+
+impl PartialGauge {
+    fn set(&mut self, now: usize) {
+        let now = now as u64;
+        let total = &self.stats.partial_messages;
+        if now > self.held {
+            total.fetch_add(now - self.held, Ordering::Relaxed);
+        } else {
+            total.fetch_sub(self.held - now, Ordering::Relaxed);
+        }
+        self.held = now;
+    }
+}
+
+impl Drop for PartialGauge {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
 /// Warned once per process: cell envelopes arrive while CELLS is off.
 static CELLS_MISMATCH_WARNED: AtomicBool = AtomicBool::new(false);
 
 impl LinkTask {
     async fn run(self, mut events: mpsc::Receiver<PeerEvent>, mut frames: mpsc::Receiver<Vec<u8>>) {
         let mut reasm = Reassembler::new(self.cfg.frames);
+        let mut partial = PartialGauge {
+            stats: self.stats.clone(),
+            held: 0,
+        };
         let mut last_seen = Instant::now();
         let mut ping_sent: Option<Instant> = None;
         let mut tick = tokio::time::interval(self.cfg.keepalive_tick);
@@ -1162,7 +1194,9 @@ impl LinkTask {
                         ping_sent = None;
                         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                         self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        if !self.on_frame(&bytes, &mut reasm, &mut early).await {
+                        let keep = self.on_frame(&bytes, &mut reasm, &mut early).await;
+                        partial.set(reasm.pending());
+                        if !keep {
                             break;
                         }
                     }
@@ -1187,6 +1221,7 @@ impl LinkTask {
                         continue;
                     }
                     reasm.expire(Instant::now());
+                    partial.set(reasm.pending());
                     match ping_sent {
                         Some(at) if at.elapsed() > self.cfg.ping_timeout => {
                             tracing::info!(peer = %self.peer_id, "peer stopped answering pings; dropping it");

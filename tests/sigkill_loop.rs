@@ -53,7 +53,7 @@ fn start(dir: &std::path::Path, relay_port: u16) -> Daemon {
             ("FLUSH_MS", &FLUSH_MS.to_string()),
             // Small journal segments: rotation and compaction are in flight at kills too.
             ("COMPACT_BYTES", "65536"),
-            ("RUST_LOG", "info"),
+            ("RUST_LOG", "info,genosdb_fallback::persist=debug"),
         ],
     )
 }
@@ -97,7 +97,7 @@ async fn stream_b(b: Arc<TestPeer>, mut rng: Rng, writes: Arc<AtomicU64>, stop: 
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let k = rng.range(0, B_KEYS as u64);
-        let written = if n % 10 == 0 {
+        let written = if n.is_multiple_of(10) {
             let t = (k + rng.range(1, B_KEYS as u64)) % B_KEYS as u64;
             // Refused when the edge is already there: nothing to write then.
             let (from, to) = (format!("b{k:02}"), format!("b{t:02}"));
@@ -241,9 +241,14 @@ async fn sigkill_during_live_writes_loses_nothing_older_than_flush_ms() {
             && killed.saturating_duration_since(*t) > flush
         {
             eprintln!(
-                "cycle {cycle}: op #{durable} of the cycle was merged at least {:?} before the kill",
-                killed.saturating_duration_since(*t)
+                "cycle {cycle}: op #{durable} of the cycle was merged at least {:?} before the kill; {} of the cycle's ops were safe, {} written; the daemon said:",
+                killed.saturating_duration_since(*t),
+                safe - baseline,
+                next_seq - first,
             );
+            for l in d.drain_log().iter().filter(|l| !l.contains(" rtc")) {
+                eprintln!("    {l}");
+            }
         }
     }
 

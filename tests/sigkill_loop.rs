@@ -31,10 +31,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Small enough that most of each stream is checked, and twice the tick (FLUSH_MS/2)
-/// of headroom for the fsyncs of a journal rotation on a busy disk: at 50 ms, 2 runs
-/// in 11 on a loaded 2-core machine had an op written 60-90 ms after its merge,
-/// (one before the flusher kept a fixed rate); see the commit that set this.
+/// Small enough that most of each stream is checked, with headroom over the tick
+/// (FLUSH_MS/2) for the fsyncs of a journal rotation on a busy disk. At 50 ms, 2 runs
+/// in 11 on a loaded 2-core machine wrote an op later than that after its merge (once
+/// at least 92 ms); see the commit that set this.
 const FLUSH_MS: u64 = 100;
 const B_KEYS: usize = 16;
 const PATIENCE: Duration = Duration::from_secs(60);

@@ -169,3 +169,38 @@ fn every_torn_journal_prefix_loads_its_complete_records() {
     assert!(d.lines.iter().any(|l| l.contains("torn")));
     assert_eq!(d.stop().code(), Some(0));
 }
+
+/// A journal rotation whose new segment cannot be created (a full disk, here a
+/// directory squatting on the temp file's name) leaves the daemon without a live
+/// segment. Once creating it works again, an idle daemon must get one back and stop
+/// reporting `degraded` on its own, without waiting for another write.
+#[test]
+fn a_rotation_that_cannot_create_its_segment_recovers_without_new_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout::new(tmp.path(), "db");
+    let (_lock, store, p) = start(&layout, 4096);
+    let squatter = tmp.path().join("db.journal.tmp");
+    std::fs::create_dir(&squatter).unwrap();
+    for i in 0..200 {
+        store.lock().unwrap().apply(upsert(i, 1), NOW);
+    }
+    wait_until("all 200 records written", || {
+        p.status.records_persisted.load(Ordering::Relaxed) >= 200
+    });
+    wait_until("degraded by the rotation", || p.status.degraded());
+    assert!(!layout.journal().exists(), "the live segment was sealed");
+
+    std::fs::remove_dir(&squatter).unwrap();
+    wait_until("recovered with no new write", || !p.status.degraded());
+    wait_until("a new live segment", || layout.journal().exists());
+    store.lock().unwrap().apply(upsert(200, 1), NOW);
+    wait_until("the next record written", || {
+        p.status.records_persisted.load(Ordering::Relaxed) >= 201
+    });
+    p.shutdown();
+    let on_disk = files::load(&layout, 1000).unwrap();
+    assert_eq!(
+        fingerprint(&on_disk.store),
+        fingerprint(&store.lock().unwrap())
+    );
+}

@@ -137,6 +137,12 @@ impl Collector for Daemon {
                 "Frames refused (malformed or over a limit)",
                 load(&rs.bad_frames),
             )?;
+            gauge(
+                &mut enc,
+                "frames_partial",
+                "Incomplete messages held for reassembly (dropped after 30 s or with their link)",
+                load(&rs.partial_messages) as i64,
+            )?;
             counter(
                 &mut enc,
                 "seal_failures",

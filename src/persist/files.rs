@@ -507,6 +507,26 @@ impl FilesBackend {
         }
     }
 
+    /// A rotation sealed the live segment but could not create the next one (a full
+    /// disk): everything is durable in the sealed segment, yet nothing would create a
+    /// live one, or clear `degraded`, before the next write. An idle flusher retries
+    /// here; a busy one creates it in `append`.
+    fn restore_live_segment(&mut self, next_seq: u64, status: &super::PersistStatus) {
+        if self.writer.is_some() {
+            return;
+        }
+        match JournalWriter::create(&self.layout, next_seq) {
+            Ok(w) => {
+                self.writer = Some(w);
+                tracing::info!("the live journal segment exists again");
+                if self.last_compact_fail.is_none() {
+                    status.recovered();
+                }
+            }
+            Err(e) => status.failed(&e),
+        }
+    }
+
     fn start_compaction_if_sealed(&mut self) {
         if self.compactor.is_some()
             || self
@@ -589,10 +609,13 @@ impl super::Backend for FilesBackend {
         Ok(())
     }
 
-    fn maintain(&mut self, _next_seq: u64, _idle: bool, status: &super::PersistStatus) {
+    fn maintain(&mut self, next_seq: u64, idle: bool, status: &super::PersistStatus) {
         if !self.checked_sealed {
             self.checked_sealed = true;
             self.start_compaction_if_sealed();
+        }
+        if idle {
+            self.restore_live_segment(next_seq, status);
         }
         self.rotate_if_large(status);
         self.reap_compactor(status);

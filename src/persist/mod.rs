@@ -294,11 +294,14 @@ impl Flusher {
         if !self.backend.needs_load() {
             self.backend.maintain(self.next_seq, true, &self.status);
         }
+        let mut due = Instant::now() + period;
         loop {
-            let stopping = match stopped.recv_timeout(period) {
+            let wait = due.saturating_duration_since(Instant::now());
+            let stopping = match stopped.recv_timeout(wait) {
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
                 Err(RecvTimeoutError::Timeout) => false,
             };
+            due = next_tick(due, period, Instant::now());
             self.tick();
             if stopping {
                 self.backend.stop();
@@ -508,6 +511,15 @@ impl Flusher {
     }
 }
 
+/// When the tick after the one due at `due` is due. Ticks keep a fixed rate, so the
+/// time a tick spends writing (an fsync, a journal rotation) does not push every later
+/// tick back: a record merged just after one tick took the buffer waits one period, not
+/// one period plus that tick's work. A tick that ran late is followed at once, and the
+/// ones it missed are not made up for.
+fn next_tick(due: Instant, period: Duration, now: Instant) -> Instant {
+    (due + period).max(now)
+}
+
 /// Merges `memory` into `base` with the full-state rules: a node is taken when it is
 /// newer than what `base` holds, and the removals in memory's oplog apply when they
 /// are newer than the node. `base` keeps its own oplog, plus entries for what it took.
@@ -533,4 +545,24 @@ pub fn merge_into(base: &mut Store, memory: &Store) {
         removals,
         ts: memory.global_ts(),
     });
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::next_tick;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn ticks_keep_their_rate_whatever_a_tick_costs() {
+        let period = Duration::from_millis(25);
+        let t0 = Instant::now();
+        // A tick that took 10 ms does not delay the next one.
+        assert_eq!(
+            next_tick(t0, period, t0 + Duration::from_millis(10)),
+            t0 + period
+        );
+        // One that overran the period is followed at once, without a burst to catch up.
+        let late = t0 + Duration::from_millis(70);
+        assert_eq!(next_tick(t0, period, late), late);
+    }
 }

@@ -157,6 +157,8 @@ pub struct RoomStats {
     pub bytes_out: AtomicU64,
     pub dropped_slow: AtomicU64,
     pub bad_frames: AtomicU64,
+    /// Incomplete messages held in the links' reassembly buffers right now (a gauge).
+    pub partial_messages: AtomicU64,
     pub seal_failures: AtomicU64,
     /// Cell envelopes received while cells mode is off (CELLS mismatch).
     pub cell_frames_unexpected: AtomicU64,
@@ -1281,6 +1283,32 @@ struct LinkTask {
     overlay: Option<Arc<Overlay>>,
 }
 
+/// One link's share of [`RoomStats::partial_messages`], given back when the link ends
+/// (however it ends: its reassembly buffer goes with it).
+struct PartialGauge {
+    stats: Arc<RoomStats>,
+    held: u64,
+}
+
+impl PartialGauge {
+    fn set(&mut self, now: usize) {
+        let now = now as u64;
+        let total = &self.stats.partial_messages;
+        if now > self.held {
+            total.fetch_add(now - self.held, Ordering::Relaxed);
+        } else {
+            total.fetch_sub(self.held - now, Ordering::Relaxed);
+        }
+        self.held = now;
+    }
+}
+
+impl Drop for PartialGauge {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
 /// Warned once per process: cell envelopes arrive while CELLS is off.
 static CELLS_MISMATCH_WARNED: AtomicBool = AtomicBool::new(false);
 
@@ -1288,6 +1316,10 @@ impl LinkTask {
     async fn run(self, mut events: mpsc::Receiver<PeerEvent>, mut frames: mpsc::Receiver<Vec<u8>>) {
         let mut reasm = Reassembler::new(self.cfg.frames);
         let mut budget = PeerBudget::new(&self.cfg.limits);
+        let mut partial = PartialGauge {
+            stats: self.stats.clone(),
+            held: 0,
+        };
         let mut last_seen = Instant::now();
         let mut ping_sent: Option<Instant> = None;
         let mut tick = tokio::time::interval(self.cfg.keepalive_tick);
@@ -1315,7 +1347,9 @@ impl LinkTask {
                             self.over_rate(Rate::Bytes);
                             break;
                         }
-                        if !self.on_frame(&bytes, &mut reasm, &mut early, &mut budget).await {
+                        let keep = self.on_frame(&bytes, &mut reasm, &mut early, &mut budget).await;
+                        partial.set(reasm.pending());
+                        if !keep {
                             break;
                         }
                     }
@@ -1340,6 +1374,7 @@ impl LinkTask {
                         continue;
                     }
                     reasm.expire(Instant::now());
+                    partial.set(reasm.pending());
                     match ping_sent {
                         Some(at) if at.elapsed() > self.cfg.ping_timeout => {
                             tracing::info!(peer = %self.peer_id, "peer stopped answering pings; dropping it");

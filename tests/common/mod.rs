@@ -8,7 +8,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod faulty_relay;
 pub mod peer;
+pub mod tmpfs;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_genosdb-fallback");
 pub const DB: &str = "test-db";
@@ -121,6 +123,30 @@ impl Daemon {
         );
     }
 
+    /// Every line logged so far.
+    pub fn drain_log(&mut self) -> &[String] {
+        while let Ok(l) = self.log.try_recv() {
+            self.lines.push(l);
+        }
+        &self.lines
+    }
+
+    /// Fails the test if the daemon logged a panic (a task that panicked does not
+    /// stop the process, so a test must look).
+    pub fn assert_no_panic(&mut self) {
+        let panics: Vec<String> = self
+            .drain_log()
+            .iter()
+            .filter(|l| l.contains("panicked"))
+            .cloned()
+            .collect();
+        assert!(
+            panics.is_empty(),
+            "the daemon panicked:\n{}",
+            panics.join("\n")
+        );
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.port, path)
     }
@@ -178,18 +204,23 @@ impl Drop for Daemon {
 
 /// A minimal HTTP/1.0 GET, so tests need no HTTP client crate.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    try_http_get(port, path).unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
+}
+
+/// [`http_get`], with the failure as a value (a daemon that is down, or was killed).
+pub fn try_http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    s.read_to_string(&mut resp)?;
     let code = resp
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (code, body)
+    Ok((code, body))
 }
 
 pub fn data_dir(tmp: &tempfile::TempDir) -> PathBuf {
@@ -242,4 +273,45 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// The daemon as a superpeer of the sync room, signalling only through `relay_urls`
+/// (a comma list of loopback URLs), with no STUN. `envs` come last and win.
+pub fn superpeer(dir: &Path, relay_urls: &str, envs: &[(&str, &str)]) -> Daemon {
+    let mut all: Vec<(&str, &str)> = vec![
+        ("RTC_ENABLED", "true"),
+        ("RELAY_URLS", relay_urls),
+        ("ICE_SERVERS", ""),
+        // Shown only when a test fails (see Daemon's Drop).
+        (
+            "RUST_LOG",
+            "info,genosdb_fallback::rtc=debug,genosdb_fallback::sync=debug",
+        ),
+    ];
+    all.extend_from_slice(envs);
+    Daemon::start_ready(dir, &all)
+}
+
+/// A counter or gauge from /metrics (`name` without the `genosdb_` prefix or the
+/// `_total` suffix; labelled series are summed); 0 when absent or unreachable.
+pub fn metric(port: u16, name: &str) -> u64 {
+    let (_, body) = http_get(port, "/metrics");
+    let wanted = [format!("genosdb_{name}"), format!("genosdb_{name}_total")];
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let base = series.split('{').next()?;
+            wanted
+                .iter()
+                .any(|w| w == base)
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum::<f64>() as u64
+}
+
+/// /health as JSON (Null when it is not JSON).
+pub fn health(port: u16) -> serde_json::Value {
+    let (_, body) = http_get(port, "/health");
+    serde_json::from_str(&body).unwrap_or_default()
 }

@@ -34,7 +34,12 @@ pub fn room_config(room: &str) -> RoomConfig {
 
 /// Joins a room through the relay on `relay_port`, reconnecting quickly.
 pub fn join_room(relay_port: u16, cfg: RoomConfig) -> (Room, mpsc::Receiver<RoomEvent>) {
-    let mut pool_cfg = PoolConfig::new(vec![format!("ws://127.0.0.1:{relay_port}")]);
+    join_room_via(vec![format!("ws://127.0.0.1:{relay_port}")], cfg)
+}
+
+/// Joins a room through every relay in `urls`, reconnecting quickly.
+pub fn join_room_via(urls: Vec<String>, cfg: RoomConfig) -> (Room, mpsc::Receiver<RoomEvent>) {
+    let mut pool_cfg = PoolConfig::new(urls);
     pool_cfg.backoff_base = Duration::from_millis(100);
     let (pool, inbound) = RelayPool::start(pool_cfg);
     Room::join(cfg, Arc::new(pool), inbound)
@@ -78,6 +83,18 @@ impl TestPeer {
         tweak: impl FnOnce(&mut RoomConfig),
         sync_cfg: SyncConfig,
     ) -> Self {
+        let urls = vec![format!("ws://127.0.0.1:{relay_port}")];
+        Self::join_via(urls, db, store, tweak, sync_cfg)
+    }
+
+    /// Joins through every relay in `urls` (several relays, or a proxy in front of one).
+    pub fn join_via(
+        urls: Vec<String>,
+        db: &str,
+        store: Arc<Mutex<Store>>,
+        tweak: impl FnOnce(&mut RoomConfig),
+        sync_cfg: SyncConfig,
+    ) -> Self {
         // TEST_LOG=genosdb_fallback=debug shows what the test peers do.
         if let Ok(filter) = std::env::var("TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -87,7 +104,7 @@ impl TestPeer {
         }
         let mut cfg = room_config(&format!("graph-sync-room-{db}"));
         tweak(&mut cfg);
-        let (room, events) = join_room(relay_port, cfg);
+        let (room, events) = join_room_via(urls, cfg);
         let room = Arc::new(room);
         let superpeers: Arc<Mutex<HashSet<String>>> = Arc::default();
         let seen = superpeers.clone();
@@ -143,6 +160,20 @@ impl TestPeer {
     pub fn value(&self, id: &str) -> Option<String> {
         value_of(&self.store.lock().unwrap(), id)
     }
+
+    /// Every node as `export` prints it, sorted by id.
+    pub fn export(&self) -> Vec<String> {
+        export_of(&self.store.lock().unwrap())
+    }
+}
+
+/// A store's nodes as the daemon's `export` prints them, sorted by id.
+pub fn export_of(store: &Store) -> Vec<String> {
+    let mut ids: Vec<&str> = store.nodes().keys().map(|k| k.as_ref()).collect();
+    ids.sort_unstable();
+    ids.iter()
+        .filter_map(|id| store.get(id).map(|n| n.to_json(id)))
+        .collect()
 }
 
 pub fn value_of(store: &Store, id: &str) -> Option<String> {
@@ -153,8 +184,13 @@ pub fn value_of(store: &Store, id: &str) -> Option<String> {
 }
 
 /// Polls `cond` for up to 30 s; never a speed check.
-pub async fn wait_async(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+pub async fn wait_async(what: &str, cond: impl FnMut() -> bool) {
+    wait_async_for(what, Duration::from_secs(30), cond).await
+}
+
+/// Polls `cond` for up to `limit` (for conditions that lossy signalling delays).
+pub async fn wait_async_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;

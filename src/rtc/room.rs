@@ -63,6 +63,11 @@ pub struct RoomConfig {
     pub answer_pings: bool,
     /// Cells mode (§8) with this cell size; `None` is the full mesh.
     pub cells: Option<usize>,
+    /// Link only with superpeers: never dial on announces (they carry no `type`), and
+    /// answer only offers marked `type:"superpeer"`; nor listen on the root topic, so
+    /// other members' announces cost nothing. The load generator's peers use it to form
+    /// a star around the daemon instead of a full mesh; browsers never do this.
+    pub only_superpeers: bool,
 }
 
 impl RoomConfig {
@@ -84,6 +89,7 @@ impl RoomConfig {
             max_pending_dials: 10,
             answer_pings: true,
             cells: None,
+            only_superpeers: false,
         }
     }
 }
@@ -214,10 +220,12 @@ impl Room {
             types: HashMap::new(),
             next_link: 0,
         };
-        pool.subscribe(
-            &sub_id("r", &root),
-            json!({"kinds": [topic::kind_of(&root)], "#x": [root]}),
-        );
+        if !actor.cfg.only_superpeers {
+            pool.subscribe(
+                &sub_id("r", &root),
+                json!({"kinds": [topic::kind_of(&root)], "#x": [root]}),
+            );
+        }
         pool.subscribe(
             &sub_id("s", &mine),
             json!({"kinds": [topic::kind_of(&mine)], "#x": [mine]}),
@@ -697,7 +705,7 @@ impl Actor {
         else {
             return;
         };
-        if x == self.self_id {
+        if x == self.self_id || self.ignores(&m) {
             return;
         }
         let x = x.to_owned();
@@ -775,6 +783,13 @@ impl Actor {
         } else {
             self.maybe_dial(x, relay);
         }
+    }
+
+    /// With `only_superpeers`, everything but a superpeer's offer or answer and a bye.
+    fn ignores(&self, m: &Value) -> bool {
+        self.cfg.only_superpeers
+            && m.get("bye").is_none()
+            && m.get("type").and_then(Value::as_str) != Some("superpeer")
     }
 
     /// Cells mode: runs the re-seal schedule, and once the grace after a seal is over,

@@ -120,17 +120,14 @@ impl LoadPeer {
         self.connected.load(Ordering::Relaxed)
     }
 
-    /// Sends `ops` load ops (one message each, as browsers send live ops), waiting
-    /// while the link's queue is full. Returns how many went out.
+    /// Sends `ops` load ops, `per_message` to a message (browsers send one), to every
+    /// peer we are linked to, as a browser broadcasts its writes: with
+    /// `only_superpeers` that is the daemon alone. Waits while a link's queue is full.
+    /// Returns how many ops went out.
     pub async fn write(&self, writer: &mut Writer, ops: usize, per_message: usize) -> u64 {
-        let Some(daemon) = self
-            .daemon
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
+        if !self.connected() {
             return 0;
-        };
+        }
         let mut sent = 0;
         let mut left = ops;
         while left > 0 {
@@ -139,7 +136,11 @@ impl LoadPeer {
             let Ok(frames) = self.room.encode(CHANNEL, Payload::Json(&text)) else {
                 return sent;
             };
-            if self.room.send_frames_to(&daemon, frames).await.is_err() {
+            let mut reached = false;
+            for to in self.room.peers() {
+                reached |= self.room.send_frames_to(&to, frames.clone()).await.is_ok();
+            }
+            if !reached {
                 return sent;
             }
             sent += n as u64;

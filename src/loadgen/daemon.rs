@@ -101,6 +101,7 @@ impl Daemon {
                 }
                 // Keep the lines figures are read from; the file has everything.
                 if line.contains("listening")
+                    || line.contains("joined the sync room")
                     || line.contains(" ready")
                     || line.contains("store loaded")
                     || line.contains("full state sent")
@@ -137,6 +138,13 @@ impl Daemon {
             port,
             log: Arc::default(),
         }
+    }
+
+    /// The daemon's peer id in the sync room, from its log (spawned daemons only).
+    pub fn peer_id(&self) -> Option<String> {
+        let line = self.find_log("joined the sync room")?;
+        let id = line.split("peer_id=").nth(1)?.split_whitespace().next()?;
+        Some(id.trim_matches('"').to_owned())
     }
 
     pub fn relay_url(&self) -> String {

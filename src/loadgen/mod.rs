@@ -106,6 +106,14 @@ pub struct Target {
     /// With --port: its pid, to read its RSS and CPU from /proc.
     #[arg(long, requires = "port")]
     pub pid: Option<u32>,
+    /// With --port: the daemon's peer id (its `joined the sync room` log line), so
+    /// peers dial it at once as browsers do; without it the daemon dials each peer on
+    /// its announce, ten at a time.
+    #[arg(long, requires = "port")]
+    pub superpeer_id: Option<String>,
+    /// Do not dial the daemon: wait for it to dial each peer on its announce.
+    #[arg(long)]
+    pub no_dial: bool,
     #[arg(long, default_value = "loadgen")]
     pub db: String,
     /// FORWARD_OPS of the spawned daemon.

@@ -64,11 +64,15 @@ pub struct PeerSpec {
     pub room: String,
     pub announce: Duration,
     pub run: String,
+    /// The daemon's peer id, when known: dialled at once, as a browser dials the
+    /// daemon on its announce. Otherwise the daemon dials us on ours, ten at a time.
+    pub superpeer: Option<String>,
 }
 
 /// The room configuration of a load peer: browser-like, loopback only, superpeers only.
-pub fn room_config(room: &str, announce: Duration) -> RoomConfig {
+pub fn room_config(room: &str, announce: Duration, superpeer: Option<&str>) -> RoomConfig {
     let mut cfg = RoomConfig::new(room);
+    cfg.dial = superpeer.map(str::to_owned).into_iter().collect();
     cfg.peer_type = None;
     cfg.only_superpeers = true;
     cfg.peer = PeerConfig {
@@ -98,7 +102,8 @@ pub struct LoadPeer {
 
 impl LoadPeer {
     pub fn start(spec: PeerSpec, tally: Arc<Tally>) -> Self {
-        let (room, events) = join(&spec.relay_url, room_config(&spec.room, spec.announce));
+        let cfg = room_config(&spec.room, spec.announce, spec.superpeer.as_deref());
+        let (room, events) = join(&spec.relay_url, cfg);
         let peer = Self {
             spec,
             room: Arc::new(room),

@@ -155,7 +155,12 @@ impl Session {
             figures.context("forward", target.forward);
         }
         let before = daemon.sample().await;
-        let workers = Workers::start(&daemon.relay_url(), target, load, run).await?;
+        let superpeer = match target.no_dial {
+            true => None,
+            false => target.superpeer_id.clone().or_else(|| daemon.peer_id()),
+        };
+        figures.context("dial", superpeer.is_some());
+        let workers = Workers::start(&daemon.relay_url(), superpeer, target, load, run).await?;
         let session = Self {
             daemon,
             workers,
@@ -490,7 +495,13 @@ struct WorkerProc {
 }
 
 impl Workers {
-    async fn start(relay: &str, target: &Target, load: &Load, run: &str) -> anyhow::Result<Self> {
+    async fn start(
+        relay: &str,
+        superpeer: Option<String>,
+        target: &Target,
+        load: &Load,
+        run: &str,
+    ) -> anyhow::Result<Self> {
         let me = std::env::current_exe()?;
         let connected: Arc<Vec<AtomicUsize>> =
             Arc::new((0..load.procs).map(|_| AtomicUsize::new(0)).collect());
@@ -501,8 +512,12 @@ impl Workers {
         for i in 0..load.procs {
             let first = i * per;
             let count = per.min(load.peers.saturating_sub(first));
-            let mut child = Command::new(&me)
-                .arg("worker")
+            let mut cmd = Command::new(&me);
+            cmd.arg("worker");
+            if let Some(id) = &superpeer {
+                cmd.args(["--superpeer", id]);
+            }
+            let mut child = cmd
                 .args(["--relay", relay])
                 .args(["--room", &format!("graph-sync-room-{}", target.db)])
                 .args(["--first", &first.to_string()])
@@ -735,7 +750,11 @@ async fn fresh_peer_catches_up(
     nodes: usize,
     timeout_secs: f64,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let cfg = peer::room_config(&format!("graph-sync-room-{db}"), Duration::from_millis(500));
+    let cfg = peer::room_config(
+        &format!("graph-sync-room-{db}"),
+        Duration::from_millis(500),
+        daemon.peer_id().as_deref(),
+    );
     let t0 = Instant::now();
     let (room, events) = peer::join(&daemon.relay_url(), cfg);
     let room = Arc::new(room);
@@ -779,12 +798,23 @@ async fn fresh_peer_catches_up(
     result
 }
 
-/// `nodes` JSON lines in the export format, each value holding `node_bytes` of text.
+/// `nodes` JSON lines in the export format, each value holding `node_bytes` of
+/// pseudo-random hex text (it deflates about as well as real text, unlike a repeated
+/// letter, so the full state is split into parts as real data would be).
 fn write_seed(path: &Path, nodes: usize, node_bytes: usize) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let text = "g".repeat(node_bytes);
     let base = now_ns() / 1_000_000 - 3_600_000;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut text = String::with_capacity(node_bytes);
     for i in 0..nodes {
+        text.clear();
+        while text.len() < node_bytes {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            text.push_str(&format!("{x:016x}"));
+        }
+        text.truncate(node_bytes);
         writeln!(
             out,
             r#"{{"id":"node-{i:07}","value":{{"i":{i},"text":"{text}"}},"edges":[],"timestamp":{{"physical":{},"logical":{}}}}}"#,

@@ -32,6 +32,9 @@ pub struct WorkerArgs {
     pub op_bytes: usize,
     #[arg(long, default_value_t = 100)]
     pub keys: u64,
+    /// The daemon's peer id, dialled at once.
+    #[arg(long)]
+    pub superpeer: Option<String>,
     /// Milliseconds between two peers' joins.
     #[arg(long, default_value_t = 2)]
     pub join_every_ms: u64,
@@ -163,6 +166,7 @@ async fn start_peers(args: &WorkerArgs, tally: &Arc<Tally>) -> Vec<LoadPeer> {
             room: args.room.clone(),
             announce: Duration::from_millis(args.announce_ms),
             run: args.run.clone(),
+            superpeer: args.superpeer.clone(),
         };
         peers.push(LoadPeer::start(spec, tally.clone()));
         if args.join_every_ms > 0 {

@@ -68,6 +68,10 @@ pub struct RoomConfig {
     /// other members' announces cost nothing. The load generator's peers use it to form
     /// a star around the daemon instead of a full mesh; browsers never do this.
     pub only_superpeers: bool,
+    /// Peers dialled at every announce tick while not linked, without hearing them
+    /// first: announces carry no `type`, so a star peer (see `only_superpeers`) that
+    /// knows the daemon's id dials it as a browser would on its announce.
+    pub dial: Vec<String>,
 }
 
 impl RoomConfig {
@@ -90,6 +94,7 @@ impl RoomConfig {
             answer_pings: true,
             cells: None,
             only_superpeers: false,
+            dial: Vec::new(),
         }
     }
 }
@@ -626,11 +631,17 @@ impl Actor {
         let mut cells_tick = tokio::time::interval(cells::TICK);
         loop {
             tokio::select! {
-                _ = announce.tick() => self.announce(None),
+                _ = announce.tick() => {
+                    self.announce(None);
+                    self.dial_known(0);
+                }
                 _ = reap.tick() => self.reap_dials(),
                 _ = cells_tick.tick(), if self.overlay.is_some() => self.reseal().await,
                 msg = inbound.recv() => match msg {
-                    Some(Inbound::Connected { relay }) => self.announce(Some(relay)),
+                    Some(Inbound::Connected { relay }) => {
+                        self.announce(Some(relay));
+                        self.dial_known(relay);
+                    }
                     Some(Inbound::Disconnected { .. }) => {}
                     Some(Inbound::Event { relay, event, .. }) => self.on_signal(relay, &event.tags, &event.content),
                     None => break,
@@ -781,6 +792,20 @@ impl Actor {
                 }
             });
         } else {
+            self.maybe_dial(x, relay);
+        }
+    }
+
+    /// Dials each peer of `cfg.dial` that is neither linked nor being dialled.
+    fn dial_known(&mut self, relay: usize) {
+        let known: Vec<String> = self
+            .cfg
+            .dial
+            .iter()
+            .filter(|x| !self.connected.contains_key(*x) && !self.pending.contains_key(*x))
+            .cloned()
+            .collect();
+        for x in known {
             self.maybe_dial(x, relay);
         }
     }

@@ -93,6 +93,9 @@ pub fn start(
     let (room, events) = Room::join(sync_cfg, pool.clone(), inbound);
     tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), cells = ?cfg.cells, "joined the sync room");
     let room = Arc::new(room);
+    if let Some(relay) = &state.relay {
+        relay.trust_publisher(&room.nostr_pubkey);
+    }
     let _ = state.sync_room.set(room.clone());
     state.set_room_stats(room.shared_stats());
     let presence = cfg
@@ -130,6 +133,9 @@ fn join_presence(cfg: &Config, urls: Vec<String>, state: Arc<AppState>) -> Arc<R
     let name = cfg.presence_room();
     let (room, mut events) = Room::join(room_config(cfg, &name), Arc::new(pool), inbound);
     tracing::info!(peer_id = %room.self_id, room = %name, "joined the presence room");
+    if let Some(relay) = &state.relay {
+        relay.trust_publisher(&room.nostr_pubkey);
+    }
     let room = Arc::new(room);
     state.presence_peers.get_or_init(Default::default);
     let watched = room.clone();

@@ -167,6 +167,8 @@ type Links = Arc<Mutex<HashMap<String, Writer>>>;
 /// The handle the rest of the daemon holds.
 pub struct Room {
     pub self_id: String,
+    /// The x-only public key (hex) our signalling events are signed with.
+    pub nostr_pubkey: String,
     links: Links,
     nonces: Arc<Mutex<HashMap<String, u8>>>,
     stats: Arc<RoomStats>,
@@ -206,10 +208,12 @@ impl Room {
                 self_id: self_id.clone(),
             })
         });
+        let nostr_key = SigningKey::from_slice(&key).expect("32 random bytes are a key");
+        let nostr_pubkey = crate::relay::event::hex(&nostr_key.verifying_key().to_bytes());
         let actor = Actor {
             overlay: overlay.clone(),
             seal: SealKey::derive(&cfg.password, &cfg.app_id, &cfg.room_id),
-            nostr_key: SigningKey::from_slice(&key).expect("32 random bytes are a key"),
+            nostr_key,
             self_id: self_id.clone(),
             root_topic: root.clone(),
             self_topic: mine.clone(),
@@ -239,6 +243,7 @@ impl Room {
         (
             Self {
                 self_id,
+                nostr_pubkey,
                 links,
                 nonces,
                 stats,

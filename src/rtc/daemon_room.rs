@@ -35,21 +35,28 @@ impl Rtc {
 /// Relays to use: RELAY_URLS, plus our own embedded relay when RELAY=1.
 pub fn relay_urls(cfg: &Config, host: IpAddr, port: u16) -> Vec<String> {
     let mut urls = cfg.relay_urls.clone();
-    if cfg.relay {
-        let host = if host.is_unspecified() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            host
-        };
-        let own = match host {
-            IpAddr::V6(h) => format!("ws://[{h}]:{port}"),
-            IpAddr::V4(h) => format!("ws://{h}:{port}"),
-        };
-        if !urls.contains(&own) {
-            urls.push(own);
-        }
+    if let Some(own) = own_relay_url(cfg, host, port)
+        && !urls.contains(&own)
+    {
+        urls.push(own);
     }
     urls
+}
+
+/// The embedded relay's URL as the daemon reaches it (RELAY=1).
+fn own_relay_url(cfg: &Config, host: IpAddr, port: u16) -> Option<String> {
+    if !cfg.relay {
+        return None;
+    }
+    let host = if host.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host
+    };
+    Some(match host {
+        IpAddr::V6(h) => format!("ws://[{h}]:{port}"),
+        IpAddr::V4(h) => format!("ws://{h}:{port}"),
+    })
 }
 
 pub fn ice_servers(cfg: &Config) -> Vec<RTCIceServer> {
@@ -86,7 +93,9 @@ pub fn start(
         );
     }
     state.relays_total.store(urls.len(), Ordering::Relaxed);
-    let (pool, inbound) = RelayPool::start(PoolConfig::new(urls.clone()));
+    let mut pool_cfg = PoolConfig::new(urls.clone());
+    pool_cfg.unmetered = own_relay_url(cfg, host, port).into_iter().collect();
+    let (pool, inbound) = RelayPool::start(pool_cfg);
     let pool = Arc::new(pool);
     let mut sync_cfg = room_config(cfg, &cfg.sync_room());
     sync_cfg.cells = cfg.cells;

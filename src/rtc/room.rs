@@ -801,8 +801,13 @@ impl Actor {
         }
     }
 
-    /// Dials each peer of `cfg.dial` that is neither linked nor being dialled.
+    /// Dials each peer of `cfg.dial` that is neither linked nor being dialled, once
+    /// the relay is open: an offer published before would be dropped, and the dial
+    /// would wait out the answer timeout.
     fn dial_known(&mut self, relay: usize) {
+        if self.cfg.dial.is_empty() || self.pool.connected() == 0 {
+            return;
+        }
         let known: Vec<String> = self
             .cfg
             .dial

@@ -111,6 +111,10 @@ pub struct Target {
     /// its announce, ten at a time.
     #[arg(long, requires = "port")]
     pub superpeer_id: Option<String>,
+    /// The relay the peers signal through (default: the daemon's embedded relay). With
+    /// another relay the daemon's RSS no longer includes the peers' relay connections.
+    #[arg(long)]
+    pub relay: Option<String>,
     /// Do not dial the daemon: wait for it to dial each peer on its announce.
     #[arg(long)]
     pub no_dial: bool,

@@ -160,7 +160,8 @@ impl Session {
             false => target.superpeer_id.clone().or_else(|| daemon.peer_id()),
         };
         figures.context("dial", superpeer.is_some());
-        let workers = Workers::start(&daemon.relay_url(), superpeer, target, load, run).await?;
+        let relay = target.relay.clone().unwrap_or_else(|| daemon.relay_url());
+        let workers = Workers::start(&relay, superpeer, target, load, run).await?;
         let session = Self {
             daemon,
             workers,

@@ -35,6 +35,8 @@ pub const MAX_OPLOG_SIZE: usize = 1_000_000;
 
 /// The default MAX_VALUE_BYTES: browsers write values of a few hundred KB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+/// FORWARD_MS when unset: what a forwarded op may wait to share a message with others.
+pub const DEFAULT_FORWARD_MS: u64 = 50;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -163,6 +165,12 @@ pub struct RawSettings {
     /// Cell size of the mesh; must equal the browsers' `cellSize` (default 10).
     #[arg(long, env = "CELL_SIZE", global = true)]
     pub cell_size: Option<String>,
+    /// Forward the live ops peers send to every other connected peer.
+    #[arg(long, env = "FORWARD_OPS", global = true)]
+    pub forward_ops: Option<String>,
+    /// How long forwarded ops are gathered into one message, in milliseconds.
+    #[arg(long, env = "FORWARD_MS", global = true)]
+    pub forward_ms: Option<String>,
     /// Comma list of superadmin 0x addresses.
     #[arg(long, env = "SUPER_ADMINS", global = true)]
     pub super_admins: Option<String>,
@@ -213,6 +221,9 @@ pub struct Config {
     pub room_presence: bool,
     /// Cells mode with this cell size, or the full mesh.
     pub cells: Option<usize>,
+    /// FORWARD_OPS: live ops accepted from one peer go to every other connected peer,
+    /// gathered for this long into one message.
+    pub forward: Option<Duration>,
     pub relay_urls: Vec<String>,
     pub relay: bool,
     pub relay_limits: RelayLimits,
@@ -264,6 +275,7 @@ impl RawSettings {
             rtc_enabled: boolean("RTC_ENABLED", self.rtc_enabled.as_deref(), true)?,
             room_presence: boolean("ROOM_PRESENCE", self.room_presence.as_deref(), false)?,
             cells: self.cells()?,
+            forward: self.forward()?,
             relay_urls: relay_urls(self.relay_urls.as_deref(), self.relay_enabled()?)?,
             relay: self.relay_enabled()?,
             relay_limits: self.relay_limits()?,
@@ -690,6 +702,19 @@ impl RawSettings {
         Ok(on.then_some(size))
     }
 
+    fn forward(&self) -> Result<Option<Duration>, ConfigError> {
+        let on = boolean("FORWARD_OPS", self.forward_ops.as_deref(), false)?;
+        let every = number(
+            "FORWARD_MS",
+            self.forward_ms.as_deref(),
+            DEFAULT_FORWARD_MS,
+            1,
+            1000,
+            "milliseconds from 1 to 1000",
+        )?;
+        Ok(on.then_some(Duration::from_millis(every)))
+    }
+
     fn sm_rules(&self) -> Result<Vec<Rule>, ConfigError> {
         let Some(spec) = self.sm_rules.as_deref().filter(|v| !v.trim().is_empty()) else {
             return Ok(Vec::new());
@@ -944,6 +969,27 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.var, "PEER_BYTES_BURST");
         assert!(e.expected.contains("from 1703936"), "{e}");
+    }
+
+    #[test]
+    fn forward_ops_and_its_interval() {
+        assert_eq!(with(|_| {}).unwrap().forward, None);
+        let on = with(|r| r.forward_ops = Some("1".into())).unwrap();
+        assert_eq!(on.forward, Some(Duration::from_millis(DEFAULT_FORWARD_MS)));
+        let slow = with(|r| {
+            r.forward_ops = Some("true".into());
+            r.forward_ms = Some("100".into());
+        })
+        .unwrap();
+        assert_eq!(slow.forward, Some(Duration::from_millis(100)));
+        for no in ["2", "on", ""] {
+            let e = with(|r| r.forward_ops = Some(no.into())).unwrap_err();
+            assert_eq!(e.var, "FORWARD_OPS", "{no:?}");
+        }
+        for no in ["0", "1001", "x", "-5"] {
+            let e = with(|r| r.forward_ms = Some(no.into())).unwrap_err();
+            assert_eq!(e.var, "FORWARD_MS", "{no:?}");
+        }
     }
 
     #[test]

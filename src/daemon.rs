@@ -69,6 +69,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             SyncConfig {
                 sm,
                 max_value_bytes: cfg.max_value_bytes,
+                forward: cfg.forward,
                 ..SyncConfig::default()
             },
             move |n, _| peers.peers.store(n, Ordering::Relaxed),
@@ -282,6 +283,7 @@ fn log_config(cfg: &Config) {
         relay = cfg.relay,
         room_presence = cfg.room_presence,
         cells = ?cfg.cells,
+        forward_ms = cfg.forward.map(|d| d.as_millis() as u64),
         relay_max_connections = cfg.relay_limits.max_connections,
         relay_max_per_ip = cfg.relay_limits.max_per_ip,
         relay_max_message_bytes = cfg.relay_limits.max_message_bytes,

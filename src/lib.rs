@@ -29,6 +29,7 @@ pub mod eth;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod loadgen;
 pub mod persist;
 pub mod rate;
 pub mod relay;

@@ -320,3 +320,39 @@ async fn a_new_offer_from_a_connected_peer_replaces_its_link() {
     a.leave().await;
     b.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_superpeers_links_to_the_superpeer_and_never_to_other_peers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_ready(&data_dir(&tmp), &[("RELAY", "1")]);
+    let room = "graph-sync-room-star";
+    let (s, mut s_rx) = join(d.port, config(room, ""));
+    let star = |cfg: &mut RoomConfig| cfg.only_superpeers = true;
+    let mut a_cfg = common::peer::room_config(room);
+    star(&mut a_cfg);
+    let mut b_cfg = common::peer::room_config(room);
+    star(&mut b_cfg);
+    let (a, mut a_rx) = join(d.port, a_cfg);
+    let (b, mut b_rx) = join(d.port, b_cfg);
+    // A browser-like peer: it hears a's and b's announces and dials them.
+    let (c, mut c_rx) = join(d.port, common::peer::room_config(room));
+    assert_eq!(
+        joined(&mut a_rx).await,
+        (s.self_id.clone(), Some("superpeer".into()))
+    );
+    assert_eq!(
+        joined(&mut b_rx).await,
+        (s.self_id.clone(), Some("superpeer".into()))
+    );
+    assert_eq!(joined(&mut c_rx).await.0, s.self_id);
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        seen.push(joined(&mut s_rx).await.0);
+    }
+    // Many announce rounds (300 ms each) later, still one link each.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(a.peers(), vec![s.self_id.clone()]);
+    assert_eq!(b.peers(), vec![s.self_id.clone()]);
+    assert_eq!(c.peers(), vec![s.self_id.clone()]);
+    assert_eq!(s.peers().len(), 3);
+}

@@ -283,3 +283,62 @@ async fn a_relay_demanding_proof_of_work_is_dropped_and_others_go_on() {
         "the dead relay stays down"
     );
 }
+
+/// Events received on `rx` until it has been quiet for `quiet`.
+async fn count_events(rx: &mut mpsc::Receiver<Inbound>, quiet: Duration) -> usize {
+    let mut n = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(quiet, rx.recv()).await {
+        n += usize::from(matches!(m, Inbound::Event { .. }));
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_budget_spares_replies_and_unmetered_relays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_ready(&data_dir(&tmp), &[("RELAY", "1")]);
+    let url = format!("ws://127.0.0.1:{}", d.port);
+    let tight = |unmetered: bool| {
+        let mut cfg = fast(vec![url.clone()]);
+        (cfg.events_per_sec, cfg.event_burst) = (0.001, 3.0);
+        if unmetered {
+            cfg.unmetered = vec![url.clone()];
+        }
+        cfg
+    };
+    let room = "graph-sync-room-budget";
+    let (metered, mut m_rx) = RelayPool::start(tight(false));
+    let (free, mut f_rx) = RelayPool::start(tight(true));
+    let (publisher, mut p_rx) = RelayPool::start(fast(vec![url.clone()]));
+    wait_for(&mut m_rx, "metered connected", is_connected).await;
+    wait_for(&mut f_rx, "unmetered connected", is_connected).await;
+    wait_for(&mut p_rx, "publisher connected", is_connected).await;
+    // The metered pool's own publishes earn it six OK replies, more than its burst:
+    // they must not use up its budget for events.
+    for i in 0..6 {
+        metered.publish(&announce(&key(20), room, &format!("me{i}")), None);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    subscribe(&metered, room);
+    subscribe(&free, room);
+    let publisher = Arc::new(publisher);
+    let n = Arc::new(AtomicUsize::new(0));
+    let count = n.clone();
+    let repeat = announce_every(publisher.clone(), move || {
+        let i = count.fetch_add(1, Ordering::Relaxed);
+        announce(&key(21), room, &format!("peer{i}"))
+    });
+    for i in 0..10 {
+        wait_for(&mut f_rx, &format!("unmetered event {i}"), |m| {
+            matches!(m, Inbound::Event { .. })
+        })
+        .await;
+    }
+    repeat.abort();
+    let metered_got = count_events(&mut m_rx, Duration::from_millis(500)).await;
+    assert!(
+        (1..=3).contains(&metered_got),
+        "the metered pool handed on {metered_got} of {} events",
+        n.load(Ordering::Relaxed)
+    );
+}

@@ -241,6 +241,16 @@ impl Collector for Daemon {
                     "Peers dropped because their sync queue was full",
                     &ss.slow_peers,
                 ),
+                (
+                    "sync_forwarded_ops",
+                    "Live ops from peers forwarded to the other peers (FORWARD_OPS)",
+                    &ss.forwarded_ops,
+                ),
+                (
+                    "sync_forwarded_messages",
+                    "Messages the forwarded ops were gathered into, each sent to every other peer",
+                    &ss.forwarded_messages,
+                ),
             ] {
                 counter(&mut enc, name, help, load(v))?;
             }

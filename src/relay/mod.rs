@@ -19,7 +19,7 @@ use filter::Filter;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,6 +95,8 @@ pub struct Relay {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Limits hit are logged at most once per 10 s, all together.
     limit_log: Mutex<LogEvery>,
+    /// The daemon's own signalling keys (see [`Relay::trust_publisher`]).
+    trusted: Mutex<HashSet<String>>,
     pub stats: RelayStats,
 }
 
@@ -125,8 +127,21 @@ impl Relay {
             limits,
             per_ip: Mutex::new(HashMap::new()),
             limit_log: Mutex::new(LogEvery::new(std::time::Duration::from_secs(10))),
+            trusted: Mutex::default(),
             stats: RelayStats::default(),
         })
+    }
+
+    /// Exempts the connection that publishes a verified event signed by `pubkey` (hex)
+    /// from the event rate limit. The daemon's own rooms signal through this relay, and
+    /// with a thousand peers they must publish a thousand offers and answers at once.
+    /// Only a connection that has published a valid signature of that key is exempt:
+    /// claiming the key costs an attacker a failed verification under the limit.
+    pub fn trust_publisher(&self, pubkey: &str) {
+        self.trusted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pubkey.to_owned());
     }
 
     /// Upgrades the request into a relay connection, or refuses it when full.
@@ -283,7 +298,7 @@ impl Relay {
             .ok()
             .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_default();
-        if !conn.budget.take() {
+        if !conn.trusted && !conn.budget.take() {
             self.over_limit(
                 &self.stats.rate_limited,
                 "RELAY_EVENTS_PER_SEC",
@@ -310,6 +325,13 @@ impl Relay {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return ok(&ev.id, false, &e.to_string());
         }
+        if !conn.trusted {
+            conn.trusted = self
+                .trusted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&ev.pubkey);
+        }
         self.stats.events.fetch_add(1, Ordering::Relaxed);
         let reply = ok(&ev.id, true, "");
         // No receiver is not an error: nobody subscribed yet.
@@ -323,6 +345,8 @@ struct Connection {
     limits: RelayLimits,
     subs: Vec<(String, Filter)>,
     budget: TokenBucket,
+    /// It published a valid event of a trusted key: no rate limit.
+    trusted: bool,
 }
 
 impl Connection {
@@ -331,6 +355,7 @@ impl Connection {
             limits,
             subs: Vec::new(),
             budget: TokenBucket::new(limits.events_per_sec, limits.event_burst),
+            trusted: false,
         }
     }
 
@@ -389,4 +414,67 @@ fn ok(id: &str, accepted: bool, message: &str) -> String {
 
 fn closed(id: &str, message: &str) -> String {
     format!("[\"CLOSED\",{},{}]", json_str(id), json_str(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::event::{hex, sign};
+    use k256::schnorr::SigningKey;
+
+    fn key(b: u8) -> SigningKey {
+        SigningKey::from_slice(&[b; 32]).unwrap()
+    }
+
+    fn event(k: &SigningKey, i: usize) -> String {
+        sign(
+            k,
+            1_795_000_000,
+            20_001,
+            Vec::new(),
+            &format!("e{i}"),
+            &[7; 32],
+        )
+    }
+
+    fn accepted(relay: &Relay, conn: &mut Connection, events: &[String]) -> usize {
+        events
+            .iter()
+            .filter(|e| {
+                let raw: Box<RawValue> = serde_json::from_str(e).unwrap();
+                relay.publish(conn, &raw).contains(",true,")
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_trusted_publisher_is_not_rate_limited_and_its_key_cannot_be_borrowed() {
+        let relay = Relay::new(RelayLimits {
+            events_per_sec: 0.001,
+            event_burst: 2.0,
+            ..RelayLimits::default()
+        });
+        let (own, other) = (key(1), key(2));
+        relay.trust_publisher(&hex(&own.verifying_key().to_bytes()));
+        let ours: Vec<String> = (0..10).map(|i| event(&own, i)).collect();
+        let theirs: Vec<String> = (0..10).map(|i| event(&other, i)).collect();
+        let mut daemon = Connection::new(relay.limits);
+        assert_eq!(accepted(&relay, &mut daemon, &ours), 10);
+        // Once trusted, any event of that connection passes.
+        assert_eq!(accepted(&relay, &mut daemon, &theirs), 10);
+        let mut stranger = Connection::new(relay.limits);
+        assert_eq!(accepted(&relay, &mut stranger, &theirs), 2);
+        // An event claiming the trusted key without its signature is refused and
+        // earns nothing: the limit still holds.
+        let own_hex = hex(&own.verifying_key().to_bytes());
+        let other_hex = hex(&other.verifying_key().to_bytes());
+        let forged: Vec<String> = theirs
+            .iter()
+            .map(|e| e.replace(&other_hex, &own_hex))
+            .collect();
+        let mut forger = Connection::new(relay.limits);
+        assert_eq!(accepted(&relay, &mut forger, &forged), 0);
+        assert!(!forger.trusted);
+        assert_eq!(accepted(&relay, &mut forger, &theirs), 0);
+    }
 }

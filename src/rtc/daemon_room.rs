@@ -35,21 +35,28 @@ impl Rtc {
 /// Relays to use: RELAY_URLS, plus our own embedded relay when RELAY=1.
 pub fn relay_urls(cfg: &Config, host: IpAddr, port: u16) -> Vec<String> {
     let mut urls = cfg.relay_urls.clone();
-    if cfg.relay {
-        let host = if host.is_unspecified() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            host
-        };
-        let own = match host {
-            IpAddr::V6(h) => format!("ws://[{h}]:{port}"),
-            IpAddr::V4(h) => format!("ws://{h}:{port}"),
-        };
-        if !urls.contains(&own) {
-            urls.push(own);
-        }
+    if let Some(own) = own_relay_url(cfg, host, port)
+        && !urls.contains(&own)
+    {
+        urls.push(own);
     }
     urls
+}
+
+/// The embedded relay's URL as the daemon reaches it (RELAY=1).
+fn own_relay_url(cfg: &Config, host: IpAddr, port: u16) -> Option<String> {
+    if !cfg.relay {
+        return None;
+    }
+    let host = if host.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host
+    };
+    Some(match host {
+        IpAddr::V6(h) => format!("ws://[{h}]:{port}"),
+        IpAddr::V4(h) => format!("ws://{h}:{port}"),
+    })
 }
 
 pub fn ice_servers(cfg: &Config) -> Vec<RTCIceServer> {
@@ -86,13 +93,18 @@ pub fn start(
         );
     }
     state.relays_total.store(urls.len(), Ordering::Relaxed);
-    let (pool, inbound) = RelayPool::start(PoolConfig::new(urls.clone()));
+    let mut pool_cfg = PoolConfig::new(urls.clone());
+    pool_cfg.unmetered = own_relay_url(cfg, host, port).into_iter().collect();
+    let (pool, inbound) = RelayPool::start(pool_cfg);
     let pool = Arc::new(pool);
     let mut sync_cfg = room_config(cfg, &cfg.sync_room());
     sync_cfg.cells = cfg.cells;
     let (room, events) = Room::join(sync_cfg, pool.clone(), inbound);
     tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), cells = ?cfg.cells, "joined the sync room");
     let room = Arc::new(room);
+    if let Some(relay) = &state.relay {
+        relay.trust_publisher(&room.nostr_pubkey);
+    }
     let _ = state.sync_room.set(room.clone());
     state.set_room_stats(room.shared_stats());
     let presence = cfg
@@ -132,6 +144,9 @@ fn join_presence(cfg: &Config, urls: Vec<String>, state: Arc<AppState>) -> Arc<R
     let name = cfg.presence_room();
     let (room, mut events) = Room::join(room_config(cfg, &name), Arc::new(pool), inbound);
     tracing::info!(peer_id = %room.self_id, room = %name, "joined the presence room");
+    if let Some(relay) = &state.relay {
+        relay.trust_publisher(&room.nostr_pubkey);
+    }
     let room = Arc::new(room);
     state.presence_peers.get_or_init(Default::default);
     let watched = room.clone();

@@ -28,9 +28,15 @@ pub struct PoolConfig {
     pub backoff_max: Duration,
     pub connect_timeout: Duration,
     pub max_message_bytes: usize,
-    /// Events per second accepted from one relay, and the burst.
+    /// Events per second accepted from one relay, and the burst. Other messages
+    /// (`OK` for what we publish, `EOSE`, `NOTICE`) have a budget of their own, so the
+    /// replies to our own offers and answers never crowd out peers' events.
     pub events_per_sec: f64,
     pub event_burst: f64,
+    /// Relays whose messages are not rate-bounded: the daemon's embedded relay, which
+    /// verifies every event and bounds each publisher itself. A thousand peers
+    /// announcing every 2.5 s are 400 events/s on it alone.
+    pub unmetered: Vec<String>,
 }
 
 impl PoolConfig {
@@ -43,6 +49,7 @@ impl PoolConfig {
             max_message_bytes: 256 * 1024,
             events_per_sec: 200.0,
             event_burst: 400.0,
+            unmetered: Vec::new(),
         }
     }
 }
@@ -316,7 +323,9 @@ impl RelayTask {
         {
             return SessionEnd::PoolGone;
         }
-        let mut budget = TokenBucket::new(self.cfg.events_per_sec, self.cfg.event_burst);
+        let metered = !self.cfg.unmetered.contains(&self.url);
+        let mut events = TokenBucket::new(self.cfg.events_per_sec, self.cfg.event_burst);
+        let mut others = TokenBucket::new(self.cfg.events_per_sec, self.cfg.event_burst);
         loop {
             tokio::select! {
                 msg = rx.next() => {
@@ -325,7 +334,11 @@ impl RelayTask {
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return SessionEnd::Closed,
                         Some(Ok(_)) => continue,
                     };
-                    if !budget.take() {
+                    let budget = match text.as_str().trim_start().starts_with("[\"EVENT\"") {
+                        true => &mut events,
+                        false => &mut others,
+                    };
+                    if metered && !budget.take() {
                         self.status.rejected.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }

@@ -3,8 +3,8 @@
 //! GenosRTC does not trickle: a description is sent once ICE gathering completes, or
 //! after at most 5 s. The offerer creates the one ordered, reliable channel `"data"`;
 //! the answerer adopts whatever arrives. Remote `.local` (mDNS) candidates are queried,
-//! never gathered. Every frame GenosRTC sends is at most 16 KiB, but browsers advertise
-//! 256 KiB, so the SCTP maximum is set explicitly rather than left at the 64 KiB default.
+//! never gathered. Every frame GenosRTC sends is at most 16 KiB (plus its 15-byte
+//! header, §6), so the daemon advertises a 64 KiB SCTP maximum (see [`MAX_MESSAGE_SIZE`]).
 
 use bytes::{Bytes, BytesMut};
 use rtc::ice::mdns::MulticastDnsMode;
@@ -21,6 +21,14 @@ use webrtc::peer_connection::{
 };
 
 pub const CHANNEL_LABEL: &str = "data";
+
+/// The SCTP maximum message size we advertise. The association uses the smaller of
+/// both sides' values, and webrtc-rs allocates (and zero-fills) a reassembly buffer of
+/// that size per connection: 256 KiB (what browsers advertise) costs ≈0.45 MB per peer,
+/// 64 KiB ≈0.25 MB (rust-stack.md §6). Our value only bounds what the remote may send
+/// us, and GenosRTC never sends more than one 16 KiB frame (16,384 bytes, header
+/// included) per data-channel message, so 64 KiB leaves four times the room needed.
+pub const MAX_MESSAGE_SIZE: u32 = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -72,7 +80,7 @@ impl Default for PeerConfig {
         Self {
             ice_servers: Vec::new(),
             gather_timeout: Duration::from_secs(5),
-            max_message_size: 256 * 1024,
+            max_message_size: MAX_MESSAGE_SIZE,
             udp_addrs: vec!["0.0.0.0:0".into()],
             include_loopback: false,
             prflx_wait: Duration::ZERO,

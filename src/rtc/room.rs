@@ -69,6 +69,15 @@ pub struct RoomConfig {
     pub cells: Option<usize>,
     /// How many peers, and how much from each, the room takes.
     pub limits: PeerLimits,
+    /// Link only with superpeers: never dial on announces (they carry no `type`), and
+    /// answer only offers marked `type:"superpeer"`; nor listen on the root topic, so
+    /// other members' announces cost nothing. The load generator's peers use it to form
+    /// a star around the daemon instead of a full mesh; browsers never do this.
+    pub only_superpeers: bool,
+    /// Peers dialled at every announce tick while not linked, without hearing them
+    /// first: announces carry no `type`, so a star peer (see `only_superpeers`) that
+    /// knows the daemon's id dials it as a browser would on its announce.
+    pub dial: Vec<String>,
 }
 
 /// The default MAX_PEERS.
@@ -127,6 +136,8 @@ impl RoomConfig {
             answer_pings: true,
             cells: None,
             limits: PeerLimits::default(),
+            only_superpeers: false,
+            dial: Vec::new(),
         }
     }
 }
@@ -221,6 +232,8 @@ type Links = Arc<Mutex<HashMap<String, Writer>>>;
 /// The handle the rest of the daemon holds.
 pub struct Room {
     pub self_id: String,
+    /// The x-only public key (hex) our signalling events are signed with.
+    pub nostr_pubkey: String,
     links: Links,
     nonces: Arc<Mutex<HashMap<String, u8>>>,
     stats: Arc<RoomStats>,
@@ -260,10 +273,12 @@ impl Room {
                 self_id: self_id.clone(),
             })
         });
+        let nostr_key = SigningKey::from_slice(&key).expect("32 random bytes are a key");
+        let nostr_pubkey = crate::relay::event::hex(&nostr_key.verifying_key().to_bytes());
         let actor = Actor {
             overlay: overlay.clone(),
             seal: SealKey::derive(&cfg.password, &cfg.app_id, &cfg.room_id),
-            nostr_key: SigningKey::from_slice(&key).expect("32 random bytes are a key"),
+            nostr_key,
             self_id: self_id.clone(),
             root_topic: root.clone(),
             self_topic: mine.clone(),
@@ -281,10 +296,12 @@ impl Room {
             types: HashMap::new(),
             next_link: 0,
         };
-        pool.subscribe(
-            &sub_id("r", &root),
-            json!({"kinds": [topic::kind_of(&root)], "#x": [root]}),
-        );
+        if !actor.cfg.only_superpeers {
+            pool.subscribe(
+                &sub_id("r", &root),
+                json!({"kinds": [topic::kind_of(&root)], "#x": [root]}),
+            );
+        }
         pool.subscribe(
             &sub_id("s", &mine),
             json!({"kinds": [topic::kind_of(&mine)], "#x": [mine]}),
@@ -293,6 +310,7 @@ impl Room {
         (
             Self {
                 self_id,
+                nostr_pubkey,
                 links,
                 nonces,
                 stats,
@@ -690,11 +708,17 @@ impl Actor {
         let mut cells_tick = tokio::time::interval(cells::TICK);
         loop {
             tokio::select! {
-                _ = announce.tick() => self.announce(None),
+                _ = announce.tick() => {
+                    self.announce(None);
+                    self.dial_known(0);
+                }
                 _ = reap.tick() => self.reap_dials(),
                 _ = cells_tick.tick(), if self.overlay.is_some() => self.reseal().await,
                 msg = inbound.recv() => match msg {
-                    Some(Inbound::Connected { relay }) => self.announce(Some(relay)),
+                    Some(Inbound::Connected { relay }) => {
+                        self.announce(Some(relay));
+                        self.dial_known(relay);
+                    }
                     Some(Inbound::Disconnected { .. }) => {}
                     Some(Inbound::Event { relay, event, .. }) => self.on_signal(relay, &event.tags, &event.content),
                     None => break,
@@ -769,7 +793,7 @@ impl Actor {
         else {
             return;
         };
-        if x == self.self_id {
+        if x == self.self_id || self.ignores(&m) {
             return;
         }
         let x = x.to_owned();
@@ -855,6 +879,32 @@ impl Actor {
         } else {
             self.maybe_dial(x, relay);
         }
+    }
+
+    /// Dials each peer of `cfg.dial` that is neither linked nor being dialled, once
+    /// the relay is open: an offer published before would be dropped, and the dial
+    /// would wait out the answer timeout.
+    fn dial_known(&mut self, relay: usize) {
+        if self.cfg.dial.is_empty() || self.pool.connected() == 0 {
+            return;
+        }
+        let known: Vec<String> = self
+            .cfg
+            .dial
+            .iter()
+            .filter(|x| !self.connected.contains_key(*x) && !self.pending.contains_key(*x))
+            .cloned()
+            .collect();
+        for x in known {
+            self.maybe_dial(x, relay);
+        }
+    }
+
+    /// With `only_superpeers`, everything but a superpeer's offer or answer and a bye.
+    fn ignores(&self, m: &Value) -> bool {
+        self.cfg.only_superpeers
+            && m.get("bye").is_none()
+            && m.get("type").and_then(Value::as_str) != Some("superpeer")
     }
 
     /// Cells mode: runs the re-seal schedule, and once the grace after a seal is over,

@@ -46,6 +46,9 @@ pub struct Applied {
     pub merged: usize,
     pub unknown: usize,
     pub rejected: usize,
+    /// The live ops (`upsert`, `link`, `remove` elements) that changed the store, as
+    /// indices into the batch's messages: what FORWARD_OPS hands on.
+    pub merged_ops: Vec<usize>,
 }
 
 /// Applies a batch, in order, through the store's merge rules (§7).
@@ -54,10 +57,15 @@ pub fn apply_batch(store: &mut Store, batch: Batch, now_ms: u64) -> Applied {
         rejected: batch.rejected.len(),
         ..Applied::default()
     };
-    for msg in batch.messages {
+    for (i, msg) in batch.messages.into_iter().enumerate() {
         match msg {
             Message::Sync(ts) => applied.requests.push(store.sync_reply(ts)),
-            Message::Op(op) => applied.merged += store.apply(op, now_ms) as usize,
+            Message::Op(op) => {
+                if store.apply(op, now_ms) {
+                    applied.merged += 1;
+                    applied.merged_ops.push(i);
+                }
+            }
             Message::Delta { ops, ts } => {
                 applied.answered = true;
                 applied.peer_ts = Some(ts);

@@ -35,6 +35,8 @@ pub struct Rejection {
 pub struct Batch {
     pub messages: Vec<Message>,
     pub rejected: Vec<Rejection>,
+    /// For each of `messages`, the index of the element it was decoded from.
+    pub origins: Vec<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,9 +72,12 @@ pub fn elements(text: &str) -> Result<Vec<&RawValue>, ParseError> {
 /// Decodes elements one by one: a malformed one is refused on its own.
 pub fn parse_elements<'a>(elements: impl IntoIterator<Item = &'a RawValue>) -> Batch {
     let mut batch = Batch::default();
-    for element in elements {
+    for (i, element) in elements.into_iter().enumerate() {
         match parse_message(element) {
-            Ok(msg) => batch.messages.push(msg),
+            Ok(msg) => {
+                batch.messages.push(msg);
+                batch.origins.push(i);
+            }
             Err(reason) => batch.rejected.push(Rejection { reason }),
         }
     }

@@ -43,6 +43,10 @@ pub const FULL_PART_BUDGET: usize = 6 << 20;
 /// state counts as one entry: its parts are written as the peer takes them.
 pub const OUTBOX_LEN: usize = 256;
 
+/// The largest message of forwarded ops (FORWARD_OPS): a tick that gathered more is
+/// sent as several. 256 KiB of JSON deflates in about a millisecond.
+pub const FORWARD_BUDGET: usize = 256 << 10;
+
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
     pub delta_budget: usize,
@@ -52,6 +56,10 @@ pub struct SyncConfig {
     pub sm: SmConfig,
     /// MAX_VALUE_BYTES: a value from a peer whose JSON is longer is refused.
     pub max_value_bytes: usize,
+    /// FORWARD_OPS: live ops accepted from a connected peer go to every other
+    /// connected peer, gathered for this long into one message. Full mesh only: in
+    /// cells mode the overlay floods them already.
+    pub forward: Option<Duration>,
 }
 
 impl Default for SyncConfig {
@@ -62,6 +70,7 @@ impl Default for SyncConfig {
             outbox_len: OUTBOX_LEN,
             sm: SmConfig::default(),
             max_value_bytes: crate::config::DEFAULT_MAX_VALUE_BYTES,
+            forward: None,
         }
     }
 }
@@ -84,6 +93,8 @@ pub struct SyncStats {
     pub slow_peers: AtomicU64,
     /// Ops and full-state nodes refused for a value over MAX_VALUE_BYTES.
     pub oversized_values: AtomicU64,
+    pub forwarded_ops: AtomicU64,
+    pub forwarded_messages: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -188,6 +199,7 @@ pub fn start(
         on_peers: Box::new(on_peers),
         unsettled: unsettled.clone(),
         mesh_peers: HashMap::new(),
+        forward: Forwarder::default(),
     };
     tokio::spawn(service.run(events, writes));
     SyncHandle {
@@ -240,13 +252,16 @@ impl Shared {
         peer: &str,
         message: &frame::Message,
         now: u64,
-    ) -> Result<Applied, ParseError> {
+    ) -> Result<Received, ParseError> {
         let text = payload_text(message)?;
         let elements = message::elements(&text)?;
         let Some(policy) = &self.cfg.sm.verify else {
-            let mut batch = message::parse_elements(elements);
+            let mut batch = message::parse_elements(elements.iter().copied());
             self.refuse_oversized(peer, &mut batch);
-            return Ok(engine::apply_batch(&mut self.store(), batch, now));
+            let origins = std::mem::take(&mut batch.origins);
+            let applied = engine::apply_batch(&mut self.store(), batch, now);
+            let forward = self.to_forward(&applied, &origins, |i| elements[i].get());
+            return Ok(Received { applied, forward });
         };
         let checked = sm::check_all(&elements);
         let mut store = self.store();
@@ -262,8 +277,10 @@ impl Shared {
         let strict = strict_filter(policy, &mut batch);
         self.refuse_oversized(peer, &mut batch);
         let laundered = replays + strict;
+        let origins = std::mem::take(&mut batch.origins);
         let applied = engine::apply_batch(&mut store, batch, now);
         drop(store);
+        let forward = self.to_forward(&applied, &origins, |i| filtered.kept[i].get());
         bump(&self.sm_stats.accepted, filtered.kept.len() as u64);
         (0..replays).for_each(|_| self.sm_stats.reject(Reason::Laundered));
         (0..strict).for_each(|_| self.sm_stats.reject(Reason::Strict));
@@ -288,7 +305,100 @@ impl Shared {
                 "SM: refused ops inside a delta or full state (a replay of a refused live op, or under SM_STRICT a user node naming an unlisted superadmin)"
             );
         }
-        Ok(applied)
+        Ok(Received { applied, forward })
+    }
+
+    /// FORWARD_OPS: the exact text (signature included) of each live op that changed
+    /// the store. An op that changed nothing is not handed on, so two forwarding
+    /// daemons never bounce an op between them.
+    fn to_forward<'a>(
+        &self,
+        applied: &Applied,
+        origins: &[usize],
+        element: impl Fn(usize) -> &'a str,
+    ) -> Vec<String> {
+        if self.cfg.forward.is_none() || self.room.cells() {
+            return Vec::new();
+        }
+        applied
+            .merged_ops
+            .iter()
+            .filter_map(|&m| origins.get(m))
+            .map(|&e| element(e).to_owned())
+            .collect()
+    }
+}
+
+/// What a message from a peer did, and the live ops to forward.
+struct Received {
+    applied: Applied,
+    forward: Vec<String>,
+}
+
+/// FORWARD_OPS: live ops gathered since the last send, with who sent them.
+#[derive(Default)]
+struct Forwarder {
+    ops: Vec<String>,
+    bytes: usize,
+    /// When the gathered ops go out.
+    due: Option<Instant>,
+    /// When the last message went out: ops go out at once after a quiet interval, and
+    /// at most once per interval under load.
+    last_sent: Option<Instant>,
+    /// The peer every gathered op came from, while there is only one: it is spared
+    /// its own ops (sending them would be harmless, merges are idempotent).
+    origin: Option<String>,
+    mixed: bool,
+}
+
+impl Forwarder {
+    fn gather(&mut self, peer: &str, ops: Vec<String>, every: Duration) {
+        if ops.is_empty() {
+            return;
+        }
+        if self.ops.is_empty() {
+            let now = Instant::now();
+            self.due = Some(self.last_sent.map_or(now, |at| (at + every).max(now)));
+            self.origin = Some(peer.to_owned());
+            self.mixed = false;
+        } else if self.origin.as_deref() != Some(peer) {
+            self.mixed = true;
+        }
+        self.bytes += ops.iter().map(|o| o.len() + 1).sum::<usize>();
+        self.ops.extend(ops);
+    }
+
+    /// The gathered ops as messages of at most FORWARD_BUDGET bytes (one op larger
+    /// than that goes alone), and the peer to spare, if any.
+    /// Each message comes with the number of ops it holds.
+    fn take(&mut self) -> (Vec<(String, usize)>, Option<String>) {
+        if self.ops.is_empty() {
+            self.due = None;
+            return (Vec::new(), None);
+        }
+        let origin = if self.mixed { None } else { self.origin.take() };
+        let mut messages = Vec::new();
+        let (mut text, mut n) = (String::new(), 0);
+        for op in self.ops.drain(..) {
+            if n > 0 && text.len() + op.len() + 2 > FORWARD_BUDGET {
+                text.push(']');
+                messages.push((std::mem::take(&mut text), n));
+                n = 0;
+            }
+            text.push(if n == 0 { '[' } else { ',' });
+            text.push_str(&op);
+            n += 1;
+        }
+        if n > 0 {
+            text.push(']');
+            messages.push((text, n));
+        }
+        self.bytes = 0;
+        self.due = None;
+        self.last_sent = Some(Instant::now());
+        self.origin = None;
+        self.mixed = false;
+        (messages, origin)
     }
 }
 
@@ -325,21 +435,31 @@ fn oversized_filter(max: usize, batch: &mut Batch) -> usize {
         refused += usize::from(bad);
         !bad
     };
-    batch.messages.retain_mut(|msg| match msg {
-        Message::Op(Op::Upsert(u)) => keep(too_big(&u.value)),
-        Message::Full(full) => {
-            full.nodes.retain(|(_, node)| keep(too_big(&node.value)));
-            true
-        }
-        Message::Delta { ops, .. } => {
-            ops.retain(|op| match op {
-                Op::Upsert(u) => keep(too_big(&u.value)),
-                _ => true,
-            });
-            true
-        }
-        _ => true,
-    });
+    // `origins` stays parallel to `messages`: forwarding finds each op's element by it.
+    let mut kept = Vec::with_capacity(batch.messages.len());
+    for msg in &mut batch.messages {
+        kept.push(match msg {
+            Message::Op(Op::Upsert(u)) => keep(too_big(&u.value)),
+            Message::Full(full) => {
+                full.nodes.retain(|(_, node)| keep(too_big(&node.value)));
+                true
+            }
+            Message::Delta { ops, .. } => {
+                ops.retain(|op| match op {
+                    Op::Upsert(u) => keep(too_big(&u.value)),
+                    _ => true,
+                });
+                true
+            }
+            _ => true,
+        });
+    }
+    let mut flags = kept.iter();
+    batch.messages.retain(|_| *flags.next().unwrap_or(&true));
+    if batch.origins.len() == kept.len() {
+        let mut flags = kept.iter();
+        batch.origins.retain(|_| *flags.next().unwrap_or(&true));
+    }
     refused
 }
 
@@ -418,6 +538,7 @@ struct Service {
     unsettled: Arc<AtomicUsize>,
     /// Cells mode: peers reached through the mesh, with when we last heard them.
     mesh_peers: HashMap<String, Instant>,
+    forward: Forwarder,
 }
 
 impl Service {
@@ -444,6 +565,9 @@ impl Service {
                 _ = sleep_until(due), if due.is_some() => {
                     self.send_due_syncs();
                     self.reply_unasked();
+                }
+                _ = sleep_until(self.forward.due), if self.forward.due.is_some() => {
+                    self.send_forwarded();
                 }
                 _ = tick.tick() => self.expire_mesh_peers(),
             }
@@ -538,7 +662,17 @@ impl Service {
         let applied =
             tokio::task::spawn_blocking(move || shared.receive(&from, &message, unix_ms())).await;
         let applied = match applied {
-            Ok(Ok(applied)) => applied,
+            Ok(Ok(Received { applied, forward })) => {
+                if let Some(every) = self.shared.cfg.forward
+                    && !self.mesh_peers.contains_key(&peer)
+                {
+                    self.forward.gather(&peer, forward, every);
+                    if self.forward.bytes >= FORWARD_BUDGET {
+                        self.send_forwarded();
+                    }
+                }
+                applied
+            }
             Ok(Err(e)) => {
                 bump(&self.shared.stats.undecodable, 1);
                 tracing::debug!(%peer, error = %e, "undecodable sync message");
@@ -610,6 +744,35 @@ impl Service {
         let _ = reply.send(result);
     }
 
+    /// FORWARD_OPS: the ops gathered since the last tick, framed once and queued for
+    /// every connected peer but their only origin. A peer whose queue is full is
+    /// dropped, as for any other message.
+    fn send_forwarded(&mut self) {
+        let (messages, spared) = self.forward.take();
+        for (text, ops) in messages {
+            let frames = match self.shared.room.encode(CHANNEL, Payload::Json(&text)) {
+                Ok(frames) => frames,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot frame forwarded ops; dropped");
+                    continue;
+                }
+            };
+            bump(&self.shared.stats.forwarded_ops, ops as u64);
+            bump(&self.shared.stats.forwarded_messages, 1);
+            let forwarded = Arc::new(Forwarded { text, frames });
+            let peers: Vec<String> = self
+                .outboxes
+                .keys()
+                .filter(|p| spared.as_deref() != Some(p.as_str()))
+                .filter(|p| !self.mesh_peers.contains_key(*p))
+                .cloned()
+                .collect();
+            for peer in peers {
+                self.enqueue(&peer, Outgoing::Forwarded(forwarded.clone()));
+            }
+        }
+    }
+
     fn send_due_syncs(&mut self) {
         let due = self.engine.due_syncs(Instant::now());
         if due.is_empty() {
@@ -664,8 +827,15 @@ impl From<SyncReply> for Outgoing {
     }
 }
 
+/// A message of forwarded ops, framed once for every peer it goes to.
+struct Forwarded {
+    text: String,
+    frames: Vec<Vec<u8>>,
+}
+
 enum Outgoing {
     Text(Arc<str>),
+    Forwarded(Arc<Forwarded>),
     /// Our full state, written part by part as the peer takes them.
     Full,
     /// Our whole oplog window, hydrated.
@@ -708,7 +878,7 @@ impl Outbox {
                 self.full_queued.load(Ordering::Acquire)
                     || self.delta_queued.swap(true, Ordering::AcqRel)
             }
-            Outgoing::Text(_) => false,
+            Outgoing::Text(_) | Outgoing::Forwarded(_) => false,
         };
         if covered {
             return Ok(());
@@ -729,6 +899,7 @@ impl Drain {
         while let Some(item) = rx.recv().await {
             let sent = match item {
                 Outgoing::Text(text) => self.send_text(&text).await,
+                Outgoing::Forwarded(f) => self.send_frames(&f.text, f.frames.clone()).await,
                 Outgoing::Full => {
                     self.full_queued.store(false, Ordering::Release);
                     bump(&self.shared.stats.full_replies, 1);
@@ -776,7 +947,7 @@ impl Drain {
         else {
             return false;
         };
-        let (mut parts, nodes) = (0, cursor.len());
+        let (mut parts, nodes, started) = (0, cursor.len(), Instant::now());
         let mut budget = self.shared.cfg.full_part_budget;
         loop {
             let shared = self.shared.clone();
@@ -803,7 +974,12 @@ impl Drain {
                 }
             }
         }
-        tracing::debug!(peer = %self.peer, nodes, parts, "full state sent");
+        let took_ms = started.elapsed().as_millis() as u64;
+        if nodes >= 10_000 {
+            tracing::info!(peer = %self.peer, nodes, parts, took_ms, "full state sent");
+        } else {
+            tracing::debug!(peer = %self.peer, nodes, parts, took_ms, "full state sent");
+        }
         true
     }
 
@@ -911,5 +1087,51 @@ mod tests {
         let mut ids: Vec<&str> = store.nodes().keys().map(|k| k.as_ref()).collect();
         ids.sort();
         assert_eq!(ids, ["d-small", "f-small", "small"]);
+    }
+
+    fn op(id: &str, pad: usize) -> String {
+        format!(
+            r#"{{"type":"upsert","id":"{id}","value":"{}","timestamp":{{"physical":1,"logical":0}}}}"#,
+            "x".repeat(pad)
+        )
+    }
+
+    #[test]
+    fn forwarded_ops_from_one_peer_spare_it_and_form_one_message() {
+        let mut f = Forwarder::default();
+        let every = Duration::from_millis(50);
+        f.gather("a", vec![op("1", 0), op("2", 0)], every);
+        f.gather("a", vec![op("3", 0)], every);
+        // Nothing went out before: the first ops go at once.
+        assert!(f.due.is_some_and(|d| d <= Instant::now()));
+        let (messages, spared) = f.take();
+        assert_eq!(spared.as_deref(), Some("a"));
+        assert_eq!(messages.len(), 1);
+        let (text, n) = &messages[0];
+        assert_eq!(*n, 3);
+        assert_eq!(message::parse_json(text).unwrap().messages.len(), 3);
+        assert!(f.due.is_none() && f.ops.is_empty());
+        assert_eq!(f.take().0.len(), 0);
+        // Right after a message, the next waits for the interval.
+        f.gather("b", vec![op("4", 0)], every);
+        assert!(f.due.is_some_and(|d| d > Instant::now() + every / 2));
+    }
+
+    #[test]
+    fn ops_from_several_peers_spare_nobody_and_big_ticks_are_split() {
+        let mut f = Forwarder::default();
+        let every = Duration::from_millis(50);
+        let big = FORWARD_BUDGET / 3;
+        f.gather("a", vec![op("1", big), op("2", big)], every);
+        f.gather("b", vec![op("3", big), op("4", 10)], every);
+        f.gather("c", Vec::new(), every);
+        let (messages, spared) = f.take();
+        assert_eq!(spared, None);
+        assert_eq!(messages.iter().map(|(_, n)| n).sum::<usize>(), 4);
+        assert_eq!(messages.len(), 2);
+        for (text, n) in &messages {
+            assert!(text.len() <= FORWARD_BUDGET);
+            assert_eq!(message::parse_json(text).unwrap().messages.len(), *n);
+        }
     }
 }

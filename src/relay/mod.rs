@@ -4,11 +4,12 @@
 //! It verifies every event's id and BIP-340 signature, stores nothing, relays only
 //! ephemeral kinds (20000–29999, which is all GenosRTC uses), and bounds message size,
 //! subscriptions and event rate per connection, and connections in total and per IP.
-//! Fan-out goes through a bounded broadcast: a client that does not read loses events,
-//! it never holds memory or other clients back.
+//! Fan-out goes by topic (`router`) into a bounded mailbox per connection: a client
+//! that does not read loses events, it never holds memory or other clients back.
 
 pub mod event;
 pub mod filter;
+pub mod router;
 
 use crate::rate::{LogEvery, TokenBucket};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -17,15 +18,18 @@ use axum::response::{IntoResponse, Response};
 use event::Event;
 use filter::Filter;
 use futures_util::{SinkExt, StreamExt};
+use router::{Interest, Router};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast;
 
 pub const EPHEMERAL_KINDS: std::ops::Range<u64> = 20_000..30_000;
+
+/// A relay connection's socket read chunk; longer messages take several reads.
+const READ_BUFFER: usize = 8 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RelayLimits {
@@ -90,7 +94,7 @@ impl RelayStats {
 
 #[derive(Debug)]
 pub struct Relay {
-    hub: broadcast::Sender<Arc<Event>>,
+    router: Router,
     limits: RelayLimits,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Limits hit are logged at most once per 10 s, all together.
@@ -121,9 +125,8 @@ impl Drop for Slot {
 
 impl Relay {
     pub fn new(limits: RelayLimits) -> Arc<Self> {
-        let (hub, _) = broadcast::channel(1024);
         Arc::new(Self {
-            hub,
+            router: Router::default(),
             limits,
             per_ip: Mutex::new(HashMap::new()),
             limit_log: Mutex::new(LogEvery::new(std::time::Duration::from_secs(10))),
@@ -151,7 +154,11 @@ impl Relay {
             Err(limit) => return self.refuse(ip, limit),
         };
         let relay = self.clone();
-        ws.max_message_size(self.limits.max_message_bytes)
+        // tungstenite zero-fills its whole read buffer at every read attempt, and a
+        // connection is polled at every event it is sent: 128 KiB (its default) made
+        // memset most of the daemon's CPU with a few hundred clients.
+        ws.read_buffer_size(READ_BUFFER)
+            .max_message_size(self.limits.max_message_bytes)
             .max_frame_size(self.limits.max_message_bytes)
             .on_upgrade(move |socket| async move {
                 relay.serve(socket).await;
@@ -213,7 +220,8 @@ impl Relay {
 
     async fn serve(&self, socket: WebSocket) {
         let (mut tx, mut rx) = socket.split();
-        let mut hub = self.hub.subscribe();
+        let (mailbox_id, mut mailbox) = self.router.register();
+        let _unregister = Unregister(&self.router, mailbox_id);
         let mut conn = Connection::new(self.limits);
         loop {
             tokio::select! {
@@ -228,21 +236,15 @@ impl Relay {
                         Some(Ok(_)) => continue,
                     };
                     let replies = self.handle(&mut conn, text.as_str());
+                    self.router.listen(mailbox_id, Interest::of(conn.subs.iter().map(|(_, f)| f)));
                     for reply in replies {
                         if tx.send(Message::Text(Utf8Bytes::from(reply))).await.is_err() {
                             return;
                         }
                     }
                 }
-                published = hub.recv() => {
-                    let ev = match published {
-                        Ok(ev) => ev,
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            self.stats.lagged.fetch_add(n, Ordering::Relaxed);
-                            continue;
-                        }
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    };
+                published = mailbox.recv() => {
+                    let Some(ev) = published else { break };
                     if let Some(sub) = conn.first_match(&ev) {
                         let out = format!("[\"EVENT\",{},{}]", json_str(sub), ev.raw.get());
                         if tx.send(Message::Text(Utf8Bytes::from(out))).await.is_err() {
@@ -334,9 +336,18 @@ impl Relay {
         }
         self.stats.events.fetch_add(1, Ordering::Relaxed);
         let reply = ok(&ev.id, true, "");
-        // No receiver is not an error: nobody subscribed yet.
-        let _ = self.hub.send(Arc::new(ev));
+        let routed = self.router.route(&Arc::new(ev));
+        self.stats.lagged.fetch_add(routed.lost, Ordering::Relaxed);
         reply
+    }
+}
+
+/// Takes a connection's mailbox out of the router however the connection ends.
+struct Unregister<'a>(&'a Router, u64);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.remove(self.1);
     }
 }
 

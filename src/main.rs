@@ -8,7 +8,32 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc reads its options from the environment once, before `main` runs.
+const LAZY_COMMIT: (&str, &str) = ("MIMALLOC_ARENA_EAGER_COMMIT", "0");
+
+/// Commits arena memory as it is used instead of up front: every peer connection's
+/// buffers land in fresh arena space, and eager commit made 1,000 idle peers cost
+/// 592 MB of RSS instead of 313 MB (`loadgen connect --peers 1000`). The setting can
+/// only be given through the environment, so the process starts itself again once
+/// with it set, unless the operator set it. If that fails, it runs as it is.
+fn commit_memory_lazily() {
+    use std::os::unix::process::CommandExt;
+    let (var, value) = LAZY_COMMIT;
+    if std::env::var_os(var).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(var, value)
+        .exec();
+    eprintln!("genosdb-fallback: could not restart with {var}={value}: {err}; going on");
+}
+
 fn main() -> ExitCode {
+    commit_memory_lazily();
     if let Err(e) = dotenvy::dotenv()
         && !e.not_found()
     {

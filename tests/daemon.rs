@@ -420,3 +420,29 @@ fn limit_settings_exit_2_naming_variable_and_form() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The daemon restarts itself once so that mimalloc commits memory lazily (main.rs),
+/// and leaves an operator's own choice alone.
+#[test]
+fn the_allocator_commits_memory_lazily_unless_the_operator_chose() {
+    let environ = |d: &Daemon| {
+        std::fs::read(format!("/proc/{}/environ", d.child.id()))
+            .unwrap()
+            .split(|b| *b == 0)
+            .map(|kv| String::from_utf8_lossy(kv).into_owned())
+            .collect::<Vec<_>>()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_ready(&data_dir(&tmp), &[]);
+    assert!(environ(&d).contains(&"MIMALLOC_ARENA_EAGER_COMMIT=0".to_owned()));
+    assert_eq!(
+        d.get("/health").0,
+        200,
+        "the restarted process is the daemon"
+    );
+    assert_eq!(d.stop().code(), Some(0));
+
+    let mut d = Daemon::start_ready(&data_dir(&tmp), &[("MIMALLOC_ARENA_EAGER_COMMIT", "1")]);
+    assert!(environ(&d).contains(&"MIMALLOC_ARENA_EAGER_COMMIT=1".to_owned()));
+    assert_eq!(d.stop().code(), Some(0));
+}

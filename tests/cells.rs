@@ -4,7 +4,7 @@
 mod common;
 
 use common::peer::{TestPeer, wait_async};
-use common::{DB, Daemon, data_dir, export, relay};
+use common::{DB, Daemon, data_dir, relay};
 use genosdb_fallback::rtc::cells::Seal;
 use genosdb_fallback::rtc::frame::Payload;
 use genosdb_fallback::store::Store;
@@ -37,18 +37,6 @@ fn cells_peer(relay_port: u16) -> TestPeer {
         |c| c.cells = Some(CELL_SIZE),
         SyncConfig::default(),
     )
-}
-
-fn stored(dir: &Path) -> HashSet<String> {
-    export(dir)
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
 }
 
 /// Waits until every peer holds a link to every other peer its topology admits, so
@@ -111,12 +99,12 @@ async fn the_daemon_gets_and_serves_every_write_of_a_cells_room() {
     }
     let want: HashSet<String> = (0..12).map(|i| format!("w{i}")).collect();
     for _ in 0..300 {
-        if want.is_subset(&stored(&dir)) {
+        if want.is_subset(&common::stored_ids::<HashSet<String>>(&dir)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let have = stored(&dir);
+    let have = common::stored_ids::<HashSet<String>>(&dir);
     let topology: Vec<_> = peers
         .iter()
         .map(|p| (p.room.cell_state(), p.room.peers().len()))
@@ -158,7 +146,7 @@ async fn the_daemon_gets_and_serves_every_write_of_a_cells_room() {
     }
     let after: HashSet<String> = (0..11).map(|i| format!("after{i}")).collect();
     wait_async("the daemon still converges", || {
-        after.is_subset(&stored(&dir))
+        after.is_subset(&common::stored_ids::<HashSet<String>>(&dir))
     })
     .await;
     for p in peers {

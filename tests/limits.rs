@@ -5,7 +5,7 @@
 mod common;
 
 use common::peer::{TestPeer, value_of, wait_async};
-use common::{DB, Daemon, data_dir, export, relay};
+use common::{DB, Daemon, data_dir, relay};
 use genosdb_fallback::rtc::frame::Payload;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -42,25 +42,12 @@ fn health_peers(port: u16) -> u64 {
     v["peers"].as_u64().unwrap_or(0)
 }
 
-/// Node ids the daemon has on disk, read with the real `export` while it runs.
-fn stored_ids(dir: &Path) -> Vec<String> {
-    export(dir)
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
-
 /// Waits until the daemon has `ids` on disk.
 async fn stored(dir: &Path, ids: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let d = dir.to_owned();
-        let have = tokio::task::spawn_blocking(move || stored_ids(&d))
+        let have = tokio::task::spawn_blocking(move || common::stored_ids::<Vec<String>>(&d))
             .await
             .unwrap();
         if ids.iter().all(|id| have.iter().any(|h| h == id)) {
@@ -243,7 +230,7 @@ async fn oversized_values_and_messages_are_refused_and_the_rest_applies() {
         .send("syncGraph", Payload::Json(&batch), None)
         .unwrap();
     stored(&dir, &["small"]).await;
-    assert!(!stored_ids(&dir).contains(&"too-big".to_owned()));
+    assert!(!common::stored_ids::<Vec<String>>(&dir).contains(&"too-big".to_owned()));
     assert_eq!(exceeded(&d, "max_value_bytes"), 1);
     // Inside a full state, node by node.
     let full = format!(
@@ -255,7 +242,7 @@ async fn oversized_values_and_messages_are_refused_and_the_rest_applies() {
         .send("syncGraph", Payload::Json(&full), None)
         .unwrap();
     stored(&dir, &["small", "f-small"]).await;
-    assert!(!stored_ids(&dir).contains(&"f-big".to_owned()));
+    assert!(!common::stored_ids::<Vec<String>>(&dir).contains(&"f-big".to_owned()));
     assert_eq!(exceeded(&d, "max_value_bytes"), 2);
 
     // A 100 KB message: dropped whole, counted; the peer stays and is still heard.

@@ -116,18 +116,6 @@ async fn stream_b(b: Arc<TestPeer>, mut rng: Rng, writes: Arc<AtomicU64>, stop: 
     }
 }
 
-fn ids_on_disk(dir: &std::path::Path) -> HashSet<String> {
-    export(dir)
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
-
 fn store_len(p: &TestPeer) -> u64 {
     p.store.lock().unwrap().len() as u64
 }
@@ -171,9 +159,10 @@ async fn sigkill_during_live_writes_loses_nothing_older_than_flush_ms() {
             d.wait(Duration::from_secs(10));
             early_kills += 1;
             let dir2 = dir.clone();
-            let on_disk = tokio::task::spawn_blocking(move || ids_on_disk(&dir2))
-                .await
-                .unwrap();
+            let on_disk =
+                tokio::task::spawn_blocking(move || common::stored_ids::<HashSet<String>>(&dir2))
+                    .await
+                    .unwrap();
             lost.extend(
                 must_have
                     .iter()
@@ -224,9 +213,10 @@ async fn sigkill_during_live_writes_loses_nothing_older_than_flush_ms() {
         must_have.extend((first..first + (safe - baseline)).map(|s| format!("a{s:07}")));
         // The files as the kill left them: they load, and hold every safe op.
         let dir2 = dir.clone();
-        let on_disk = tokio::task::spawn_blocking(move || ids_on_disk(&dir2))
-            .await
-            .unwrap();
+        let on_disk =
+            tokio::task::spawn_blocking(move || common::stored_ids::<HashSet<String>>(&dir2))
+                .await
+                .unwrap();
         let missing: Vec<&String> = must_have
             .iter()
             .filter(|id| !on_disk.contains(*id))

@@ -4,7 +4,7 @@
 mod common;
 
 use common::peer::{TestPeer, wait_async};
-use common::{DB, Daemon, data_dir, export, relay};
+use common::{DB, Daemon, data_dir, relay};
 use genosdb_fallback::rtc::frame::Payload;
 use genosdb_fallback::sm::SmConfig;
 use genosdb_fallback::sm::key::parse_key;
@@ -63,18 +63,6 @@ fn metric_line(d: &Daemon, prefix: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn stored_ids(dir: &Path) -> Vec<String> {
-    export(dir)
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
-
 #[test]
 fn known_test_identities() {
     assert_eq!(parse_key(SA_MNEMONIC).unwrap().address(), SA);
@@ -106,7 +94,10 @@ async fn the_daemon_keeps_and_serves_only_what_sm_browsers_accept() {
         .put("p1", r#"{"title":"signed by SA","n":1}"#)
         .await
         .unwrap();
-    wait_async("p1 stored", || stored_ids(&dir).contains(&"p1".to_string())).await;
+    wait_async("p1 stored", || {
+        common::stored_ids::<Vec<String>>(&dir).contains(&"p1".to_string())
+    })
+    .await;
     admin.leave().await;
 
     let guest = browser(relay.port, Some(GUEST_MNEMONIC), &[SA]);
@@ -148,11 +139,11 @@ async fn the_daemon_keeps_and_serves_only_what_sm_browsers_accept() {
     .await;
     guest.leave().await;
     wait_async("the guest's registration stored", || {
-        stored_ids(&dir).contains(&format!("user:{GUEST}"))
+        common::stored_ids::<Vec<String>>(&dir).contains(&format!("user:{GUEST}"))
     })
     .await;
     assert!(
-        !stored_ids(&dir).contains(&"g1".to_string()),
+        !common::stored_ids::<Vec<String>>(&dir).contains(&"g1".to_string()),
         "the daemon stored a refused write"
     );
 

@@ -349,15 +349,7 @@ async fn ops_older_than_flush_ms_survive_a_sigkill_mid_stream() {
     let restarted = Daemon::start_ready(&dir, &[]);
     assert!(health_nodes(&restarted) >= safe);
     drop(restarted);
-    let ids: std::collections::HashSet<String> = export(&dir)
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let ids: std::collections::HashSet<String> = common::stored_ids(&dir);
     for i in 0..safe {
         assert!(
             ids.contains(&format!("s{i:06}")),

@@ -261,6 +261,19 @@ pub fn export(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The id of every node on disk, through the real `export`: a set, or a list.
+pub fn stored_ids<C: FromIterator<String>>(dir: &Path) -> C {
+    export(dir)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
 /// A deterministic Nostr key for tests: the scalar `n`.
 pub fn nostr_key(n: u8) -> k256::schnorr::SigningKey {
     let mut b = [0u8; 32];

@@ -12,7 +12,7 @@ use super::stats::Histogram;
 use crate::rtc::frame::Payload;
 use crate::rtc::nostr::{PoolConfig, RelayPool};
 use crate::rtc::peer::PeerConfig;
-use crate::rtc::room::{Room, RoomConfig, RoomEvent};
+use crate::rtc::room::{PeerLimits, Room, RoomConfig, RoomEvent};
 use crate::sync::service::CHANNEL;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,6 +81,15 @@ pub fn room_config(room: &str, announce: Duration, superpeer: Option<&str>) -> R
         ..PeerConfig::default()
     };
     cfg.announce_every = announce;
+    // A load peer takes whatever the daemon sends: a million-node full state is far
+    // over the per-peer byte budget that protects the daemon from its peers.
+    cfg.limits = PeerLimits {
+        max_peers: 16,
+        msg_rate: 1e12,
+        msg_burst: 1e12,
+        bytes_rate: 1e15,
+        bytes_burst: 1e15,
+    };
     cfg
 }
 

@@ -1,5 +1,5 @@
 //! Replays traffic captured from real GenosDB 0.25.0 browsers and genossrv
-//! (../shared/protocol/vectors) through our store and compares the outcomes.
+//! (tests/vectors, see its README.md) through our store and compares the outcomes.
 //!
 //! Where our daemon deliberately differs from a browser, the test says so and checks
 //! our behaviour instead (see README, "Where we differ from genossrv").
@@ -11,14 +11,14 @@ use std::io::Read;
 use std::path::PathBuf;
 
 fn vectors() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/protocol/vectors")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
 }
 
 fn load(name: &str) -> Value {
     let path = vectors().join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "read {}: {e} (CI copies shared/ beside the repo)",
+            "read {}: {e} (the captured vectors live in tests/vectors)",
             path.display()
         )
     });

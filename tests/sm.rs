@@ -1,5 +1,5 @@
 //! The Security Manager against what real GenosDB 0.25.0 browsers and genossrv put on
-//! the wire (../shared/protocol/vectors/sm.json and the SM probes of rules.json).
+//! the wire (tests/vectors/sm.json and the SM probes of rules.json).
 
 use genosdb_fallback::sm::js::Js;
 use genosdb_fallback::sm::policy::{self, Checked, Policy, Reason};
@@ -20,7 +20,7 @@ const SRV_MNEMONIC: &str =
 
 fn load(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/protocol/vectors")
+        .join("tests/vectors")
         .join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }

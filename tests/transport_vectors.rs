@@ -1,4 +1,4 @@
-//! The GenosRTC codecs reproduce vectors/transport-vectors.json byte for byte.
+//! The GenosRTC codecs reproduce tests/vectors/transport-vectors.json byte for byte.
 
 use genosdb_fallback::rtc::frame::{self, Payload, Reassembler};
 use genosdb_fallback::rtc::seal::{SealKey, key_bytes};
@@ -9,10 +9,12 @@ use std::time::Instant;
 fn vectors() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/protocol/vectors/transport-vectors.json"
+        "/tests/vectors/transport-vectors.json"
     );
-    serde_json::from_str(&std::fs::read_to_string(path).expect("../shared beside the repo"))
-        .unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(path).expect("tests/vectors/transport-vectors.json"),
+    )
+    .unwrap()
 }
 
 fn hex(b: &[u8]) -> String {

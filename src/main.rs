@@ -29,7 +29,9 @@ fn commit_memory_lazily() {
         .args(std::env::args_os().skip(1))
         .env(var, value)
         .exec();
-    eprintln!("genosdb-fallback: could not restart with {var}={value}: {err}; going on");
+    say(format_args!(
+        "genosdb-fallback: could not restart with {var}={value}: {err}; going on"
+    ));
 }
 
 fn main() -> ExitCode {
@@ -37,14 +39,14 @@ fn main() -> ExitCode {
     if let Err(e) = dotenvy::dotenv()
         && !e.not_found()
     {
-        eprintln!("genosdb-fallback: invalid .env: {e}");
+        say(format_args!("genosdb-fallback: invalid .env: {e}"));
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
     let cfg = match cli.settings.validate() {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("genosdb-fallback: {e}");
+            say(format_args!("genosdb-fallback: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -57,13 +59,13 @@ fn main() -> ExitCode {
         Command::Import { file } => import(&cfg, &file),
         Command::SmAddress => match &cfg.sm_signer {
             Some(signer) => {
-                println!("{}", signer.address());
-                Ok(())
+                use std::io::Write;
+                writeln!(std::io::stdout(), "{}", signer.address()).map_err(anyhow::Error::from)
             }
             None => {
-                eprintln!(
+                say(format_args!(
                     "genosdb-fallback: SM_KEY is not set: expected a BIP39 mnemonic or a 0x private key"
-                );
+                ));
                 return ExitCode::from(2);
             }
         },
@@ -84,7 +86,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("genosdb-fallback: {e:#}");
+            say(format_args!("genosdb-fallback: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -115,9 +117,34 @@ fn init_logs(cfg: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        // tracing-subscriber reports a failed write with `eprintln!`, which panics when
+        // stderr is a closed pipe: logging must never take the daemon down.
+        .log_internal_errors(false)
+        .with_writer(|| LossyStderr);
     match cfg.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// stderr that never fails: a log line that cannot be written (the reader of a pipe
+/// went away, a full disk under a redirect) is dropped, and the daemon goes on.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// `eprintln!` without its panic on a closed stderr.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

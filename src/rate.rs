@@ -1,5 +1,7 @@
-//! A token bucket: `per_sec` sustained, `burst` at once. Used wherever outside input
-//! is rate-bounded (relay clients, relays we listen to, peers' messages and bytes).
+//! Pacing. A token bucket: `per_sec` sustained, `burst` at once, used wherever outside
+//! input is rate-bounded (relay clients, relays we listen to, peers' messages and
+//! bytes). The retry backoff of everything that reconnects (relays, Postgres). A log
+//! limiter.
 
 use std::time::{Duration, Instant};
 
@@ -72,9 +74,75 @@ impl LogEvery {
     }
 }
 
+/// Capped exponential backoff: `base`, then doubling up to `max`; `reset` after a
+/// success. With jitter each delay is spread ±25 %, so that many daemons restarted
+/// together do not retry in step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    next: Duration,
+    jitter: bool,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max: max.max(base),
+            next: base,
+            jitter: false,
+        }
+    }
+
+    pub fn jittered(mut self) -> Self {
+        self.jitter = true;
+        self
+    }
+
+    /// The delay before the next try; the one after it is twice as long, up to `max`.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        if self.jitter { jitter(d) } else { d }
+    }
+
+    /// After a success: the next failure waits `base` again.
+    pub fn reset(&mut self) {
+        self.next = self.base;
+    }
+}
+
+/// ±25 %.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let unit = u16::from_le_bytes(b) as f64 / u16::MAX as f64;
+    d.mul_f64(0.75 + unit * 0.5)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let s = Duration::from_secs;
+        let mut b = Backoff::new(s(1), s(5));
+        let got: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
+        assert_eq!(got, [s(1), s(2), s(4), s(5), s(5)]);
+        b.reset();
+        assert_eq!(b.next_delay(), s(1));
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        let mut b = Backoff::new(Duration::from_secs(4), Duration::from_secs(4)).jittered();
+        for _ in 0..100 {
+            let j = b.next_delay();
+            assert!(j >= Duration::from_secs(3) && j <= Duration::from_secs(5));
+        }
+    }
 
     #[test]
     fn burst_then_refused() {

@@ -51,6 +51,24 @@ impl Collector for Daemon {
             "Seconds since start",
             state.started.elapsed().as_secs() as i64,
         )?;
+        gauge(
+            &mut enc,
+            "relays_connected",
+            "Signalling relays connected now",
+            state.relays_connected.load(Ordering::Relaxed) as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "relays",
+            "Signalling relays configured",
+            state.relays_total.load(Ordering::Relaxed) as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "relays_cut_off",
+            "1 when RTC is on and no relay has been connected for the grace period (/health says degraded)",
+            i64::from(state.cut_off().is_some()),
+        )?;
         if let Some(rss) = resident_bytes() {
             gauge(
                 &mut enc,

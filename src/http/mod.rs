@@ -34,6 +34,9 @@ pub struct AppState {
     pub presence_peers: OnceLock<AtomicUsize>,
     pub relays_connected: AtomicUsize,
     pub relays_total: AtomicUsize,
+    /// Whole seconds for which no signalling relay has been connected (since start, or
+    /// since the last one closed); 0 while one is. Kept by the relay watcher.
+    pub relays_down_secs: std::sync::atomic::AtomicU64,
     /// The embedded relay, when RELAY=1.
     pub relay: Option<Arc<Relay>>,
     pub relay_reconnects: std::sync::atomic::AtomicU64,
@@ -57,6 +60,7 @@ impl AppState {
             presence_peers: OnceLock::new(),
             relays_connected: AtomicUsize::new(0),
             relays_total: AtomicUsize::new(relays_total),
+            relays_down_secs: Default::default(),
             relay,
             relay_reconnects: Default::default(),
             room_stats: OnceLock::new(),
@@ -104,7 +108,30 @@ impl AppState {
     pub fn persist(&self) -> Option<&Arc<PersistStatus>> {
         self.persist.get()
     }
+
+    /// Why no browser can find the daemon, when it has joined the room over RTC and
+    /// for [`RELAY_GRACE`] no relay has been connected.
+    pub fn cut_off(&self) -> Option<String> {
+        self.sync_room.get()?;
+        let down = self.relays_down_secs.load(Ordering::Relaxed);
+        if down < RELAY_GRACE.as_secs() {
+            return None;
+        }
+        let total = self.relays_total.load(Ordering::Relaxed);
+        Some(if total == 0 {
+            "RTC is enabled but no relay is configured (RELAY_URLS is empty and RELAY is off): no peer can find the daemon".to_owned()
+        } else {
+            format!(
+                "no signalling relay reachable for {down} s (0 of {total} connected): no peer can find the daemon"
+            )
+        })
+    }
 }
+
+/// How long the daemon may have no relay connected, at start or later, before it calls
+/// itself cut off: a connect may take up to 10 s, and the first retry follows about
+/// 3 s later.
+pub const RELAY_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub fn router(state: Arc<AppState>) -> Router {
     let registry = Arc::new(metrics::registry(state.clone()));
@@ -143,6 +170,9 @@ struct Health {
     unwritten: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// Why the daemon is degraded when its storage is fine: it can reach no relay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     relays: Relays,
     #[serde(skip_serializing_if = "Option::is_none")]
     relay: Option<RelayHealth>,
@@ -183,11 +213,12 @@ struct Relays {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let cut_off = state.cut_off();
     let (status, nodes, oplog) = match state.store() {
         None => ("starting", None, None),
         Some(store) => {
             let s = store.lock().unwrap_or_else(|p| p.into_inner());
-            let degraded = state.persist().is_some_and(|p| p.degraded());
+            let degraded = state.persist().is_some_and(|p| p.degraded()) || cut_off.is_some();
             let status = if degraded { "degraded" } else { "ok" };
             (status, Some(s.len()), Some(s.oplog().len()))
         }
@@ -210,6 +241,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             .filter(|p| p.degraded())
             .map(|p| p.unwritten_records.load(Ordering::Relaxed)),
         error: persist.and_then(|p| p.last_error()),
+        reason: cut_off,
         relays: Relays {
             connected: state.relays_connected.load(Ordering::Relaxed),
             total: state.relays_total.load(Ordering::Relaxed),

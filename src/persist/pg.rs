@@ -24,6 +24,7 @@
 use super::codec::{self, CodecError};
 use super::files::{CompactReport, Loaded, StoreError};
 use super::{Backend, PersistConfig, PersistStatus};
+use crate::rate::Backoff;
 use crate::store::Store;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -837,7 +838,7 @@ pub struct PgBackend {
     loaded: bool,
     /// The first seq past every row this process has tried to write.
     attempted_end: u64,
-    backoff: Duration,
+    backoff: Backoff,
     next_try: Option<Instant>,
     last_error: String,
     journal_bytes: u64,
@@ -859,7 +860,7 @@ impl PgBackend {
             client: None,
             loaded: false,
             attempted_end: 0,
-            backoff: BACKOFF_MIN,
+            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
             next_try: None,
             last_error: String::new(),
             journal_bytes: 0,
@@ -906,7 +907,7 @@ impl PgBackend {
                         tracing::info!(database = %self.target.redacted, "postgres reachable again");
                     }
                     self.next_try = None;
-                    self.backoff = BACKOFF_MIN;
+                    self.backoff.reset();
                     self.client = Some(c);
                 }
                 Err(e) => {
@@ -925,8 +926,7 @@ impl PgBackend {
     fn failed(&mut self, e: &PgError) {
         self.client = None;
         self.last_error = e.to_string();
-        self.next_try = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.next_try = Some(Instant::now() + self.backoff.next_delay());
     }
 
     fn with_client<T>(

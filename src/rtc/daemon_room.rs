@@ -169,15 +169,31 @@ fn join_presence(cfg: &Config, urls: Vec<String>, state: Arc<AppState>) -> Arc<R
 
 async fn watch_relays(pool: Arc<RelayPool>, state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_connected = tokio::time::Instant::now();
+    let mut was_cut_off = false;
     loop {
         tick.tick().await;
+        let connected = pool.connected();
+        state.relays_connected.store(connected, Ordering::Relaxed);
+        if connected > 0 {
+            last_connected = tokio::time::Instant::now();
+        }
         state
-            .relays_connected
-            .store(pool.connected(), Ordering::Relaxed);
+            .relays_down_secs
+            .store(last_connected.elapsed().as_secs(), Ordering::Relaxed);
         let reconnects = (0..pool.len())
             .filter_map(|i| pool.status(i))
             .map(|s| s.reconnects.load(Ordering::Relaxed))
             .sum();
         state.relay_reconnects.store(reconnects, Ordering::Relaxed);
+        let cut_off = state.cut_off();
+        match (&cut_off, was_cut_off) {
+            (Some(reason), false) => tracing::warn!(%reason, "degraded: cut off from every relay"),
+            (None, true) => {
+                tracing::info!(connected, "a relay is connected again; no longer cut off")
+            }
+            _ => {}
+        }
+        was_cut_off = cut_off.is_some();
     }
 }

@@ -8,7 +8,7 @@
 //! ids and signatures are verified, their rate and size are bounded, and a relay that
 //! floods only loses its own excess.
 
-use crate::rate::TokenBucket;
+use crate::rate::{Backoff, TokenBucket};
 use crate::relay::event::Event;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -240,12 +240,14 @@ enum SessionEnd {
 
 impl RelayTask {
     async fn run(self, mut out: mpsc::Receiver<String>) {
-        let mut backoff = self.cfg.backoff_base;
+        let mut backoff = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max).jittered();
         let mut first = true;
+        // Failed tries since the relay was last open: the first of a cycle is a warning,
+        // the retries that follow are debug lines.
+        let mut failures = 0u64;
         loop {
             if !first {
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(self.cfg.backoff_max);
+                tokio::time::sleep(backoff.next_delay()).await;
                 self.status.reconnects.fetch_add(1, Ordering::Relaxed);
             }
             first = false;
@@ -254,19 +256,26 @@ impl RelayTask {
                 .max_frame_size(Some(self.cfg.max_message_bytes));
             let connecting =
                 tokio_tungstenite::connect_async_with_config(&self.url, Some(ws_cfg), false);
-            let ws = match tokio::time::timeout(self.cfg.connect_timeout, connecting).await {
-                Ok(Ok((ws, _))) => ws,
-                Ok(Err(e)) => {
-                    tracing::debug!(relay = %self.url, error = %e, "relay connect failed");
-                    continue;
-                }
-                Err(_) => {
-                    tracing::debug!(relay = %self.url, "relay connect timed out");
+            let error = match tokio::time::timeout(self.cfg.connect_timeout, connecting).await {
+                Ok(Ok((ws, _))) => Ok(ws),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer in {:?}", self.cfg.connect_timeout)),
+            };
+            let ws = match error {
+                Ok(ws) => ws,
+                Err(error) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(relay = %self.url, %error, "relay unreachable; retrying with backoff");
+                    } else {
+                        tracing::debug!(relay = %self.url, %error, failures, "relay connect failed");
+                    }
                     continue;
                 }
             };
-            backoff = self.cfg.backoff_base;
-            tracing::info!(relay = %self.url, "relay connected");
+            backoff.reset();
+            tracing::info!(relay = %self.url, failed_tries = failures, "relay connected");
+            failures = 0;
             let end = self.session(ws, &mut out).await;
             self.status.connected.store(false, Ordering::Relaxed);
             while out.try_recv().is_ok() {}
@@ -403,14 +412,6 @@ enum Handled {
     Pow,
 }
 
-/// ±25 % so that many daemons restarted together do not reconnect in step.
-fn jitter(d: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let _ = getrandom::fill(&mut b);
-    let unit = u16::from_le_bytes(b) as f64 / u16::MAX as f64;
-    d.mul_f64(0.75 + unit * 0.5)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,13 +423,5 @@ mod tests {
         assert!(!demands_pow("pow: 0 bits needed"));
         assert!(!demands_pow("rate-limited: slow down"));
         assert!(!demands_pow("pow: lots"));
-    }
-
-    #[test]
-    fn jitter_stays_within_a_quarter() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_secs(4));
-            assert!(j >= Duration::from_secs(3) && j <= Duration::from_secs(5));
-        }
     }
 }

@@ -1,21 +1,26 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t genosdb-fallback .
-# Run:   docker run -p 3000:3000 -v genosdb-data:/app/data -e DB_NAME=my-app-db genosdb-fallback
+# Run:   docker compose up   (docker-compose.yml; or see docs/OPERATIONS.md, "Docker")
+# WebRTC carries the data over UDP, which `-p 3000:3000` does not publish: run with
+# --network host (as docker-compose.yml does), or give browsers a TURN server.
+# CI runs the build stages below as a script: .ci/docker-steps.
 
-FROM rust:1.95-slim-bookworm AS build
+FROM rust:1.95-slim-bookworm AS chef
+# cargo-chef turns the manifests into a recipe and builds the dependencies from it, so
+# that layer stays cached until Cargo.toml or Cargo.lock change, whatever targets
+# Cargo.toml declares.
+RUN cargo install --locked cargo-chef --version 0.1.78
 WORKDIR /src
-# Dependencies first, from the manifests alone, so this layer is cached until they change.
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
- && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
- && echo 'fn main() {}' > benches/store.rs \
- && cargo build --release --locked \
- && rm -rf src benches
-COPY src ./src
-COPY benches ./benches
-RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked --bin genosdb-fallback
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS build
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json --bin genosdb-fallback
+COPY . .
+RUN cargo build --release --locked --bin genosdb-fallback
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -651,10 +651,40 @@ fn url_list(
     Ok(out)
 }
 
+/// An IP address, or a host name that resolves (`localhost`): its first IPv4 address,
+/// else its first address.
 fn parse_host(v: &str) -> Result<IpAddr, ConfigError> {
-    v.trim()
-        .parse()
-        .map_err(|_| bad("HOST", v, "an IP address such as 0.0.0.0 or 127.0.0.1"))
+    use std::net::ToSocketAddrs;
+    let name = v.trim();
+    if let Ok(ip) = name.parse() {
+        return Ok(ip);
+    }
+    let refused = || {
+        bad(
+            "HOST",
+            v,
+            "an IP address such as 0.0.0.0 or 127.0.0.1, or a host name that resolves, such as localhost",
+        )
+    };
+    let is_name = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !is_name {
+        return Err(refused());
+    }
+    let addrs: Vec<IpAddr> = (name, 0)
+        .to_socket_addrs()
+        .map_err(|_| refused())?
+        .map(|a| a.ip())
+        .collect();
+    addrs
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(refused)
 }
 
 fn super_admins(v: &str) -> Result<Vec<String>, ConfigError> {
@@ -786,6 +816,19 @@ mod tests {
         let mut raw = RawSettings::default();
         f(&mut raw);
         raw.validate()
+    }
+
+    #[test]
+    fn host_is_an_address_or_a_name_that_resolves() {
+        let host = |v: &str| with(|r| r.host = Some(v.into())).map(|c| c.host);
+        assert_eq!(host("127.0.0.1").unwrap().to_string(), "127.0.0.1");
+        assert_eq!(host("::").unwrap().to_string(), "::");
+        assert!(host("localhost").unwrap().is_loopback());
+        for no in ["", "local host", "localhost:80", "http://localhost"] {
+            let e = host(no).unwrap_err();
+            assert_eq!(e.var, "HOST", "{no:?}");
+            assert!(e.expected.contains("host name that resolves"), "{no:?}");
+        }
     }
 
     #[test]

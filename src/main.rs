@@ -1,5 +1,5 @@
-use clap::Parser;
-use genosdb_fallback::config::{Cli, Command, Config, LogFormat};
+use clap::{CommandFactory, FromArgMatches};
+use genosdb_fallback::config::{Cli, Command, Config, DEFAULT_FORWARD_MS, LogFormat, StorageKind};
 use genosdb_fallback::{daemon, tools};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -42,7 +42,10 @@ fn main() -> ExitCode {
         say(format_args!("genosdb-fallback: invalid .env: {e}"));
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&cli().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let cfg = match cli.settings.validate() {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -74,7 +77,10 @@ fn main() -> ExitCode {
                 nodes = r.nodes,
                 snapshot_bytes = r.snapshot_bytes,
                 next_seq = r.next_seq,
-                to = ?to,
+                to = match to {
+                    StorageKind::Files => "files",
+                    StorageKind::Postgres => "postgres",
+                },
                 "migrated"
             );
         }),
@@ -109,6 +115,90 @@ fn import(cfg: &Config, file: &std::path::Path) -> anyhow::Result<()> {
     };
     tracing::info!(read = report.read, adopted = report.adopted, "imported");
     Ok(())
+}
+
+/// The command line: every setting's help shows its default (taken from what an empty
+/// configuration validates to, so the two cannot drift apart), and each subcommand's
+/// help shows its own arguments, not the daemon's settings again.
+fn cli() -> clap::Command {
+    let defaults = genosdb_fallback::config::RawSettings::default()
+        .validate()
+        .expect("the defaults validate");
+    let cmd = Cli::command().mut_args(|arg| {
+        let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+            return arg;
+        };
+        let Some(default) = shown_default(&defaults, env) else {
+            return arg;
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        arg.help(format!("{help} [default: {default}]"))
+    });
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    names.into_iter().fold(cmd, |cmd, name| {
+        cmd.mut_subcommand(name, |sub| {
+            let args = if sub.get_positionals().next().is_some() {
+                "\nArguments:\n{positionals}\n"
+            } else {
+                ""
+            };
+            sub.help_template(format!(
+                "{{about-with-newline}}\n{{usage-heading}} {{usage}}\n{args}\n\
+                 The daemon's settings (DB_NAME, DATA_DIR, DATABASE_URL, ...) apply here too, as\n\
+                 environment variables or as flags: see genosdb-fallback --help.\n"
+            ))
+        })
+    })
+}
+
+/// What a setting is when it is not given, as `--help` shows it.
+fn shown_default(c: &Config, env: &str) -> Option<String> {
+    let num = |v: f64| v.to_string();
+    let on = |b: bool| if b { "true" } else { "false" }.to_owned();
+    Some(match env {
+        "DB_NAME" => c.db_name.clone(),
+        "RTC_ENABLED" => on(c.rtc_enabled),
+        "RELAY_URLS" => "GenosDB's 8 public relays; set but empty: none".into(),
+        "ICE_SERVERS" => "GenosDB's 4 STUN servers; set but empty: none".into(),
+        "ROOM_PRESENCE" => on(c.room_presence),
+        "RELAY" => on(c.relay),
+        "RELAY_MAX_CONNECTIONS" => c.relay_limits.max_connections.to_string(),
+        "RELAY_MAX_PER_IP" => c.relay_limits.max_per_ip.to_string(),
+        "RELAY_MAX_MESSAGE_BYTES" => c.relay_limits.max_message_bytes.to_string(),
+        "RELAY_EVENTS_PER_SEC" => num(c.relay_limits.events_per_sec),
+        "RELAY_EVENT_BURST" => num(c.relay_limits.event_burst),
+        "RELAY_MAX_SUBS" => c.relay_limits.max_subscriptions.to_string(),
+        "MAX_PEERS" => c.peer_limits.max_peers.to_string(),
+        "PEER_MSG_RATE" => num(c.peer_limits.msg_rate),
+        "PEER_MSG_BURST" => num(c.peer_limits.msg_burst),
+        "PEER_BYTES_RATE" => num(c.peer_limits.bytes_rate),
+        "PEER_BYTES_BURST" => num(c.peer_limits.bytes_burst),
+        "MAX_MESSAGE_BYTES" => c.max_message_bytes.to_string(),
+        "MAX_VALUE_BYTES" => c.max_value_bytes.to_string(),
+        "HOST" => c.host.to_string(),
+        "PORT" => c.port.to_string(),
+        "SM_ENABLED" => on(c.sm_enabled),
+        "CELLS" => on(c.cells.is_some()),
+        "CELL_SIZE" => genosdb_fallback::rtc::cells::DEFAULT_CELL_SIZE.to_string(),
+        "FORWARD_OPS" => on(c.forward.is_some()),
+        "FORWARD_MS" => DEFAULT_FORWARD_MS.to_string(),
+        "SM_STRICT" => on(c.sm_strict),
+        "DATA_DIR" => c.data_dir.display().to_string(),
+        "DATABASE_URL" => "unset: the graph lives in DATA_DIR".into(),
+        "FLUSH_MS" => c.flush_every.as_millis().to_string(),
+        "OPLOG_SIZE" => c.oplog_size.to_string(),
+        "COMPACT_BYTES" => c.compact_bytes.to_string(),
+        "LOG_FORMAT" => match c.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+        .into(),
+        "RUST_LOG" => c.log_filter.clone(),
+        _ => return None,
+    })
 }
 
 /// Logs go to stderr so that `export` can own stdout.

@@ -125,3 +125,74 @@ fn cut_off_from_every_relay_is_degraded_until_one_answers() {
     d.wait_for_log("no longer cut off", Duration::from_secs(5));
     d.assert_no_panic();
 }
+
+/// `HOST=localhost` binds the loopback address; `--help` shows defaults, and a
+/// subcommand's help is its own, not the daemon's settings again.
+#[test]
+fn host_names_and_help() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(&tmp);
+    let mut d = Daemon::start_ready(&dir, &[("HOST", "localhost")]);
+    let line = d.wait_for_log("listening", Duration::from_secs(5));
+    assert!(line.contains("addr=127.0.0.1:"), "{line}");
+    assert_eq!(health(d.port)["status"], "ok");
+    drop(d);
+
+    let help = common::run(&dir, &["--help"], &[]);
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("[default: 256] [env: MAX_PEERS"), "{help}");
+    assert!(help.contains("[default: ./data] [env: DATA_DIR"), "{help}");
+    let export = common::run(&dir, &["export", "--help"], &[]);
+    let export = String::from_utf8(export.stdout).unwrap();
+    assert!(
+        export.contains("Usage: genosdb-fallback export"),
+        "{export}"
+    );
+    assert!(!export.contains("--max-peers"), "{export}");
+    assert!(export.lines().count() < 15, "{export}");
+}
+
+/// LOG_FORMAT=json: every field is a JSON string, number or boolean of its own, never a
+/// Rust Debug rendering of a struct, a list or an Option; no secret appears.
+#[test]
+fn json_logs_carry_fields_not_debug_strings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(&tmp);
+    let relay = format!("ws://127.0.0.1:{}", closed_port());
+    let mut d = Daemon::start(
+        &dir,
+        &[
+            ("LOG_FORMAT", "json"),
+            ("RTC_ENABLED", "true"),
+            ("CELLS", "true"),
+            ("RELAY_URLS", &relay),
+            ("ICE_SERVERS", "stun:127.0.0.1:3478"),
+            ("TURN_URLS", "turn:127.0.0.1:3478"),
+            ("TURN_USERNAME", "user"),
+            ("TURN_CREDENTIAL", "turn-secret-7f3a"),
+        ],
+    );
+    d.wait_for_log("joined the sync room", Duration::from_secs(10));
+    let lines = d.drain_log().to_vec();
+    let start = lines
+        .iter()
+        .find(|l| l.contains("starting genosdb-fallback"))
+        .expect("the start line");
+    let v: serde_json::Value = serde_json::from_str(start).unwrap();
+    assert_eq!(v["fields"]["relays"], relay.as_str(), "{v}");
+    assert_eq!(v["fields"]["stun"], "stun:127.0.0.1:3478", "{v}");
+    assert_eq!(v["fields"]["cell_size"], 10, "{v}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        for (k, f) in v["fields"].as_object().unwrap() {
+            assert!(!f.is_object() && !f.is_array(), "{k}: {line}");
+            if let Some(text) = f.as_str() {
+                for debug in ["{ ", "Some(", "None", "[\"", "Config"] {
+                    assert!(!text.contains(debug), "{k} is a Debug string: {line}");
+                }
+            }
+        }
+        assert!(!line.contains("turn-secret-7f3a"), "{line}");
+    }
+}

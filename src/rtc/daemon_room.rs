@@ -100,7 +100,7 @@ pub fn start(
     let mut sync_cfg = room_config(cfg, &cfg.sync_room());
     sync_cfg.cells = cfg.cells;
     let (room, events) = Room::join(sync_cfg, pool.clone(), inbound);
-    tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), cells = ?cfg.cells, "joined the sync room");
+    tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), cell_size = cfg.cells, "joined the sync room");
     let room = Arc::new(room);
     if let Some(relay) = &state.relay {
         relay.trust_publisher(&room.nostr_pubkey);

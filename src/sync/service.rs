@@ -691,7 +691,7 @@ impl Service {
             merged = applied.merged,
             answered = applied.answered,
             counter = applied.counter_reply,
-            ?reply,
+            reply = reply_name(reply),
             "sync message"
         );
         match reply {
@@ -789,7 +789,7 @@ impl Service {
     fn reply_unasked(&mut self) {
         for (peer, their_ts) in self.engine.unasked(Instant::now()) {
             let reply = self.shared.store().sync_reply(their_ts);
-            tracing::debug!(%peer, ?reply, "the peer's sync never came; replying anyway");
+            tracing::debug!(%peer, reply = reply_name(Some(reply)), "the peer's sync never came; replying anyway");
             bump(&self.shared.stats.unasked_replies, 1);
             self.enqueue(&peer, reply.into());
         }
@@ -1052,6 +1052,15 @@ fn next_full_part(
         cursor.rewind(mark);
         let fitted = text.len() as f64 * 0.9 * PART_FRAMES as f64 / count as f64;
         *budget = (fitted as usize).clamp(MIN_PART_BUDGET, *budget / 2);
+    }
+}
+
+/// A reply's kind as a log field.
+fn reply_name(reply: Option<SyncReply>) -> &'static str {
+    match reply {
+        Some(SyncReply::Full) => "full",
+        Some(SyncReply::Delta) => "delta",
+        None => "none",
     }
 }
 

@@ -26,10 +26,7 @@ fn load(name: &str) -> Value {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    hex::decode(s).unwrap()
 }
 
 /// Just enough of the GenosRTC frame (§3) to read the captures: strip the 15-byte

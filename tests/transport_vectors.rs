@@ -17,15 +17,10 @@ fn vectors() -> Value {
     .unwrap()
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use hex::{decode as unhex_result, encode as hex};
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    unhex_result(s).unwrap()
 }
 
 #[test]

@@ -90,7 +90,7 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<Figures> {
 fn run_id() -> String {
     let mut b = [0u8; 4];
     let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 fn temp_dir(run: &str) -> PathBuf {

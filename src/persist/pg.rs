@@ -778,8 +778,7 @@ impl From<tokio_postgres::Error> for PgOpError {
 fn application_name() -> String {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("genosdb-fallback-{hex}")
+    format!("genosdb-fallback-{}", hex::encode(b))
 }
 
 /// Opens a session that owns `db`: connect, session timeouts, migrate, lock.

@@ -150,16 +150,10 @@ fn check_hex(s: &str, len: usize, what: &'static str) -> Result<(), EventError> 
 }
 
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 /// Decodes hex already checked by [`check_hex`].
 fn unhex(s: &str) -> Vec<u8> {
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| {
-            let d = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-            d(p[0]) << 4 | d(p.get(1).copied().unwrap_or(b'0'))
-        })
-        .collect()
+    hex::decode(s).unwrap_or_default()
 }

@@ -360,9 +360,7 @@ fn inflate(bytes: &[u8], limit: usize) -> Inflated {
 mod tests {
     use super::*;
 
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
+    use hex::encode as hex;
 
     #[test]
     fn progress_matches_math_round() {

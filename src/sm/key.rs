@@ -27,10 +27,7 @@ pub fn parse_key(text: &str) -> Result<Signer, KeyError> {
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(KeyError::Hex);
     }
-    let bytes: Vec<u8> = (0..64)
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| KeyError::Hex))
-        .collect::<Result<_, _>>()?;
+    let bytes = hex::decode(hex).map_err(|_| KeyError::Hex)?;
     SigningKey::from_slice(&bytes)
         .map(Signer::new)
         .map_err(|_| KeyError::Scalar)

@@ -34,8 +34,7 @@ pub fn eip191_digest(message: &[u8]) -> [u8; 32] {
 pub fn address_of(key: &VerifyingKey) -> String {
     let point = key.to_sec1_point(false);
     let hash = Keccak256::digest(&point.as_bytes()[1..]);
-    let hex: String = hash[12..].iter().map(|b| format!("{b:02x}")).collect();
-    eth::to_checksum(&hex)
+    eth::to_checksum(&hex::encode(&hash[12..]))
 }
 
 /// Recovers the signer's EIP-55 address, accepting what ethers'
@@ -83,14 +82,7 @@ fn parse_hex(s: &str) -> Result<Vec<u8>, SigError> {
     if hex.len() % 2 != 0 || hex.len() > 260 {
         return Err(SigError::Hex);
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or(SigError::Hex)
-        })
-        .collect()
+    hex::decode(hex).map_err(|_| SigError::Hex)
 }
 
 /// A signing identity. Its key never leaves this type: `Debug` prints the address.
@@ -121,13 +113,8 @@ impl Signer {
     /// `0x` + r + s + v, exactly as ethers' `signMessage` prints it.
     pub fn sign(&self, message: &[u8]) -> String {
         let (sig, recid) = self.key.sign_prehash_recoverable(&eip191_digest(message));
-        let mut out = String::with_capacity(132);
-        out.push_str("0x");
-        for b in sig.to_bytes().iter() {
-            out.push_str(&format!("{b:02x}"));
-        }
-        out.push_str(&format!("{:02x}", 27 + (recid.to_byte() & 1)));
-        out
+        let v = 27 + (recid.to_byte() & 1);
+        format!("0x{}{v:02x}", hex::encode(sig.to_bytes()))
     }
 }
 
@@ -140,20 +127,15 @@ mod tests {
     const V13_SIG: &str = "0x8ed8d3356d0aa5544c5d366de346e502d393c3ee58227c378233301ac211c3670a0bacaad8268dfc452dabe1ac8706085c81a8b6b8b259a0330d0ed3109c2bcf1b";
 
     fn hardhat() -> Signer {
-        let bytes: Vec<u8> = (0..64)
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&HARDHAT_KEY[i..i + 2], 16).unwrap())
-            .collect();
-        Signer::new(SigningKey::from_slice(&bytes).unwrap())
+        Signer::new(SigningKey::from_slice(&hex::decode(HARDHAT_KEY).unwrap()).unwrap())
     }
 
     #[test]
     fn v13_digest_signature_and_recovery() {
         assert_eq!(V13_CANONICAL.len(), 175);
         let digest = eip191_digest(V13_CANONICAL.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
-            hex,
+            hex::encode(digest),
             "8598f87675654d4edecb2e55b0d04a8174beda84594ea11b1bc788fd2218748b"
         );
         let signer = hardhat();

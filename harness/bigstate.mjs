@@ -4,7 +4,8 @@
 // the 100-frame ceiling of one GenosRTC message, so a server that sends it as one
 // message never delivers it.
 //
-// Copy this file into a writable copy of ../shared/harness (next to scale.mjs) and run:
+// Copy this file next to scale.mjs in a writable copy of the GenosDB browser harness
+// (docs/DEVELOPMENT.md, "Real browsers") and run:
 //   ./run.sh bigstate.mjs                                   # against genossrv
 //   SUPERPEER_CMD='exec /path/to/genosdb-fallback' SUPERPEER_NAME=rust \
 //     SUPERPEER_READY=http:/health ./run.sh bigstate.mjs     # against the daemon

@@ -7,7 +7,7 @@
 //            leaves, and a fresh browser gets its data from the room.
 //
 // Copy this file, probe-kit.mjs and page/sm.html + page/sm-peer.js into a writable
-// copy of ../shared/harness (page files into its page/), then:
+// copy of the GenosDB browser harness (docs/DEVELOPMENT.md; page files into its page/), then:
 //   SUPERPEER_CMD='exec /path/to/genosdb-fallback' SUPERPEER_NAME=rust \
 //     SUPERPEER_READY=http:/health ./run.sh cells.mjs
 import path from 'node:path'

@@ -3,7 +3,7 @@
 // password never connects (its sealed offers do not open, and ours do not open for it).
 //
 // Copy this file, probe-kit.mjs and page/sm.html + page/sm-peer.js into a writable
-// copy of ../shared/harness (page files into its page/), then:
+// copy of the GenosDB browser harness (docs/DEVELOPMENT.md; page files into its page/), then:
 //   SUPERPEER_CMD='exec /path/to/genosdb-fallback' SUPERPEER_NAME=rust \
 //     SUPERPEER_READY=http:/health ./run.sh password.mjs
 import path from 'node:path'

@@ -2,7 +2,8 @@
 // app room (db.room) too; a browser must see it there as type "superpeer" (peer:seen
 // from its announces, peer:join once connected).
 //
-// Copy this file into a writable copy of ../shared/harness (next to scale.mjs) and run:
+// Copy this file next to scale.mjs in a writable copy of the GenosDB browser harness
+// (docs/DEVELOPMENT.md, "Real browsers") and run:
 //   SUPERPEER_CMD='exec /path/to/genosdb-fallback' SUPERPEER_NAME=rust \
 //     SUPERPEER_READY=http:/health ./run.sh presence.mjs     # against the daemon
 import path from 'node:path'

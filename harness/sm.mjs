@@ -13,7 +13,7 @@
 //   SM4  the promoted user's write is then accepted and served to a fresh browser.
 //
 // Copy this file, probe-kit.mjs and page/sm.html + page/sm-peer.js into a writable
-// copy of ../shared/harness (page files into its page/), then:
+// copy of the GenosDB browser harness (docs/DEVELOPMENT.md; page files into its page/), then:
 //   SUPERPEER_CMD='exec /path/to/genosdb-fallback' SUPERPEER_NAME=rust \
 //     SUPERPEER_READY=http:/health ./run.sh sm.mjs
 import path from 'node:path'

@@ -121,7 +121,7 @@ enum Opened {
 }
 
 /// Opens the store DATABASE_URL or DATA_DIR names. Postgres that cannot be read is not
-/// an error: the daemon then serves from memory, degraded, until it can (see README).
+/// an error: the daemon then serves from memory, degraded, until it can (see docs/OPERATIONS.md).
 fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
     match &cfg.database {
         None => {

@@ -2,7 +2,7 @@
 //! (tests/vectors, see its README.md) through our store and compares the outcomes.
 //!
 //! Where our daemon deliberately differs from a browser, the test says so and checks
-//! our behaviour instead (see README, "Where we differ from genossrv").
+//! our behaviour instead (see docs/PROTOCOL.md, "Where it differs from genossrv and browsers").
 
 use genosdb_fallback::store::{FullStateOutcome, Hlc, Op, Store, SyncReply, UpsertOp};
 use genosdb_fallback::sync::{self, Message};

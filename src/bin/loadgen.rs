@@ -1,5 +1,5 @@
 //! `loadgen`: N Rust peers against one genosdb-fallback daemon on 127.0.0.1; prints one
-//! JSON line per figure as it is measured and a table at the end. See README,
+//! JSON line per figure as it is measured and a table at the end. See docs/DEVELOPMENT.md,
 //! *Load generator*.
 
 use clap::Parser;

@@ -379,7 +379,7 @@ impl Collector for Daemon {
             gauge(
                 &mut enc,
                 "unwritten_bytes",
-                "Journal bytes merged but not yet written (bounded; see README)",
+                "Journal bytes merged but not yet written (bounded; see docs/OPERATIONS.md)",
                 p.unwritten_bytes.load(Ordering::Relaxed) as i64,
             )?;
             gauge(

@@ -1,6 +1,6 @@
 //! The load generator (`loadgen` binary): Rust peers built from this crate's rtc code,
 //! split across worker processes, against one daemon on loopback that signals through
-//! its embedded relay. See README, *Load generator*.
+//! its embedded relay. See docs/DEVELOPMENT.md, *Load generator*.
 
 pub mod daemon;
 pub mod peer;

@@ -17,10 +17,12 @@ fn vectors() -> Value {
     .unwrap()
 }
 
-use hex::{decode as unhex_result, encode as hex};
+fn hex(b: &[u8]) -> String {
+    hex::encode(b)
+}
 
 fn unhex(s: &str) -> Vec<u8> {
-    unhex_result(s).unwrap()
+    hex::decode(s).unwrap()
 }
 
 #[test]

@@ -360,7 +360,9 @@ fn inflate(bytes: &[u8], limit: usize) -> Inflated {
 mod tests {
     use super::*;
 
-    use hex::encode as hex;
+    fn hex(b: &[u8]) -> String {
+        hex::encode(b)
+    }
 
     #[test]
     fn progress_matches_math_round() {

@@ -132,11 +132,9 @@ pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
     let target: &PgTarget = cfg.database.as_ref().context(
         "migrate needs DATABASE_URL (postgres://user:pass@host:port/db) as well as DATA_DIR",
     )?;
-    let app = format!("genosdb-fallback-migrate-{}", std::process::id());
     let layout = cfg.layout();
     let lock = files::DirLock::acquire(&layout).context("cannot lock DATA_DIR")?;
-    let mut owner =
-        pg::open_owner(target, &cfg.db_name, &app).context("cannot open the store in postgres")?;
+    let mut owner = pg::open_session(target).context("cannot open the store in postgres")?;
     let loaded = match to {
         StorageKind::Postgres => {
             if !owner.is_empty(&cfg.db_name)? {
@@ -159,17 +157,21 @@ pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
             owner
                 .load(&cfg.db_name, cfg.oplog_size)
                 .context("cannot read the store from postgres")?
+                .0
         }
     };
     let bytes = codec::encode_snapshot(&loaded.store, loaded.next_seq);
     match to {
-        StorageKind::Postgres => owner.write_snapshot(
-            &cfg.db_name,
-            &bytes,
-            loaded.next_seq,
-            loaded.store.len(),
-            true,
-        )?,
+        // Merged with anything a daemon wrote meanwhile, under the compaction lock.
+        StorageKind::Postgres => {
+            owner.compact(
+                &cfg.db_name,
+                cfg.oplog_size,
+                Some(&loaded.store),
+                true,
+                pg::RETAIN,
+            )?;
+        }
         StorageKind::Files => {
             files::rewrite_from_memory(&layout, &bytes, loaded.next_seq)
                 .context("cannot write DATA_DIR")?;

@@ -185,8 +185,21 @@ pub trait Backend: Send {
     /// that the storage still answers. `idle` is true when nothing waits to be written.
     fn maintain(&mut self, next_seq: u64, idle: bool, status: &PersistStatus);
 
+    /// What other writers of the same store added since the last call (several
+    /// daemons on one Postgres database); merged into memory by the merge rules.
+    fn poll(&mut self, _status: &PersistStatus) -> Option<Remote> {
+        None
+    }
+
     /// Cancels and waits for background work; nothing is written after this returns.
     fn stop(&mut self);
+}
+
+/// What another writer of the same store added: records to merge one by one, or, when
+/// the backend lost track of them, everything it holds, to merge as a full state.
+pub enum Remote {
+    Effects(Vec<Effect>),
+    Whole(Store),
 }
 
 #[derive(Clone, Debug)]
@@ -333,8 +346,39 @@ impl Flusher {
             }
             let idle = self.unwritten.is_empty();
             self.backend.maintain(self.next_seq, idle, &self.status);
+            self.pull();
         }
         self.publish_queue();
+    }
+
+    /// Merges what other writers of the store added. Their records are stored
+    /// already: nothing of this reaches the journal again.
+    fn pull(&mut self) {
+        let Some(remote) = self.backend.poll(&self.status) else {
+            return;
+        };
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        match remote {
+            Remote::Effects(effects) => {
+                let count = effects.len();
+                let merged = effects
+                    .into_iter()
+                    .map(|e| merge_effect(&mut store, e) as usize)
+                    .sum::<usize>();
+                tracing::debug!(
+                    records = count,
+                    merged,
+                    "merged records other daemons stored"
+                );
+            }
+            Remote::Whole(stored) => {
+                let sink = store.take_sink();
+                merge_into(&mut store, &stored);
+                if let Some(sink) = sink {
+                    store.set_sink(sink);
+                }
+            }
+        }
     }
 
     fn queue(&mut self, taken: Buffer) {
@@ -545,6 +589,45 @@ pub fn merge_into(base: &mut Store, memory: &Store) {
         removals,
         ts: memory.global_ts(),
     });
+}
+
+/// Applies an effect another writer journaled, by the merge rules rather than blindly:
+/// several daemons append to one Postgres journal, so two rows can disagree, and the
+/// newer write wins whatever order they are read in (a replay of one writer's rows
+/// from the state they were decided on gives what replaying them blindly gives).
+/// Nothing reaches the store's sink: the record is already stored.
+pub fn merge_effect(store: &mut Store, effect: Effect) -> bool {
+    let newer = |store: &Store, id: &str, ts| match store.get(id) {
+        Some(n) => n.timestamp < Some(ts),
+        None => store.oplog().tombstone(id).is_none_or(|t| t < ts),
+    };
+    let apply = match &effect {
+        Effect::Upsert { id, value, ts } => value.is_some() && newer(store, id, *ts),
+        Effect::Adopt { id, node } => match store.get(id) {
+            Some(n) => n.timestamp < node.timestamp,
+            None => store
+                .oplog()
+                .tombstone(id)
+                .is_none_or(|t| node.timestamp.is_some_and(|n| t < n)),
+        },
+        Effect::Remove { id, ts } => match store.get(id) {
+            Some(n) => n.timestamp < Some(*ts),
+            None => store.oplog().tombstone(id).is_none_or(|t| t < *ts),
+        },
+        Effect::Link {
+            source, target, ts, ..
+        } => {
+            store.get(target).is_some()
+                && store
+                    .get(source)
+                    .is_some_and(|s| s.timestamp < Some(*ts) && !s.has_edge(target))
+        }
+        Effect::GlobalTs(ts) => store.global_ts() < Some(*ts),
+    };
+    if apply {
+        store.apply_effect(effect);
+    }
+    apply
 }
 
 #[cfg(test)]

@@ -267,7 +267,7 @@ impl PgClient {
             // this version migrated it) has no ids: its seqs order it.
             let (rows_sql, xmin_sql) = if version >= 2 {
                 (
-                    "SELECT id, xid::text, records, bytes FROM gdbf_journal WHERE db = $1 ORDER BY id",
+                    "SELECT id, xid::text, records, bytes FROM gdbf_journal WHERE db = $1 AND NOT folded ORDER BY id",
                     "SELECT pg_snapshot_xmin(pg_current_snapshot())::text",
                 )
             } else {
@@ -449,7 +449,8 @@ impl PgClient {
             c.execute(
                 "INSERT INTO gdbf_journal (db, writer, seq, records, bytes) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (db, writer, seq) DO UPDATE SET records = EXCLUDED.records,
-                    bytes = EXCLUDED.bytes, xid = pg_current_xact_id(), created_at = clock_timestamp()",
+                    bytes = EXCLUDED.bytes, xid = pg_current_xact_id(), created_at = clock_timestamp(),
+                    folded = false",
                 &[&db, &writer, &seq, &records, &bytes],
             )
             .await?;
@@ -459,9 +460,10 @@ impl PgClient {
 
     /// Folds the journal of `db` (and `extra`, a graph from memory, when given) into a
     /// new snapshot, in one transaction holding the compaction lock of `db`: only one
-    /// daemon compacts at a time. Every row read is locked and folded; of those, the
-    /// ones older than `retain` are deleted, by id, so a row another daemon appends
-    /// meanwhile is never lost, and the others keep the rows long enough to tail them.
+    /// daemon compacts at a time. Every row not yet folded is locked, folded, and
+    /// marked folded, by id, so a row another daemon appends meanwhile is never lost;
+    /// folded rows are deleted once older than `retain`, so the others' tails read
+    /// them first, and loads skip them (the snapshot holds them).
     /// Without `wait`, returns `None` at once when another daemon holds the lock.
     pub fn compact(
         &mut self,
@@ -497,10 +499,9 @@ impl PgClient {
                 .collect();
             let rows: Vec<(Row, bool)> = tx
                 .query(
-                    "SELECT id, xid::text, records, bytes,
-                            created_at < now() - make_interval(secs => $2)
-                     FROM gdbf_journal WHERE db = $1 ORDER BY id FOR UPDATE",
-                    &[&dbname, &retain],
+                    "SELECT id, xid::text, records, bytes, false
+                     FROM gdbf_journal WHERE db = $1 AND NOT folded ORDER BY id FOR UPDATE",
+                    &[&dbname],
                 )
                 .await?
                 .iter()
@@ -551,9 +552,8 @@ impl PgClient {
                     merge_effect(&mut store, effect);
                 }
                 folded += 1;
-                if *old {
-                    old_ids.push(row.id);
-                }
+                old_ids.push(row.id);
+                let _ = old;
             }
             if let Some(memory) = extra {
                 crate::persist::merge_into(&mut store, memory);
@@ -579,8 +579,19 @@ impl PgClient {
                 &[&dbname, &(codec::VERSION as i32), &nodes, &size],
             )
             .await?;
-            tx.execute("DELETE FROM gdbf_journal WHERE id = ANY($1)", &[&old_ids])
-                .await?;
+            // The rows folded are marked, not deleted: the other daemons' tails may not
+            // have read them yet. Folded rows older than `retain` go.
+            tx.execute(
+                "UPDATE gdbf_journal SET folded = true WHERE id = ANY($1)",
+                &[&old_ids],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM gdbf_journal WHERE db = $1 AND folded
+                    AND created_at < now() - make_interval(secs => $2)",
+                &[&dbname, &retain],
+            )
+            .await?;
             tx.commit().await?;
             Ok(Some(CompactReport {
                 segments: folded,

@@ -21,8 +21,8 @@
 //! same graph in whatever order they are read. Each daemon appends its own rows, tails
 //! the rows the others commit (by transaction id, so a row that commits late is not
 //! skipped), and compacts under a transaction-scoped advisory lock, so only one
-//! compacts at a time; a compaction deletes exactly the rows it folded, and only those
-//! older than [`RETAIN`], so the others have read them first.
+//! compacts at a time; a compaction marks exactly the rows it folded, and deletes
+//! them once older than [`RETAIN`], so the others have read them first.
 
 mod backend;
 mod client;
@@ -78,13 +78,16 @@ ALTER TABLE gdbf_snapshot ALTER COLUMN bytes SET STORAGE EXTERNAL;
 ";
 
 /// Several writers: rows get a server-wide id, their writer, and the transaction that
-/// wrote them (what the tail follows). Rows of the single-writer schema keep their
+/// wrote them (what the tail follows), and whether the snapshot holds them already
+/// (`folded`: kept for the other daemons' tails, skipped by loads). Rows of the
+/// single-writer schema keep their
 /// seqs under writer ''. Needs Postgres 13 (xid8).
 const MIGRATION_2: &str = "
 ALTER TABLE gdbf_journal ADD COLUMN id bigserial;
 ALTER TABLE gdbf_journal ADD COLUMN writer text NOT NULL DEFAULT '';
 ALTER TABLE gdbf_journal ADD COLUMN xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 ALTER TABLE gdbf_journal ADD COLUMN created_at timestamptz NOT NULL DEFAULT clock_timestamp();
+ALTER TABLE gdbf_journal ADD COLUMN folded boolean NOT NULL DEFAULT false;
 ALTER TABLE gdbf_journal DROP CONSTRAINT gdbf_journal_pkey;
 ALTER TABLE gdbf_journal ADD PRIMARY KEY (id);
 CREATE UNIQUE INDEX gdbf_journal_writer_seq ON gdbf_journal (db, writer, seq);

@@ -144,10 +144,12 @@ async fn equals(n: usize, cycles: usize) {
         }
         let ports: Vec<u16> = daemons.iter().map(|d| d.port).collect();
         let total = |ws: &[Arc<TestPeer>]| {
-            // Every node any writer holds, counted once (writers share none).
-            ws.iter()
-                .map(|w| w.store.lock().unwrap().len() as u64)
-                .sum::<u64>()
+            // Every node any writer holds, counted once.
+            let mut ids = BTreeSet::new();
+            for w in ws {
+                ids.extend(w.store.lock().unwrap().nodes().keys().map(|k| k.to_string()));
+            }
+            ids.len() as u64
         };
         wait_async_for("every daemon holds every writer's nodes", PATIENCE, || {
             let want = total(&writers);

@@ -427,6 +427,18 @@ impl PgClient {
         })
     }
 
+    /// Deletes every row of `db` (the benchmark's clean-up).
+    pub fn delete_all(&mut self, db: &str) -> Result<(), PgError> {
+        let db = db.to_owned();
+        self.block(BULK_TIMEOUT, async move |c| {
+            for table in ["gdbf_journal", "gdbf_snapshot", "gdbf_store"] {
+                c.execute(&format!("DELETE FROM {table} WHERE db = $1"), &[&db])
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
     /// One group commit of `writer`: the framed records of its seqs `first_seq ..`, as
     /// one row in one statement. A retry after an answer was lost rewrites the same
     /// row: the queue only grows at its end, so the new row holds the old one's

@@ -202,8 +202,8 @@ fn ops_persisted_shared(target: &PgTarget, ops: &[Op], daemons: usize) -> f64 {
             let mut b = PgBackend::new(target.clone(), &cfg);
             let loaded = b.load_now().unwrap();
             let store = Arc::new(Mutex::new(loaded.store));
-            let p = Persistence::start_with(cfg, store.clone(), Box::new(b), 0, "postgres")
-                .unwrap();
+            let p =
+                Persistence::start_with(cfg, store.clone(), Box::new(b), 0, "postgres").unwrap();
             (store, p)
         })
         .collect();

@@ -147,7 +147,14 @@ async fn equals(n: usize, cycles: usize) {
             // Every node any writer holds, counted once.
             let mut ids = BTreeSet::new();
             for w in ws {
-                ids.extend(w.store.lock().unwrap().nodes().keys().map(|k| k.to_string()));
+                ids.extend(
+                    w.store
+                        .lock()
+                        .unwrap()
+                        .nodes()
+                        .keys()
+                        .map(|k| k.to_string()),
+                );
             }
             ids.len() as u64
         };

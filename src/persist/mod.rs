@@ -199,7 +199,7 @@ pub trait Backend: Send {
 /// the backend lost track of them, everything it holds, to merge as a full state.
 pub enum Remote {
     Effects(Vec<Effect>),
-    Whole(Store),
+    Whole(Box<Store>),
 }
 
 #[derive(Clone, Debug)]
@@ -647,5 +647,60 @@ mod schedule_tests {
         // One that overran the period is followed at once, without a burst to catch up.
         let late = t0 + Duration::from_millis(70);
         assert_eq!(next_tick(t0, period, late), late);
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::{Effect, Store, merge_effect};
+    use crate::store::{Hlc, RawJson};
+
+    fn up(id: &str, v: u64, t: u64) -> Effect {
+        Effect::Upsert {
+            id: id.into(),
+            value: Some(RawJson::parse(format!("{v}")).unwrap()),
+            ts: Hlc::new(t, 0),
+        }
+    }
+
+    /// Two writers' records, read in either order, give the same graph: the newer
+    /// write wins, and a remove holds against an older upsert.
+    #[test]
+    fn records_of_two_writers_merge_in_any_order() {
+        let a = vec![
+            up("x", 1, 10),
+            up("y", 1, 30),
+            Effect::Remove {
+                id: "z".into(),
+                ts: Hlc::new(50, 0),
+            },
+        ];
+        let b = vec![
+            up("x", 2, 20),
+            up("y", 2, 25),
+            up("z", 2, 40),
+            up("w", 2, 5),
+        ];
+        let run = |first: &[Effect], second: &[Effect]| {
+            let mut s = Store::new(100);
+            for e in first.iter().chain(second) {
+                merge_effect(&mut s, e.clone());
+            }
+            let mut out: Vec<String> = s.nodes().iter().map(|(k, n)| n.to_json(k)).collect();
+            out.sort();
+            out
+        };
+        let ab = run(&a, &b);
+        assert_eq!(ab, run(&b, &a));
+        assert_eq!(ab.len(), 3, "{ab:?}");
+        assert!(
+            ab.iter()
+                .any(|n| n.contains("\"x\"") && n.contains("\"value\":2"))
+        );
+        assert!(
+            ab.iter()
+                .any(|n| n.contains("\"y\"") && n.contains("\"value\":1"))
+        );
+        assert!(!ab.iter().any(|n| n.contains("\"z\"")));
     }
 }

@@ -238,7 +238,7 @@ impl Backend for PgBackend {
                     );
                     self.tail = tail;
                     self.tailed_at = Instant::now();
-                    Some(Remote::Whole(loaded.store))
+                    Some(Remote::Whole(Box::new(loaded.store)))
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "postgres reload failed; retrying");

@@ -509,24 +509,19 @@ impl PgClient {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let rows: Vec<(Row, bool)> = tx
+            let rows: Vec<Row> = tx
                 .query(
-                    "SELECT id, xid::text, records, bytes, false
+                    "SELECT id, xid::text, records, bytes
                      FROM gdbf_journal WHERE db = $1 AND NOT folded ORDER BY id FOR UPDATE",
                     &[&dbname],
                 )
                 .await?
                 .iter()
-                .map(|r| {
-                    (
-                        Row {
-                            id: r.get(0),
-                            xid: xid(r.get(1)),
-                            records: r.get(2),
-                            bytes: r.get(3),
-                        },
-                        r.get(4),
-                    )
+                .map(|r| Row {
+                    id: r.get(0),
+                    xid: xid(r.get(1)),
+                    records: r.get(2),
+                    bytes: r.get(3),
                 })
                 .collect();
             if extra.is_none() && rows.is_empty() {
@@ -547,9 +542,8 @@ impl PgClient {
                     .store
             };
             drop(parts);
-            let mut folded = 0usize;
-            let mut old_ids = Vec::new();
-            for (row, old) in &rows {
+            let mut ids = Vec::with_capacity(rows.len());
+            for row in &rows {
                 let mut framed = Vec::with_capacity(codec::JOURNAL_HEADER_LEN + row.bytes.len());
                 framed.extend_from_slice(&codec::journal_header(0));
                 framed.extend_from_slice(&row.bytes);
@@ -563,9 +557,7 @@ impl PgClient {
                 for effect in scan.records {
                     merge_effect(&mut store, effect);
                 }
-                folded += 1;
-                old_ids.push(row.id);
-                let _ = old;
+                ids.push(row.id);
             }
             if let Some(memory) = extra {
                 crate::persist::merge_into(&mut store, memory);
@@ -595,7 +587,7 @@ impl PgClient {
             // have read them yet. Folded rows older than `retain` go.
             tx.execute(
                 "UPDATE gdbf_journal SET folded = true WHERE id = ANY($1)",
-                &[&old_ids],
+                &[&ids],
             )
             .await?;
             tx.execute(
@@ -606,7 +598,7 @@ impl PgClient {
             .await?;
             tx.commit().await?;
             Ok(Some(CompactReport {
-                segments: folded,
+                segments: ids.len(),
                 nodes: store.len(),
                 snapshot_bytes: bytes.len() as u64,
                 took: started.elapsed(),

@@ -146,7 +146,8 @@ impl PgTarget {
         })
     }
 
-    /// DATABASE_URL without its password: `postgres://user@host:port/db?sslmode=…`.
+    /// DATABASE_URL rebuilt from its parsed fields, the password as `***`:
+    /// `postgres://user:***@host:port/db?sslmode=…`.
     pub fn redacted(&self) -> &str {
         &self.redacted
     }
@@ -189,6 +190,9 @@ fn describe(c: &tokio_postgres::Config, verify: bool) -> String {
     let mut out = String::from("postgres://");
     if let Some(u) = c.get_user() {
         out.push_str(u);
+        if c.get_password().is_some() {
+            out.push_str(":***");
+        }
         out.push('@');
     }
     out.push_str(&tcp.join(","));
@@ -320,5 +324,82 @@ pub(super) mod tls {
                 .with_no_client_auth()
         };
         Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "PG/S3CRET?x#y";
+
+    #[test]
+    fn every_form_parses_and_never_shows_the_password() {
+        for url in [
+            format!("postgres://u:{SECRET}@db.example:5433/d?sslmode=require"),
+            format!("postgresql://u:{SECRET}@db.example/d"),
+            "postgresql://u:PG%2FS3CRET%3Fx%23y@db.example/d".to_owned(),
+            "postgresql:///d?host=/var/run/postgresql&user=u".to_owned(),
+            "postgresql://u@%2Fvar%2Frun%2Fpostgresql/d".to_owned(),
+            "postgresql:///d?user=u".to_owned(),
+            format!(
+                "postgres://u:{SECRET}@h1:5432,h2:5433/d?application_name=app&connect_timeout=3"
+            ),
+            format!(
+                "host=db.example port=5432 user=u password='{SECRET}' dbname=d sslmode=verify-full"
+            ),
+            "host=/tmp user=u dbname=d".to_owned(),
+        ] {
+            let t = PgTarget::parse(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            for shown in [t.redacted().to_owned(), format!("{t:?}")] {
+                assert!(!shown.contains("S3CRET"), "{shown}");
+                assert!(!shown.contains("%2FS3"), "{shown}");
+            }
+        }
+        let t = PgTarget::parse("postgresql:///d?host=/var/run/postgresql&user=u").unwrap();
+        assert_eq!(
+            t.redacted(),
+            "postgres://u@/d?host=/var/run/postgresql:5432&sslmode=prefer"
+        );
+        let t = PgTarget::parse(&format!("postgres://u:{SECRET}@h1,h2:5433/d")).unwrap();
+        assert!(
+            t.redacted().starts_with("postgres://u:***@h1:"),
+            "{}",
+            t.redacted()
+        );
+        assert!(
+            PgTarget::parse("postgresql://u:p@db.example/d?sslmode=verify-full")
+                .unwrap()
+                .verify_certs
+        );
+        assert!(
+            !PgTarget::parse("postgresql://u:p@db.example/d?sslmode=require")
+                .unwrap()
+                .verify_certs
+        );
+        let t = PgTarget::parse("postgres://u:p@h/d?application_name=mine").unwrap();
+        assert_eq!(t.config.get_application_name(), Some("mine"));
+    }
+
+    #[test]
+    fn refusals_quote_nothing_of_the_value() {
+        for bad in [
+            format!("mysql://u:{SECRET}@h/d"),
+            format!("postgres://u:{SECRET}@h/d?sslmode=maybe"),
+            format!("postgres:/u:{SECRET}@h/d"),
+            format!("u:{SECRET}@h/d"),
+            format!("host=h user=u password={SECRET} sslmode=maybe"),
+            format!("host=h user=u password='{SECRET}"),
+            "host=h S3CRET=x".to_owned(),
+            "host=h password S3CRET".to_owned(),
+            format!("postgres://u:hun@{SECRET}@h/d"),
+            format!("postgres://u:{SECRET}@h/d?S3CRET=1"),
+        ] {
+            let why = PgTarget::parse(&bad).map(|_| ()).unwrap_err();
+            assert!(!why.contains("S3CRET"), "{bad}: {why}");
+            assert!(!why.contains("hun"), "{bad}: {why}");
+        }
+        let why = PgTarget::parse("postgres://u:p@h/d?sslrootcert=/x").unwrap_err();
+        assert!(why.contains("sslrootcert"), "{why}");
     }
 }

@@ -354,9 +354,15 @@ impl Flusher {
     /// Merges what other writers of the store added. Their records are stored
     /// already: nothing of this reaches the journal again.
     fn pull(&mut self) {
-        let Some(remote) = self.backend.poll(&self.status) else {
-            return;
-        };
+        for _ in 0..16 {
+            let Some(remote) = self.backend.poll(&self.status) else {
+                return;
+            };
+            self.merge_remote(remote);
+        }
+    }
+
+    fn merge_remote(&mut self, remote: Remote) {
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         match remote {
             Remote::Effects(effects) => {

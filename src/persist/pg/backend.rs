@@ -7,7 +7,9 @@ use super::{PgError, RETAIN, writer_id};
 use crate::persist::codec;
 use crate::persist::files::{CompactReport, Loaded, StoreError};
 use crate::persist::{Backend, PersistConfig, PersistStatus, Remote};
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,9 +36,9 @@ pub struct PgBackend {
     client: Option<PgClient>,
     /// Memory holds what the database holds; until then nothing is written.
     loaded: bool,
-    tail: Tail,
-    /// The last time the tail was read whole.
-    tailed_at: Instant,
+    /// The thread reading the other daemons' rows, on its own connection, so that
+    /// reading never delays this daemon's own group commits.
+    tailer: Option<Tailer>,
     backoff: Duration,
     next_try: Option<Instant>,
     last_error: String,
@@ -59,8 +61,7 @@ impl PgBackend {
             tail_every: TAIL_EVERY.max(cfg.flush_every),
             client: None,
             loaded: false,
-            tail: Tail::default(),
-            tailed_at: Instant::now(),
+            tailer: None,
             backoff: BACKOFF_MIN,
             next_try: None,
             last_error: String::new(),
@@ -146,9 +147,19 @@ impl PgBackend {
         let oplog_size = self.oplog_size;
         let (loaded, tail, journal_bytes) = self.with_client(|c, db, _| c.load(db, oplog_size))?;
         self.loaded = true;
-        self.tail = tail;
-        self.tailed_at = Instant::now();
         self.journal_bytes = journal_bytes;
+        if let Some(t) = self.tailer.take() {
+            t.stop.store(true, Ordering::Relaxed);
+        }
+        self.tailer = Tailer::start(
+            self.target.clone(),
+            self.db.clone(),
+            self.writer.clone(),
+            self.oplog_size,
+            self.tail_every,
+            self.retain,
+            tail,
+        );
         Ok(loaded)
     }
 
@@ -218,46 +229,7 @@ impl Backend for PgBackend {
     }
 
     fn poll(&mut self, _status: &PersistStatus) -> Option<Remote> {
-        if !self.loaded {
-            return None;
-        }
-        let since = self.tailed_at.elapsed();
-        if since < self.tail_every {
-            return None;
-        }
-        // Rows folded by a compaction go after `retain`: a tail that stalled for a
-        // third of it may have missed some, so read everything again instead.
-        if since > self.retain / 3 {
-            let oplog_size = self.oplog_size;
-            return match self.with_client(|c, db, _| c.load(db, oplog_size)) {
-                Ok((loaded, tail, _)) => {
-                    tracing::info!(
-                        stalled_ms = since.as_millis() as u64,
-                        nodes = loaded.store.len(),
-                        "read the whole postgres store again after the tail stalled"
-                    );
-                    self.tail = tail;
-                    self.tailed_at = Instant::now();
-                    Some(Remote::Whole(Box::new(loaded.store)))
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "postgres reload failed; retrying");
-                    None
-                }
-            };
-        }
-        let tail = self.tail.clone();
-        match self.with_client(|c, db, writer| c.tail(db, writer, &tail)) {
-            Ok((effects, next)) => {
-                self.tail = next;
-                self.tailed_at = Instant::now();
-                (!effects.is_empty()).then_some(Remote::Effects(effects))
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "reading the other daemons' rows failed; retrying");
-                None
-            }
-        }
+        self.tailer.as_ref()?.rx.try_recv().ok()
     }
 
     fn maintain(&mut self, _next_seq: u64, idle: bool, status: &PersistStatus) {
@@ -311,5 +283,99 @@ impl Backend for PgBackend {
     /// is already stored, in one transaction, which rolls back if the process exits.
     fn stop(&mut self) {
         self.compactor = None;
+        if let Some(t) = self.tailer.take() {
+            t.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reads what the other daemons commit, every `every`, and hands it to the flusher.
+struct Tailer {
+    rx: Receiver<Remote>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Tailer {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        target: PgTarget,
+        db: String,
+        writer: String,
+        oplog_size: usize,
+        every: Duration,
+        retain: Duration,
+        mut tail: Tail,
+    ) -> Option<Self> {
+        let (tx, rx) = sync_channel(16);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let run = move || {
+            let mut client: Option<PgClient> = None;
+            let mut tailed_at = Instant::now();
+            let mut backoff = BACKOFF_MIN;
+            while !stopped.load(Ordering::Relaxed) {
+                std::thread::sleep(every);
+                if client.as_ref().is_none_or(PgClient::is_closed) {
+                    match PgClient::connect(&target) {
+                        Ok(c) => {
+                            client = Some(c);
+                            backoff = BACKOFF_MIN;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "tail: postgres unreachable; retrying");
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = client.as_mut() else { continue };
+                let since = tailed_at.elapsed();
+                // Folded rows go after `retain`: a tail that stalled for a third of it
+                // may have missed some, so it reads everything again instead.
+                let got = if since > retain / 3 {
+                    c.load(&db, oplog_size).map(|(loaded, next, _)| {
+                        tracing::info!(
+                            stalled_ms = since.as_millis() as u64,
+                            nodes = loaded.store.len(),
+                            "read the whole postgres store again after the tail stalled"
+                        );
+                        (Some(Remote::Whole(Box::new(loaded.store))), next)
+                    })
+                } else {
+                    c.tail(&db, &writer, &tail).map(|(effects, next)| {
+                        (
+                            (!effects.is_empty()).then_some(Remote::Effects(effects)),
+                            next,
+                        )
+                    })
+                };
+                match got {
+                    Ok((remote, next)) => {
+                        tail = next;
+                        tailed_at = Instant::now();
+                        if let Some(r) = remote
+                            && tx.send(r).is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading the other daemons' rows failed; retrying");
+                        client = None;
+                    }
+                }
+            }
+        };
+        match std::thread::Builder::new()
+            .name("pg-tail".into())
+            .spawn(run)
+        {
+            Ok(_) => Some(Self { rx, stop }),
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the postgres tail thread");
+                None
+            }
+        }
     }
 }

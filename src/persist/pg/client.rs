@@ -11,23 +11,30 @@ use crate::persist::codec::{self, CodecError};
 use crate::persist::files::{CompactReport, Loaded};
 use crate::persist::merge_effect;
 use crate::store::{Effect, Store};
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{IsolationLevel, NoTls};
 
-/// Where a daemon's tail of the journal stands: every row whose inserting transaction
-/// is older than `xmin` has been read, and of the younger ones, `seen`.
+/// Where a daemon's tail of the journal stands: the snapshot it last read in. Every
+/// row visible there has been read. A row committed since has an id past `max_id`
+/// (ids are taken at insert time, from a sequence), or was written by a transaction
+/// still running then (`xip`) or begun since (from `xmax` on): exactly what the next
+/// read asks for, however long any other transaction runs.
 #[derive(Debug, Default, Clone)]
 pub struct Tail {
-    pub xmin: u64,
-    pub seen: HashSet<(i64, u64)>,
+    pub max_id: i64,
+    pub xmax: u64,
+    pub xip: Vec<String>,
 }
 
-/// A journal row read back: its id, inserting transaction and framed records.
+/// The snapshot's horizon and the journal's highest id, in the snapshot's own words.
+const HORIZON_SQL: &str = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text,
+        ARRAY(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) x),
+        (SELECT coalesce(max(id), 0) FROM gdbf_journal WHERE db = $1)";
+
+/// A journal row read back: its id and framed records.
 struct Row {
     id: i64,
-    xid: u64,
     records: i32,
     bytes: Vec<u8>,
 }
@@ -235,7 +242,7 @@ impl PgClient {
     /// empty store (nothing was ever written there). Also returns the journal's bytes.
     pub fn load(&mut self, db: &str, oplog_size: usize) -> Result<(Loaded, Tail, u64), PgError> {
         let dbname = db.to_owned();
-        let (parts, rows, xmin) = self.block(BULK_TIMEOUT, async move |c| {
+        let (parts, rows, tail) = self.block(BULK_TIMEOUT, async move |c| {
             let tx = c
                 .build_transaction()
                 .isolation_level(IsolationLevel::RepeatableRead)
@@ -252,7 +259,7 @@ impl PgClient {
                 .await?
                 .get(0);
             if version == 0 {
-                return Ok((Vec::new(), Vec::new(), 0));
+                return Ok((Vec::new(), Vec::new(), Tail::default()));
             }
             let parts: Vec<Vec<u8>> = tx
                 .query(
@@ -265,16 +272,10 @@ impl PgClient {
                 .collect();
             // A store of the single-writer schema (read by export before a daemon of
             // this version migrated it) has no ids: its seqs order it.
-            let (rows_sql, xmin_sql) = if version >= 2 {
-                (
-                    "SELECT id, xid::text, records, bytes FROM gdbf_journal WHERE db = $1 AND NOT folded ORDER BY id",
-                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text",
-                )
+            let rows_sql = if version >= 2 {
+                "SELECT id, records, bytes FROM gdbf_journal WHERE db = $1 AND NOT folded ORDER BY id"
             } else {
-                (
-                    "SELECT seq, '0', records, bytes FROM gdbf_journal WHERE db = $1 ORDER BY seq",
-                    "SELECT '0'",
-                )
+                "SELECT seq, records, bytes FROM gdbf_journal WHERE db = $1 ORDER BY seq"
             };
             let rows: Vec<Row> = tx
                 .query(rows_sql, &[&dbname])
@@ -282,14 +283,22 @@ impl PgClient {
                 .iter()
                 .map(|r| Row {
                     id: r.get(0),
-                    xid: xid(r.get(1)),
-                    records: r.get(2),
-                    bytes: r.get(3),
+                    records: r.get(1),
+                    bytes: r.get(2),
                 })
                 .collect();
-            let xmin: String = tx.query_one(xmin_sql, &[]).await?.get(0);
+            let tail = if version >= 2 {
+                let h = tx.query_one(HORIZON_SQL, &[&dbname]).await?;
+                Tail {
+                    xmax: xid(h.get(0)),
+                    xip: h.get(1),
+                    max_id: h.get(2),
+                }
+            } else {
+                Tail::default()
+            };
             tx.commit().await?;
-            Ok((parts, rows, xid(&xmin)))
+            Ok((parts, rows, tail))
         })?;
         let snapshot_bytes: usize = parts.iter().map(Vec::len).sum();
         let mut store = if parts.is_empty() {
@@ -301,17 +310,10 @@ impl PgClient {
                 .map_err(|e| self.unreadable(db, e))?
                 .store
         };
-        let mut tail = Tail {
-            xmin,
-            seen: HashSet::new(),
-        };
         let mut records = 0;
         let mut journal_bytes = 0;
         for row in rows {
             journal_bytes += row.bytes.len() as u64;
-            if row.xid >= xmin {
-                tail.seen.insert((row.id, row.xid));
-            }
             for effect in self.decode(db, &row)? {
                 merge_effect(&mut store, effect);
                 records += 1;
@@ -358,9 +360,7 @@ impl PgClient {
     }
 
     /// The rows other writers committed since `tail`, as effects, and the tail moved
-    /// past them. One statement, so the rows and the horizon come from one snapshot:
-    /// every transaction older than its xmin has ended, so a row it wrote is either
-    /// read now or was read before.
+    /// past them: the rows and the new horizon come from one repeatable-read snapshot.
     pub fn tail(
         &mut self,
         db: &str,
@@ -369,45 +369,42 @@ impl PgClient {
     ) -> Result<(Vec<Effect>, Tail), PgError> {
         let dbname = db.to_owned();
         let writer = writer.to_owned();
-        let from = tail.xmin.to_string();
-        let (xmin, rows) = self.block(BULK_TIMEOUT, async move |c| {
-            let got = c
-                .query(
-                    "SELECT s.xmin::text, j.id, j.xid::text, j.records, j.bytes
-                     FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s
-                     LEFT JOIN gdbf_journal j
-                       ON j.db = $1 AND j.xid >= $2::text::xid8 AND j.writer <> $3
-                     ORDER BY j.id",
-                    &[&dbname, &from, &writer],
-                )
+        let (max_id, xmax, xip) = (tail.max_id, tail.xmax.to_string(), tail.xip.clone());
+        let (next, rows) = self.block(BULK_TIMEOUT, async move |c| {
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
                 .await?;
-            let xmin = got.first().map(|r| xid(r.get(0))).unwrap_or(0);
-            let rows: Vec<Row> = got
+            let h = tx.query_one(HORIZON_SQL, &[&dbname]).await?;
+            let next = Tail {
+                xmax: xid(h.get(0)),
+                xip: h.get(1),
+                max_id: h.get(2),
+            };
+            let rows: Vec<Row> = tx
+                .query(
+                    "SELECT id, records, bytes FROM gdbf_journal
+                     WHERE db = $1 AND writer <> $2
+                       AND (id > $3 OR xid >= $4::text::xid8 OR xid = ANY($5::text[]::xid8[]))
+                     ORDER BY id",
+                    &[&dbname, &writer, &max_id, &xmax, &xip],
+                )
+                .await?
                 .iter()
-                .filter_map(|r| {
-                    Some(Row {
-                        id: r.get::<_, Option<i64>>(1)?,
-                        xid: xid(r.get::<_, Option<&str>>(2)?),
-                        records: r.get::<_, Option<i32>>(3)?,
-                        bytes: r.get::<_, Option<Vec<u8>>>(4)?,
-                    })
+                .map(|r| Row {
+                    id: r.get(0),
+                    records: r.get(1),
+                    bytes: r.get(2),
                 })
                 .collect();
-            Ok((xmin, rows))
+            tx.commit().await?;
+            Ok((next, rows))
         })?;
-        let mut next = Tail {
-            xmin: xmin.max(tail.xmin),
-            seen: HashSet::new(),
-        };
         let mut effects = Vec::new();
         for row in rows {
-            let key = (row.id, row.xid);
-            if row.xid >= next.xmin {
-                next.seen.insert(key);
-            }
-            if !tail.seen.contains(&key) {
-                effects.extend(self.decode(db, &row)?);
-            }
+            effects.extend(self.decode(db, &row)?);
         }
         Ok((effects, next))
     }
@@ -511,7 +508,7 @@ impl PgClient {
                 .collect();
             let rows: Vec<Row> = tx
                 .query(
-                    "SELECT id, xid::text, records, bytes
+                    "SELECT id, records, bytes
                      FROM gdbf_journal WHERE db = $1 AND NOT folded ORDER BY id FOR UPDATE",
                     &[&dbname],
                 )
@@ -519,9 +516,8 @@ impl PgClient {
                 .iter()
                 .map(|r| Row {
                     id: r.get(0),
-                    xid: xid(r.get(1)),
-                    records: r.get(2),
-                    bytes: r.get(3),
+                    records: r.get(1),
+                    bytes: r.get(2),
                 })
                 .collect();
             if extra.is_none() && rows.is_empty() {

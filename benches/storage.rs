@@ -267,10 +267,15 @@ fn main() {
     }
     if let Some(Backend::Pg(target)) = backends.get(1) {
         // Distinct ids, so that each daemon's share is all merged (persisted) by it.
-        let shared = upserts(ops_n / 2, ops_n / 2, 2);
+        let shared = upserts(ops_n, ops_n, 2);
         let mut one = 0.0;
         for daemons in [1usize, 2, 4] {
-            let rate = ops_persisted_shared(target, &shared, daemons);
+            // The median of three runs: the machine is shared, a run is short.
+            let mut runs: Vec<f64> = (0..3)
+                .map(|_| ops_persisted_shared(target, &shared, daemons))
+                .collect();
+            runs.sort_by(f64::total_cmp);
+            let rate = runs[1];
             if daemons == 1 {
                 one = rate;
             }

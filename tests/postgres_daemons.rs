@@ -239,8 +239,7 @@ async fn equals(n: usize, cycles: usize) {
                 .min(wrote);
             println!(
                 "{n} daemons, cycle {cycle}: daemon {i} (port {}) killed by signal {} after {merged} of {wrote} ops merged",
-                ports[i],
-                sigs[i]
+                ports[i], sigs[i]
             );
             must_have.extend((next[i]..next[i] + merged).map(|seq| format!("w{i}-{seq:06}")));
             next[i] += wrote;

@@ -771,8 +771,8 @@ fn data_dir(v: &str) -> Result<PathBuf, ConfigError> {
     Ok(PathBuf::from(v))
 }
 
-/// DATABASE_URL: unset or empty means the file store. A refused value is shown with
-/// its password replaced by `***`.
+/// DATABASE_URL: unset or empty means the file store. A refused value is never shown,
+/// not even in part: it may hold a password anywhere.
 fn database_url(v: Option<&str>) -> Result<Option<PgTarget>, ConfigError> {
     let Some(v) = v.filter(|v| !v.trim().is_empty()) else {
         return Ok(None);
@@ -780,10 +780,8 @@ fn database_url(v: Option<&str>) -> Result<Option<PgTarget>, ConfigError> {
     PgTarget::parse(v).map(Some).map_err(|why| {
         bad(
             "DATABASE_URL",
-            &crate::persist::pg::redact_url(v),
-            format!(
-                "postgres://user:pass@host:port/db, optionally with ?sslmode=disable|prefer|require|verify-full ({why})"
-            ),
+            "(not shown: it may hold a password)",
+            format!("{} ({why})", crate::persist::pg::EXPECTED_FORMS),
         )
     })
 }
@@ -1117,6 +1115,7 @@ mod tests {
         assert_eq!(e.var, "DATABASE_URL");
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert!(e.expected.contains("postgres://user:pass@host:port/db"));
+        assert!(!e.to_string().contains("mysql"), "{e}");
     }
 
     #[test]

@@ -57,8 +57,9 @@ pub fn backup(cfg: &Config, file: &Path) -> anyhow::Result<(usize, u64)> {
 
 /// Merges nodes from JSON lines (the `export` format) into the store, node by node
 /// with the full-state rule: a node is taken when it is newer than what the store
-/// holds. The whole file is validated before anything is merged. Needs the store's
-/// lock, so it refuses to run beside a daemon.
+/// holds. The whole file is validated before anything is merged. On files it needs
+/// the store's lock, so it refuses to run beside a daemon; on Postgres it is one more
+/// writer beside the daemons, as their equal.
 pub fn import(cfg: &Config, input: impl std::io::BufRead) -> anyhow::Result<ImportReport> {
     let nodes = read_node_lines(input)?;
     let (lock, store, persistence) = match &cfg.database {
@@ -126,17 +127,16 @@ pub struct MigrateReport {
 
 /// Copies the store of DB_NAME from DATA_DIR into DATABASE_URL (`to` = postgres) or
 /// back (`to` = files), as one snapshot in the file format, so the round trip is byte
-/// for byte. Both sides are locked as a daemon locks them, so none may run; a target
-/// that already holds anything for DB_NAME is refused.
+/// for byte (`--to postgres` merges it with anything a daemon stored meanwhile, under
+/// the compaction lock). DATA_DIR is locked as a daemon locks it; a target that
+/// already holds anything for DB_NAME is refused.
 pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
     let target: &PgTarget = cfg.database.as_ref().context(
         "migrate needs DATABASE_URL (postgres://user:pass@host:port/db) as well as DATA_DIR",
     )?;
-    let app = format!("genosdb-fallback-migrate-{}", std::process::id());
     let layout = cfg.layout();
     let lock = files::DirLock::acquire(&layout).context("cannot lock DATA_DIR")?;
-    let mut owner =
-        pg::open_owner(target, &cfg.db_name, &app).context("cannot open the store in postgres")?;
+    let mut owner = pg::open_session(target).context("cannot open the store in postgres")?;
     let loaded = match to {
         StorageKind::Postgres => {
             if !owner.is_empty(&cfg.db_name)? {
@@ -159,17 +159,21 @@ pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
             owner
                 .load(&cfg.db_name, cfg.oplog_size)
                 .context("cannot read the store from postgres")?
+                .0
         }
     };
     let bytes = codec::encode_snapshot(&loaded.store, loaded.next_seq);
     match to {
-        StorageKind::Postgres => owner.write_snapshot(
-            &cfg.db_name,
-            &bytes,
-            loaded.next_seq,
-            loaded.store.len(),
-            true,
-        )?,
+        // Merged with anything a daemon wrote meanwhile, under the compaction lock.
+        StorageKind::Postgres => {
+            owner.compact(
+                &cfg.db_name,
+                cfg.oplog_size,
+                Some(&loaded.store),
+                true,
+                pg::RETAIN,
+            )?;
+        }
         StorageKind::Files => {
             files::rewrite_from_memory(&layout, &bytes, loaded.next_seq)
                 .context("cannot write DATA_DIR")?;

@@ -185,8 +185,21 @@ pub trait Backend: Send {
     /// that the storage still answers. `idle` is true when nothing waits to be written.
     fn maintain(&mut self, next_seq: u64, idle: bool, status: &PersistStatus);
 
+    /// What other writers of the same store added since the last call (several
+    /// daemons on one Postgres database); merged into memory by the merge rules.
+    fn poll(&mut self, _status: &PersistStatus) -> Option<Remote> {
+        None
+    }
+
     /// Cancels and waits for background work; nothing is written after this returns.
     fn stop(&mut self);
+}
+
+/// What another writer of the same store added: records to merge one by one, or, when
+/// the backend lost track of them, everything it holds, to merge as a full state.
+pub enum Remote {
+    Effects(Vec<Effect>),
+    Whole(Box<Store>),
 }
 
 #[derive(Clone, Debug)]
@@ -333,8 +346,45 @@ impl Flusher {
             }
             let idle = self.unwritten.is_empty();
             self.backend.maintain(self.next_seq, idle, &self.status);
+            self.pull();
         }
         self.publish_queue();
+    }
+
+    /// Merges what other writers of the store added. Their records are stored
+    /// already: nothing of this reaches the journal again.
+    fn pull(&mut self) {
+        for _ in 0..16 {
+            let Some(remote) = self.backend.poll(&self.status) else {
+                return;
+            };
+            self.merge_remote(remote);
+        }
+    }
+
+    fn merge_remote(&mut self, remote: Remote) {
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        match remote {
+            Remote::Effects(effects) => {
+                let count = effects.len();
+                let merged = effects
+                    .into_iter()
+                    .map(|e| merge_effect(&mut store, e) as usize)
+                    .sum::<usize>();
+                tracing::debug!(
+                    records = count,
+                    merged,
+                    "merged records other daemons stored"
+                );
+            }
+            Remote::Whole(stored) => {
+                let sink = store.take_sink();
+                merge_into(&mut store, &stored);
+                if let Some(sink) = sink {
+                    store.set_sink(sink);
+                }
+            }
+        }
     }
 
     fn queue(&mut self, taken: Buffer) {
@@ -547,6 +597,45 @@ pub fn merge_into(base: &mut Store, memory: &Store) {
     });
 }
 
+/// Applies an effect another writer journaled, by the merge rules rather than blindly:
+/// several daemons append to one Postgres journal, so two rows can disagree, and the
+/// newer write wins whatever order they are read in (a replay of one writer's rows
+/// from the state they were decided on gives what replaying them blindly gives).
+/// Nothing reaches the store's sink: the record is already stored.
+pub fn merge_effect(store: &mut Store, effect: Effect) -> bool {
+    let newer = |store: &Store, id: &str, ts| match store.get(id) {
+        Some(n) => n.timestamp < Some(ts),
+        None => store.oplog().tombstone(id).is_none_or(|t| t < ts),
+    };
+    let apply = match &effect {
+        Effect::Upsert { id, value, ts } => value.is_some() && newer(store, id, *ts),
+        Effect::Adopt { id, node } => match store.get(id) {
+            Some(n) => n.timestamp < node.timestamp,
+            None => store
+                .oplog()
+                .tombstone(id)
+                .is_none_or(|t| node.timestamp.is_some_and(|n| t < n)),
+        },
+        Effect::Remove { id, ts } => match store.get(id) {
+            Some(n) => n.timestamp < Some(*ts),
+            None => store.oplog().tombstone(id).is_none_or(|t| t < *ts),
+        },
+        Effect::Link {
+            source, target, ts, ..
+        } => {
+            store.get(target).is_some()
+                && store
+                    .get(source)
+                    .is_some_and(|s| s.timestamp < Some(*ts) && !s.has_edge(target))
+        }
+        Effect::GlobalTs(ts) => store.global_ts() < Some(*ts),
+    };
+    if apply {
+        store.apply_effect(effect);
+    }
+    apply
+}
+
 #[cfg(test)]
 mod schedule_tests {
     use super::next_tick;
@@ -564,5 +653,60 @@ mod schedule_tests {
         // One that overran the period is followed at once, without a burst to catch up.
         let late = t0 + Duration::from_millis(70);
         assert_eq!(next_tick(t0, period, late), late);
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::{Effect, Store, merge_effect};
+    use crate::store::{Hlc, RawJson};
+
+    fn up(id: &str, v: u64, t: u64) -> Effect {
+        Effect::Upsert {
+            id: id.into(),
+            value: Some(RawJson::parse(format!("{v}")).unwrap()),
+            ts: Hlc::new(t, 0),
+        }
+    }
+
+    /// Two writers' records, read in either order, give the same graph: the newer
+    /// write wins, and a remove holds against an older upsert.
+    #[test]
+    fn records_of_two_writers_merge_in_any_order() {
+        let a = vec![
+            up("x", 1, 10),
+            up("y", 1, 30),
+            Effect::Remove {
+                id: "z".into(),
+                ts: Hlc::new(50, 0),
+            },
+        ];
+        let b = vec![
+            up("x", 2, 20),
+            up("y", 2, 25),
+            up("z", 2, 40),
+            up("w", 2, 5),
+        ];
+        let run = |first: &[Effect], second: &[Effect]| {
+            let mut s = Store::new(100);
+            for e in first.iter().chain(second) {
+                merge_effect(&mut s, e.clone());
+            }
+            let mut out: Vec<String> = s.nodes().iter().map(|(k, n)| n.to_json(k)).collect();
+            out.sort();
+            out
+        };
+        let ab = run(&a, &b);
+        assert_eq!(ab, run(&b, &a));
+        assert_eq!(ab.len(), 3, "{ab:?}");
+        assert!(
+            ab.iter()
+                .any(|n| n.contains("\"x\"") && n.contains("\"value\":2"))
+        );
+        assert!(
+            ab.iter()
+                .any(|n| n.contains("\"y\"") && n.contains("\"value\":1"))
+        );
+        assert!(!ab.iter().any(|n| n.contains("\"z\"")));
     }
 }

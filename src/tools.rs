@@ -60,7 +60,7 @@ pub fn backup(cfg: &Config, file: &Path) -> anyhow::Result<(usize, u64)> {
 /// holds. The whole file is validated before anything is merged. Needs the store's
 /// lock, so it refuses to run beside a daemon.
 pub fn import(cfg: &Config, input: impl std::io::BufRead) -> anyhow::Result<ImportReport> {
-    let nodes = read_node_lines(input)?;
+    let nodes = read_node_lines(input, cfg.max_value_bytes)?;
     let (lock, store, persistence) = match &cfg.database {
         None => {
             let (lock, loaded, writer) = files::open_for_daemon(&cfg.layout(), cfg.oplog_size)
@@ -190,11 +190,17 @@ pub struct ImportReport {
     pub adopted: usize,
 }
 
+/// Reads and checks every line before anything is merged. A node is refused, and with
+/// it the whole import, when the daemon would refuse it from a peer: a value longer
+/// than MAX_VALUE_BYTES, or neither a value nor a timestamp (nothing to merge by); and
+/// when it would not fit one journal record, which no reader could then read back.
 fn read_node_lines(
     input: impl std::io::BufRead,
+    max_value_bytes: usize,
 ) -> anyhow::Result<Vec<(String, crate::store::Node)>> {
     use crate::store::json::{RawObject, parse_string};
     let mut nodes = Vec::new();
+    let mut record = Vec::new();
     for (i, line) in input.lines().enumerate() {
         let line = line.with_context(|| format!("line {}", i + 1))?;
         if line.trim().is_empty() {
@@ -207,6 +213,32 @@ fn read_node_lines(
             .with_context(|| format!("line {} has no string id", i + 1))?;
         let node = crate::store::Node::from_json(&raw)
             .with_context(|| format!("line {} is not a node", i + 1))?;
+        let n = i + 1;
+        let id_shown: String = id.chars().take(64).collect();
+        if let Some(value) = &node.value
+            && value.get().len() > max_value_bytes
+        {
+            anyhow::bail!(
+                "line {n}: the value of node {id_shown:?} is {} bytes, over MAX_VALUE_BYTES ({max_value_bytes}); nothing was imported",
+                value.get().len()
+            );
+        }
+        if node.value.is_none() && node.timestamp.is_none() {
+            anyhow::bail!(
+                "line {n}: node {id_shown:?} has neither a value nor a timestamp; nothing was imported"
+            );
+        }
+        let effect = crate::store::Effect::Adopt {
+            id: id.as_str().into(),
+            node,
+        };
+        record.clear();
+        if let Err(e) = codec::encode_record(&effect, &mut record) {
+            anyhow::bail!("line {n}: node {id_shown:?} is too large to store: {e}; nothing was imported");
+        }
+        let crate::store::Effect::Adopt { node, .. } = effect else {
+            unreachable!("built as Adopt above")
+        };
         nodes.push((id, node));
     }
     Ok(nodes)

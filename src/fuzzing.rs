@@ -176,7 +176,10 @@ pub fn check_damaged_journal(written: &[crate::store::Effect], clean: &[u8], dam
     let is_cut = damaged.len() <= clean.len() && damaged == &clean[..damaged.len()];
     if is_cut && damaged.len() >= JOURNAL_HEADER_LEN {
         let scan = result.expect("a cut journal is read up to its last whole record");
-        let complete = bounds.iter().filter(|&&(_, end)| end <= damaged.len()).count();
+        let complete = bounds
+            .iter()
+            .filter(|&&(_, end)| end <= damaged.len())
+            .count();
         assert_eq!(scan.records, written[..complete]);
         return;
     }

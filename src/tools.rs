@@ -234,7 +234,9 @@ fn read_node_lines(
         };
         record.clear();
         if let Err(e) = codec::encode_record(&effect, &mut record) {
-            anyhow::bail!("line {n}: node {id_shown:?} is too large to store: {e}; nothing was imported");
+            anyhow::bail!(
+                "line {n}: node {id_shown:?} is too large to store: {e}; nothing was imported"
+            );
         }
         let crate::store::Effect::Adopt { node, .. } = effect else {
             unreachable!("built as Adopt above")

@@ -351,22 +351,20 @@ pub fn scan_journal(bytes: &[u8]) -> Result<JournalScan, CodecError> {
                     "journal record {seq} at byte {pos} passes its checksum but does not decode"
                 )));
             }
-            Err(RecordError::Torn(why)) => {
-                match find_record(bytes, pos + 1) {
-                    Search::None => break,
-                    Search::Found(at) => {
-                        return Err(corrupt(format!(
-                            "journal record {seq} at byte {pos} {why}, yet a whole record follows at byte {at}: the segment is damaged, not torn by a crash"
-                        )));
-                    }
-                    Search::TooCostly => {
-                        return Err(corrupt(format!(
-                            "journal record {seq} at byte {pos} {why}, and the {} bytes after it are too many to prove that no record follows",
-                            bytes.len() - pos
-                        )));
-                    }
+            Err(RecordError::Torn(why)) => match find_record(bytes, pos + 1) {
+                Search::None => break,
+                Search::Found(at) => {
+                    return Err(corrupt(format!(
+                        "journal record {seq} at byte {pos} {why}, yet a whole record follows at byte {at}: the segment is damaged, not torn by a crash"
+                    )));
                 }
-            }
+                Search::TooCostly => {
+                    return Err(corrupt(format!(
+                        "journal record {seq} at byte {pos} {why}, and the {} bytes after it are too many to prove that no record follows",
+                        bytes.len() - pos
+                    )));
+                }
+            },
         }
     }
     Ok(JournalScan {
@@ -662,7 +660,11 @@ mod tests {
         assert!(parts.iter().all(|p| p.len() <= CHUNK_NODES));
         for p in &parts {
             let plain: usize = p.iter().map(|(id, n)| node_plain_size(id, n)).sum();
-            assert!(p.len() == 1 || plain <= 12_000, "{} nodes, {plain} bytes", p.len());
+            assert!(
+                p.len() == 1 || plain <= 12_000,
+                "{} nodes, {plain} bytes",
+                p.len()
+            );
         }
         assert_eq!(chunk_parts(&nodes[..CHUNK_NODES + 5], usize::MAX).len(), 2);
         // One node larger than the target still gets a chunk of its own.

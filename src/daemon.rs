@@ -297,7 +297,7 @@ fn log_config(cfg: &Config) {
         peer_bytes_burst = cfg.peer_limits.bytes_burst,
         max_message_bytes = cfg.max_message_bytes,
         max_value_bytes = cfg.max_value_bytes,
-        relays = ?cfg.relay_urls,
+        relays = ?crate::redact::urls(&cfg.relay_urls),
         password_set = !cfg.password.0.is_empty(),
         ice = ?cfg.ice,
         sm_enabled = cfg.sm_enabled,

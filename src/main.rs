@@ -34,9 +34,7 @@ fn commit_memory_lazily() {
 
 fn main() -> ExitCode {
     commit_memory_lazily();
-    if let Err(e) = dotenvy::dotenv()
-        && !e.not_found()
-    {
+    if let Err(e) = genosdb_fallback::dotenv::load() {
         eprintln!("genosdb-fallback: invalid .env: {e}");
         return ExitCode::from(2);
     }

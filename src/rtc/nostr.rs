@@ -111,6 +111,7 @@ impl RelayPool {
                 let status = Arc::new(RelayStatus::default());
                 let task = RelayTask {
                     id,
+                    shown: crate::redact::url(url).into_owned(),
                     url: url.clone(),
                     cfg: cfg.clone(),
                     subs: subs.clone(),
@@ -226,6 +227,8 @@ pub fn demands_pow(msg: &str) -> bool {
 struct RelayTask {
     id: usize,
     url: String,
+    /// The URL as logs show it: credentials masked.
+    shown: String,
     cfg: PoolConfig,
     subs: Subs,
     status: Arc<RelayStatus>,
@@ -257,16 +260,16 @@ impl RelayTask {
             let ws = match tokio::time::timeout(self.cfg.connect_timeout, connecting).await {
                 Ok(Ok((ws, _))) => ws,
                 Ok(Err(e)) => {
-                    tracing::debug!(relay = %self.url, error = %e, "relay connect failed");
+                    tracing::debug!(relay = %self.shown, error = %crate::redact::scrub(&e.to_string(), &self.url), "relay connect failed");
                     continue;
                 }
                 Err(_) => {
-                    tracing::debug!(relay = %self.url, "relay connect timed out");
+                    tracing::debug!(relay = %self.shown, "relay connect timed out");
                     continue;
                 }
             };
             backoff = self.cfg.backoff_base;
-            tracing::info!(relay = %self.url, "relay connected");
+            tracing::info!(relay = %self.shown, "relay connected");
             let end = self.session(ws, &mut out).await;
             self.status.connected.store(false, Ordering::Relaxed);
             while out.try_recv().is_ok() {}
@@ -274,7 +277,7 @@ impl RelayTask {
                 SessionEnd::PoolGone => return,
                 SessionEnd::PowDemanded => {
                     self.status.pow_blocked.store(true, Ordering::Relaxed);
-                    tracing::warn!(relay = %self.url, "relay demands proof of work; dropped for this process");
+                    tracing::warn!(relay = %self.shown, "relay demands proof of work; dropped for this process");
                     let _ = self
                         .inbound
                         .send(Inbound::Disconnected { relay: self.id })
@@ -282,7 +285,7 @@ impl RelayTask {
                     return;
                 }
                 SessionEnd::Closed => {
-                    tracing::info!(relay = %self.url, "relay disconnected; reconnecting");
+                    tracing::info!(relay = %self.shown, "relay disconnected; reconnecting");
                     if self
                         .inbound
                         .send(Inbound::Disconnected { relay: self.id })
@@ -384,7 +387,7 @@ impl RelayTask {
                     }
                     Err(e) => {
                         self.status.rejected.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(relay = %self.url, error = %e, "relay sent an invalid event");
+                        tracing::debug!(relay = %self.shown, error = %e, "relay sent an invalid event");
                         None
                     }
                 }

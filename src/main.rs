@@ -1,5 +1,6 @@
 use clap::Parser;
 use genosdb_fallback::config::{Cli, Command, Config, LogFormat};
+use genosdb_fallback::redact::{self, Scrub};
 use genosdb_fallback::{daemon, tools};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -113,9 +114,32 @@ fn init_logs(cfg: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(Scrub::new(std::io::stderr, log_secrets(cfg)));
     match cfg.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// What no log line may show: the secrets the configuration holds, and the credentials
+/// inside relay, ICE and database URLs. The log writer masks them (see redact::Scrub).
+fn log_secrets(cfg: &Config) -> Vec<String> {
+    let mut secrets = vec![cfg.password.0.clone(), cfg.ice.turn_credential.clone()];
+    if let Ok(key) = std::env::var("SM_KEY") {
+        let key = key.trim();
+        secrets.push(key.trim_start_matches("0x").to_owned());
+        secrets.push(key.to_owned());
+    }
+    let urls = cfg
+        .relay_urls
+        .iter()
+        .chain(&cfg.ice.turn)
+        .chain(&cfg.ice.stun);
+    for url in urls {
+        secrets.extend(redact::secret_parts(url).into_iter().map(str::to_owned));
+    }
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        secrets.extend(redact::secret_parts(&url).into_iter().map(str::to_owned));
+    }
+    secrets
 }

@@ -92,7 +92,7 @@ pub fn scrub(text: &str, url_text: &str) -> String {
 }
 
 /// The parts of `url` that [`url`] masks, longest first.
-fn secret_parts(url: &str) -> Vec<&str> {
+pub fn secret_parts(url: &str) -> Vec<&str> {
     let (_, rest) = split_scheme(url);
     let mut parts = Vec::new();
     let rest = match rest.rfind('@') {
@@ -122,6 +122,78 @@ fn secret_parts(url: &str) -> Vec<&str> {
     parts.retain(|p| p.len() >= 3);
     parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
     parts
+}
+
+/// A log writer that masks known secrets in every line it writes: the last line of
+/// defence for what the daemon's own fields already mask, and for what other crates log
+/// at debug and trace (tungstenite logs a relay's whole request, query included).
+#[derive(Clone)]
+pub struct Scrub<M> {
+    inner: M,
+    secrets: std::sync::Arc<[String]>,
+}
+
+impl<M> Scrub<M> {
+    /// `secrets` shorter than 4 bytes are left alone: masking them everywhere would
+    /// mangle every line. JSON logs escape `"` and `\`, so those forms are masked too.
+    pub fn new(inner: M, secrets: impl IntoIterator<Item = String>) -> Self {
+        let mut all: Vec<String> = Vec::new();
+        for s in secrets.into_iter().filter(|s| s.len() >= 4) {
+            let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
+            if escaped != s {
+                all.push(escaped);
+            }
+            all.push(s);
+        }
+        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        all.dedup();
+        Self {
+            inner,
+            secrets: all.into(),
+        }
+    }
+
+    /// `text` with every secret masked.
+    pub fn apply<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let mut out = Cow::Borrowed(text);
+        for s in self.secrets.iter() {
+            if out.contains(s.as_str()) {
+                out = Cow::Owned(out.replace(s.as_str(), MASK));
+            }
+        }
+        out
+    }
+}
+
+impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a> + 'a> tracing_subscriber::fmt::MakeWriter<'a>
+    for Scrub<M>
+{
+    type Writer = ScrubWriter<'a, M::Writer, M>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        ScrubWriter {
+            inner: self.inner.make_writer(),
+            scrub: self,
+        }
+    }
+}
+
+/// One event's writer: tracing hands it the whole formatted line in one write.
+pub struct ScrubWriter<'a, W, M> {
+    inner: W,
+    scrub: &'a Scrub<M>,
+}
+
+impl<W: std::io::Write, M> std::io::Write for ScrubWriter<'_, W, M> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.inner.write_all(self.scrub.apply(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn plain(key: &str) -> bool {
@@ -188,5 +260,24 @@ mod tests {
             assert!(!clean.contains(s), "{clean}");
         }
         assert!(clean.contains("relay.example"), "{clean}");
+    }
+
+    #[test]
+    fn the_log_writer_masks_every_known_secret() {
+        let scrub = Scrub::new(
+            std::io::sink,
+            [
+                "pw\"Secret9".to_owned(),
+                "ab".to_owned(),
+                "tok-Secret10".to_owned(),
+            ],
+        );
+        let line = r#"{"message":"GET /?token=tok-Secret10","pw":"pw\"Secret9","x":"ab"}"#;
+        let clean = scrub.apply(line);
+        assert!(!clean.contains("Secret"), "{clean}");
+        assert!(
+            clean.contains(r#""x":"ab""#),
+            "short values are left alone: {clean}"
+        );
     }
 }

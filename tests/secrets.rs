@@ -198,15 +198,23 @@ fn assert_no_url_secret(what: &str, text: &str) {
 async fn credentials_in_relay_and_turn_urls_never_show() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
-    // Nothing listens on port 9: the daemon keeps failing to connect, and logs it.
+    // Nothing listens on port 9: the daemon keeps failing to connect, and logs it. The
+    // third relay is real: tungstenite logs its whole request at trace level.
+    let relay = common::relay(&tmp);
     let relays = format!(
-        "ws://gdbf:{RELAY_USER_SECRET}@127.0.0.1:9/, ws://127.0.0.1:9/r?token={RELAY_TOKEN}"
+        "ws://gdbf:{RELAY_USER_SECRET}@127.0.0.1:9/, ws://127.0.0.1:9/r?token={RELAY_TOKEN}, ws://gdbf:{RELAY_USER_SECRET}@127.0.0.1:{}/?token={RELAY_TOKEN}",
+        relay.port
     );
     let mut env = secret_env("text");
     env.push(("RELAY_URLS", relays.as_str()));
     let mut d = Daemon::start(&dir, &env);
     d.wait_for_log(" ready", std::time::Duration::from_secs(60));
     d.wait_for_log("relay connect failed", std::time::Duration::from_secs(30));
+    let connected = format!(
+        "relay connected relay=ws://***@127.0.0.1:{}/?token=***",
+        relay.port
+    );
+    d.wait_for_log(&connected, std::time::Duration::from_secs(30));
 
     let store = Arc::new(Mutex::new(Store::new(1000)));
     let peer = TestPeer::join_tweaked(d.port, common::DB, store, |cfg| {
@@ -225,6 +233,10 @@ async fn credentials_in_relay_and_turn_urls_never_show() {
     assert!(
         log.contains("***@127.0.0.1:9"),
         "the relay is not named at all:\n{log}"
+    );
+    assert!(
+        log.contains("Request:"),
+        "tungstenite's request trace is missing:\n{log}"
     );
     assert_no_url_secret("the log", &log);
     assert_no_secret("the log", &log);

@@ -195,19 +195,39 @@ pub struct ImportReport {
 /// than MAX_VALUE_BYTES, or neither a value nor a timestamp (nothing to merge by); and
 /// when it would not fit one journal record, which no reader could then read back.
 fn read_node_lines(
-    input: impl std::io::BufRead,
+    mut input: impl std::io::BufRead,
     max_value_bytes: usize,
 ) -> anyhow::Result<Vec<(String, crate::store::Node)>> {
     use crate::store::json::{RawObject, parse_string};
+    use std::io::{BufRead, Read};
     let mut nodes = Vec::new();
     let mut record = Vec::new();
-    for (i, line) in input.lines().enumerate() {
-        let line = line.with_context(|| format!("line {}", i + 1))?;
+    let mut bytes = Vec::new();
+    for i in 0.. {
+        // A line longer than this cannot hold a node that fits one record: it is refused
+        // before it is held whole in memory.
+        let max_line = codec::MAX_RECORD_LEN * 2;
+        bytes.clear();
+        let read = (&mut input)
+            .take(max_line as u64 + 1)
+            .read_until(b'\n', &mut bytes)
+            .with_context(|| format!("line {}", i + 1))?;
+        if read == 0 {
+            break;
+        }
+        if bytes.len() > max_line {
+            anyhow::bail!(
+                "line {} is longer than {max_line} bytes, too large for any node the store can keep; nothing was imported",
+                i + 1
+            );
+        }
+        let line =
+            std::str::from_utf8(&bytes).with_context(|| format!("line {} is not UTF-8", i + 1))?;
         if line.trim().is_empty() {
             continue;
         }
-        let raw: Box<serde_json::value::RawValue> =
-            serde_json::from_str(&line).with_context(|| format!("line {} is not JSON", i + 1))?;
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(line.trim_end())
+            .with_context(|| format!("line {} is not JSON", i + 1))?;
         let id = RawObject::parse(&raw)
             .and_then(|o| o.get("id").and_then(parse_string))
             .with_context(|| format!("line {} has no string id", i + 1))?;

@@ -1,5 +1,5 @@
 use clap::Parser;
-use genosdb_fallback::config::{Cli, Command, Config, LogFormat};
+use genosdb_fallback::config::{Cli, Command, Config, LogFormat, RawSettings};
 use genosdb_fallback::redact::{self, Scrub};
 use genosdb_fallback::{daemon, tools};
 use std::io::IsTerminal;
@@ -40,14 +40,17 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
+    let secrets = log_secrets(&cli.settings);
+    // Errors printed to stderr pass through the same mask as the logs.
+    let mask = Scrub::new((), secrets.clone());
     let cfg = match cli.settings.validate() {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("genosdb-fallback: {e}");
+            eprintln!("genosdb-fallback: {}", mask.apply(&e.to_string()));
             return ExitCode::from(2);
         }
     };
-    init_logs(&cfg);
+    init_logs(&cfg, secrets);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cfg),
         Command::Export => tools::export(&cfg, std::io::stdout().lock()).map(|n| {
@@ -83,7 +86,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("genosdb-fallback: {e:#}");
+            eprintln!("genosdb-fallback: {}", mask.apply(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -109,37 +112,40 @@ fn import(cfg: &Config, file: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr so that `export` can own stdout.
-fn init_logs(cfg: &Config) {
+fn init_logs(cfg: &Config, secrets: Vec<String>) {
     let filter = tracing_subscriber::EnvFilter::new(&cfg.log_filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(Scrub::new(std::io::stderr, log_secrets(cfg)));
+        .with_writer(Scrub::new(std::io::stderr, secrets));
     match cfg.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
 }
 
-/// What no log line may show: the secrets the configuration holds, and the credentials
-/// inside relay, ICE and database URLs. The log writer masks them (see redact::Scrub).
-fn log_secrets(cfg: &Config) -> Vec<String> {
-    let mut secrets = vec![cfg.password.0.clone(), cfg.ice.turn_credential.clone()];
-    if let Ok(key) = std::env::var("SM_KEY") {
-        let key = key.trim();
-        secrets.push(key.trim_start_matches("0x").to_owned());
-        secrets.push(key.to_owned());
-    }
-    let urls = cfg
-        .relay_urls
-        .iter()
-        .chain(&cfg.ice.turn)
-        .chain(&cfg.ice.stun);
+/// What no log line may show: the secrets the settings hold (from the environment,
+/// `.env` or flags), and the credentials inside relay, ICE and database URLs. The log
+/// writer masks them (see redact::Scrub).
+fn log_secrets(raw: &RawSettings) -> Vec<String> {
+    let field = |v: &Option<String>| v.as_deref().unwrap_or("").trim().to_owned();
+    let mut secrets = vec![
+        field(&raw.password),
+        field(&raw.turn_credential),
+        field(&raw.sm_key),
+        field(&raw.sm_key).trim_start_matches("0x").to_owned(),
+    ];
+    let lists = [&raw.relay_urls, &raw.turn_urls, &raw.ice_servers];
+    let urls = lists
+        .into_iter()
+        .flat_map(|list| list.as_deref().unwrap_or("").split(','))
+        .chain(raw.database_url.as_deref());
     for url in urls {
-        secrets.extend(redact::secret_parts(url).into_iter().map(str::to_owned));
-    }
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        secrets.extend(redact::secret_parts(&url).into_iter().map(str::to_owned));
+        secrets.extend(
+            redact::secret_parts(url.trim())
+                .into_iter()
+                .map(str::to_owned),
+        );
     }
     secrets
 }

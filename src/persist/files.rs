@@ -422,7 +422,7 @@ fn cut_torn_tail(path: &Path, torn: u64) -> Result<(), StoreError> {
         .open(path)
         .map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
-    let good = len.checked_sub(torn).ok_or_else(|| StoreError::Unstable)?;
+    let good = len.checked_sub(torn).ok_or(StoreError::Unstable)?;
     file.set_len(good).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))
 }

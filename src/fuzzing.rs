@@ -195,11 +195,11 @@ pub fn check_damaged_journal(written: &[crate::store::Effect], clean: &[u8], dam
             return;
         }
     }
-    for j in k..written.len() {
+    for (j, &bound) in bounds.iter().enumerate().skip(k) {
         assert!(
-            !whole(bounds[j]),
+            !whole(bound),
             "record {j} survived whole at byte {}, yet the read stopped after {k} records",
-            bounds[j].0
+            bound.0
         );
     }
 }

@@ -267,7 +267,8 @@ fn import_refuses_nodes_the_store_could_not_keep_and_changes_nothing() {
         "{good}{{\"id\":\"huge\",\"value\":\"{}\",{TS}}}\n",
         "h".repeat(MAX_RECORD_LEN + 16)
     );
-    let cases: [(&str, &str, &[(&str, &str)]); 4] = [
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, &str, Env); 4] = [
         (
             &over_value,
             "line 4: the value of node \"big\" is 1048579 bytes, over MAX_VALUE_BYTES (1048576)",

@@ -57,7 +57,7 @@ fn journal_records(n: u64, count: u64) -> Vec<u8> {
             value: Some(RawJson::parse(value(k, 3)).unwrap()),
             ts: Hlc::new(1_900_000_000_000, k),
         };
-        codec::encode_record(&effect, &mut buf);
+        codec::encode_record(&effect, &mut buf).expect("a small record");
     }
     buf
 }

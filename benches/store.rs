@@ -143,7 +143,7 @@ fn persist_one_op(report: &mut Report, n: u64, dir: &std::path::Path) -> (Durati
             value: Some(RawJson::parse(value(k, 2)).unwrap()),
             ts: Hlc::new(1_800_000_000_000, k),
         };
-        codec::encode_record(&effect, &mut buf);
+        codec::encode_record(&effect, &mut buf).expect("a small record");
         writer.append(&buf, 1).unwrap();
     }
     let per_op = t.elapsed() / rounds as u32;
@@ -203,7 +203,7 @@ fn cold_start(report: &mut Report, n: u64, dir: &std::path::Path) {
             value: Some(RawJson::parse(value(k, 3)).unwrap()),
             ts: Hlc::new(1_900_000_000_000, k),
         };
-        codec::encode_record(&effect, &mut buf);
+        codec::encode_record(&effect, &mut buf).expect("a small record");
     }
     writer.append(&buf, 100_000).unwrap();
     let took = daemon_load_ms(&layout.dir);

@@ -367,8 +367,8 @@ pub struct IceConfig {
 impl std::fmt::Debug for IceConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IceConfig")
-            .field("stun", &self.stun)
-            .field("turn", &self.turn)
+            .field("stun", &crate::redact::urls(&self.stun))
+            .field("turn", &crate::redact::urls(&self.turn))
             .field("turn_username", &self.turn_username)
             .field("turn_credential", &"<hidden>")
             .finish()
@@ -620,7 +620,7 @@ fn relay_urls(v: Option<&str>, own_relay: bool) -> Result<Vec<String>, ConfigErr
         if !host_ok {
             return Err(bad(
                 "RELAY_URLS",
-                v,
+                &crate::redact::list(v),
                 "a comma list of ws:// or wss:// URLs (or empty for none)",
             ));
         }
@@ -644,7 +644,23 @@ fn url_list(
                 .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
         });
         if !ok {
-            return Err(bad(var, v, expected));
+            return Err(bad(var, &crate::redact::list(v), expected));
+        }
+        // WebRTC's own parser: a URL it refuses would fail every peer link later.
+        // Credentials belong in TURN_USERNAME and TURN_CREDENTIAL, not in the URL.
+        let refused = if part.contains('@') {
+            Some("credentials go in TURN_USERNAME and TURN_CREDENTIAL, not in the URL".to_owned())
+        } else {
+            rtc::ice::url::Url::parse_url(part)
+                .err()
+                .map(|e| e.to_string())
+        };
+        if let Some(why) = refused {
+            return Err(bad(
+                var,
+                &crate::redact::list(v),
+                format!("{expected}; {} is refused: {why}", crate::redact::url(part)),
+            ));
         }
         out.push(part.to_owned());
     }

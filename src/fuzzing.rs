@@ -82,6 +82,128 @@ pub fn store_files(data: &[u8]) {
     let _ = codec::decode_snapshot(data, 200);
 }
 
+/// A journal of records built from `data`, then damaged as `data` says: what the reader
+/// accepts must be a prefix of what was written, and it may never pass over a record
+/// that survived the damage whole ([`check_damaged_journal`]).
+///
+/// Layout: byte 0 is the record count (1..=64); then one size byte per record; then
+/// damage, 4 bytes each: `kind`, `at` (u16 LE, modulo the length) and `arg`.
+/// Kinds: flip the bits `arg` (at least one), set the byte to `arg`, zero `arg` bytes,
+/// cut the file there.
+pub fn journal_damage(data: &[u8]) {
+    let Some((&count, rest)) = data.split_first() else {
+        return;
+    };
+    let count = usize::from(count % 64) + 1;
+    let (sizes, damage) = rest.split_at(count.min(rest.len()));
+    let effects = sample_effects(count, |i| sizes.get(i).copied().unwrap_or(7));
+    let clean = framed_journal(&effects);
+    let mut damaged = clean.clone();
+    for d in damage.chunks_exact(4) {
+        if damaged.is_empty() {
+            break;
+        }
+        let at = usize::from(u16::from_le_bytes([d[1], d[2]])) % damaged.len();
+        match d[0] % 4 {
+            0 => damaged[at] ^= d[3].max(1),
+            1 => damaged[at] = d[3],
+            2 => {
+                let end = (at + usize::from(d[3])).min(damaged.len());
+                damaged[at..end].fill(0);
+            }
+            _ => damaged.truncate(at),
+        }
+    }
+    check_damaged_journal(&effects, &clean, &damaged);
+}
+
+/// Records of every kind, the i-th with a value of about `size(i)` bytes.
+pub fn sample_effects(count: usize, size: impl Fn(usize) -> u8) -> Vec<crate::store::Effect> {
+    use crate::store::{Effect, Hlc, RawJson};
+    (0..count)
+        .map(|i| {
+            let ts = Hlc::new(1_700_000_000_000 + i as u64, i as u64);
+            let len = usize::from(size(i));
+            match i % 5 {
+                3 => Effect::Remove {
+                    id: format!("n{}", i / 2).into(),
+                    ts,
+                },
+                4 => Effect::GlobalTs(ts),
+                _ => Effect::Upsert {
+                    id: format!("n{i}").into(),
+                    value: Some(
+                        RawJson::parse(format!("\"{}\"", "abcdefgh".repeat(len / 8 + 1)))
+                            .expect("a JSON string"),
+                    ),
+                    ts,
+                },
+            }
+        })
+        .collect()
+}
+
+/// A journal segment holding `effects`, as the writer frames them.
+pub fn framed_journal(effects: &[crate::store::Effect]) -> Vec<u8> {
+    use crate::persist::codec;
+    let mut bytes = codec::journal_header(1000).to_vec();
+    for e in effects {
+        codec::encode_record(e, &mut bytes).expect("small records");
+    }
+    bytes
+}
+
+/// The reader's promise on a damaged segment. `clean` is the segment as written (with
+/// `written` in it); `damaged` is what the disk gave back. The read may fail; if it
+/// succeeds it returns records `0..k` of `written` (read from unchanged bytes, or from
+/// changed bytes whose checksum still holds, a collision no checksum can rule out), and
+/// no record from `k` on is still whole in `damaged`. A mere cut of the segment (a
+/// crash mid-append) is always read, up to its last whole record.
+pub fn check_damaged_journal(written: &[crate::store::Effect], clean: &[u8], damaged: &[u8]) {
+    use crate::persist::codec::{JOURNAL_HEADER_LEN, RECORD_HEADER_LEN, scan_journal};
+    let mut bounds = Vec::with_capacity(written.len());
+    let mut pos = JOURNAL_HEADER_LEN;
+    for _ in written {
+        let len = u32::from_le_bytes(clean[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        bounds.push((pos, pos + RECORD_HEADER_LEN + len));
+        pos += RECORD_HEADER_LEN + len;
+    }
+    assert_eq!(pos, clean.len(), "the clean journal is whole");
+    let whole = |(start, end): (usize, usize)| {
+        end <= damaged.len() && damaged[start..end] == clean[start..end]
+    };
+    let result = scan_journal(damaged);
+    let is_cut = damaged.len() <= clean.len() && damaged == &clean[..damaged.len()];
+    if is_cut && damaged.len() >= JOURNAL_HEADER_LEN {
+        let scan = result.expect("a cut journal is read up to its last whole record");
+        let complete = bounds
+            .iter()
+            .filter(|&&(_, end)| end <= damaged.len())
+            .count();
+        assert_eq!(scan.records, written[..complete]);
+        return;
+    }
+    let Ok(scan) = result else { return };
+    let k = scan.records.len();
+    assert!(k <= written.len(), "more records than were written");
+    for (j, record) in scan.records.iter().enumerate() {
+        if whole(bounds[j]) {
+            assert_eq!(record, &written[j], "record {j} read back differently");
+        } else {
+            // Changed bytes that still pass the checksum: a CRC-32 collision, which
+            // no reader can tell from what was written.
+            return;
+        }
+    }
+    for (j, &bound) in bounds.iter().enumerate().skip(k) {
+        assert!(
+            !whole(bound),
+            "record {j} survived whole at byte {}, yet the read stopped after {k} records",
+            bound.0
+        );
+    }
+}
+
 /// Nostr events and filters as relays and clients send them.
 pub fn nostr(data: &[u8]) {
     use crate::relay::event::Event;
@@ -163,5 +285,61 @@ pub fn cells(data: &[u8]) {
         assert!(channel_cell(&out.channel).is_some(), "{}", out.channel);
         assert!(out.to.iter().all(|p| roster.contains(p)));
         serde_json::from_str::<serde_json::Value>(&out.envelope).expect("envelopes are JSON");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A damage to a journal: flip bits, set a byte, zero a run, or cut the file.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        Flip(usize, u8),
+        Set(usize, u8),
+        Zero(usize, usize),
+        Cut(usize),
+    }
+
+    fn damage() -> impl Strategy<Value = Damage> {
+        prop_oneof![
+            (any::<usize>(), 1u8..).prop_map(|(at, bits)| Damage::Flip(at, bits)),
+            (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Damage::Set(at, b)),
+            (any::<usize>(), 1usize..600).prop_map(|(at, n)| Damage::Zero(at, n)),
+            any::<usize>().prop_map(Damage::Cut),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Mid-file damage followed by whole records never passes for a torn tail: the
+        /// read stops, or returns a prefix that no surviving record lies beyond.
+        #[test]
+        fn a_damaged_journal_reads_as_a_prefix_or_not_at_all(
+            sizes in proptest::collection::vec(any::<u8>(), 1..60),
+            damages in proptest::collection::vec(damage(), 1..4),
+        ) {
+            let effects = sample_effects(sizes.len(), |i| sizes[i]);
+            let clean = framed_journal(&effects);
+            let mut damaged = clean.clone();
+            for d in &damages {
+                if damaged.is_empty() {
+                    break;
+                }
+                let n = damaged.len();
+                match *d {
+                    Damage::Flip(at, bits) => damaged[at % n] ^= bits,
+                    Damage::Set(at, b) => damaged[at % n] = b,
+                    Damage::Zero(at, len) => {
+                        let at = at % n;
+                        damaged[at..(at + len).min(n)].fill(0);
+                    }
+                    Damage::Cut(at) => damaged.truncate(at % n),
+                }
+            }
+            check_damaged_journal(&effects, &clean, &damaged);
+        }
     }
 }

@@ -25,6 +25,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod dotenv;
 pub mod eth;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -32,6 +33,7 @@ pub mod http;
 pub mod loadgen;
 pub mod persist;
 pub mod rate;
+pub mod redact;
 pub mod relay;
 pub mod rtc;
 pub mod sm;

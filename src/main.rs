@@ -1,5 +1,8 @@
 use clap::{CommandFactory, FromArgMatches};
-use genosdb_fallback::config::{Cli, Command, Config, DEFAULT_FORWARD_MS, LogFormat, StorageKind};
+use genosdb_fallback::config::{
+    Cli, Command, Config, DEFAULT_FORWARD_MS, LogFormat, RawSettings, StorageKind,
+};
+use genosdb_fallback::redact::{self, Scrub};
 use genosdb_fallback::{daemon, tools};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -36,9 +39,7 @@ fn commit_memory_lazily() {
 
 fn main() -> ExitCode {
     commit_memory_lazily();
-    if let Err(e) = dotenvy::dotenv()
-        && !e.not_found()
-    {
+    if let Err(e) = genosdb_fallback::dotenv::load() {
         say(format_args!("genosdb-fallback: invalid .env: {e}"));
         return ExitCode::from(2);
     }
@@ -46,14 +47,17 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    let secrets = log_secrets(&cli.settings);
+    // Errors printed to stderr pass through the same mask as the logs.
+    let mask = Scrub::new((), secrets.clone());
     let cfg = match cli.settings.validate() {
         Ok(cfg) => cfg,
         Err(e) => {
-            say(format_args!("genosdb-fallback: {e}"));
+            say(format_args!("genosdb-fallback: {}", mask.apply(&e.to_string())));
             return ExitCode::from(2);
         }
     };
-    init_logs(&cfg);
+    init_logs(&cfg, secrets);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cfg),
         Command::Export => tools::export(&cfg, std::io::stdout().lock()).map(|n| {
@@ -92,7 +96,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            say(format_args!("genosdb-fallback: {e:#}"));
+            say(format_args!("genosdb-fallback: {}", mask.apply(&format!("{e:#}"))));
             ExitCode::FAILURE
         }
     }
@@ -202,7 +206,7 @@ fn shown_default(c: &Config, env: &str) -> Option<String> {
 }
 
 /// Logs go to stderr so that `export` can own stdout.
-fn init_logs(cfg: &Config) {
+fn init_logs(cfg: &Config, secrets: Vec<String>) {
     let filter = tracing_subscriber::EnvFilter::new(&cfg.log_filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -210,7 +214,7 @@ fn init_logs(cfg: &Config) {
         // tracing-subscriber reports a failed write with `eprintln!`, which panics when
         // stderr is a closed pipe: logging must never take the daemon down.
         .log_internal_errors(false)
-        .with_writer(|| LossyStderr);
+        .with_writer(Scrub::new(|| LossyStderr, secrets));
     match cfg.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -237,4 +241,30 @@ impl std::io::Write for LossyStderr {
 fn say(line: std::fmt::Arguments) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// What no log line may show: the secrets the settings hold (from the environment,
+/// `.env` or flags), and the credentials inside relay, ICE and database URLs. The log
+/// writer masks them (see redact::Scrub).
+fn log_secrets(raw: &RawSettings) -> Vec<String> {
+    let field = |v: &Option<String>| v.as_deref().unwrap_or("").trim().to_owned();
+    let mut secrets = vec![
+        field(&raw.password),
+        field(&raw.turn_credential),
+        field(&raw.sm_key),
+        field(&raw.sm_key).trim_start_matches("0x").to_owned(),
+    ];
+    let lists = [&raw.relay_urls, &raw.turn_urls, &raw.ice_servers];
+    let urls = lists
+        .into_iter()
+        .flat_map(|list| list.as_deref().unwrap_or("").split(','))
+        .chain(raw.database_url.as_deref());
+    for url in urls {
+        secrets.extend(
+            redact::secret_parts(url.trim())
+                .into_iter()
+                .map(str::to_owned),
+        );
+    }
+    secrets
 }

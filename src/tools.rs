@@ -61,7 +61,7 @@ pub fn backup(cfg: &Config, file: &Path) -> anyhow::Result<(usize, u64)> {
 /// the store's lock, so it refuses to run beside a daemon; on Postgres it is one more
 /// writer beside the daemons, as their equal.
 pub fn import(cfg: &Config, input: impl std::io::BufRead) -> anyhow::Result<ImportReport> {
-    let nodes = read_node_lines(input)?;
+    let nodes = read_node_lines(input, cfg.max_value_bytes)?;
     let (lock, store, persistence) = match &cfg.database {
         None => {
             let (lock, loaded, writer) = files::open_for_daemon(&cfg.layout(), cfg.oplog_size)
@@ -194,23 +194,77 @@ pub struct ImportReport {
     pub adopted: usize,
 }
 
+/// Reads and checks every line before anything is merged. A node is refused, and with
+/// it the whole import, when the daemon would refuse it from a peer: a value longer
+/// than MAX_VALUE_BYTES, or neither a value nor a timestamp (nothing to merge by); and
+/// when it would not fit one journal record, which no reader could then read back.
 fn read_node_lines(
-    input: impl std::io::BufRead,
+    mut input: impl std::io::BufRead,
+    max_value_bytes: usize,
 ) -> anyhow::Result<Vec<(String, crate::store::Node)>> {
     use crate::store::json::{RawObject, parse_string};
+    use std::io::{BufRead, Read};
     let mut nodes = Vec::new();
-    for (i, line) in input.lines().enumerate() {
-        let line = line.with_context(|| format!("line {}", i + 1))?;
+    let mut record = Vec::new();
+    let mut bytes = Vec::new();
+    for i in 0.. {
+        // A line longer than this cannot hold a node that fits one record: it is refused
+        // before it is held whole in memory.
+        let max_line = codec::MAX_RECORD_LEN * 2;
+        bytes.clear();
+        let read = (&mut input)
+            .take(max_line as u64 + 1)
+            .read_until(b'\n', &mut bytes)
+            .with_context(|| format!("line {}", i + 1))?;
+        if read == 0 {
+            break;
+        }
+        if bytes.len() > max_line {
+            anyhow::bail!(
+                "line {} is longer than {max_line} bytes, too large for any node the store can keep; nothing was imported",
+                i + 1
+            );
+        }
+        let line =
+            std::str::from_utf8(&bytes).with_context(|| format!("line {} is not UTF-8", i + 1))?;
         if line.trim().is_empty() {
             continue;
         }
-        let raw: Box<serde_json::value::RawValue> =
-            serde_json::from_str(&line).with_context(|| format!("line {} is not JSON", i + 1))?;
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(line.trim_end())
+            .with_context(|| format!("line {} is not JSON", i + 1))?;
         let id = RawObject::parse(&raw)
             .and_then(|o| o.get("id").and_then(parse_string))
             .with_context(|| format!("line {} has no string id", i + 1))?;
         let node = crate::store::Node::from_json(&raw)
             .with_context(|| format!("line {} is not a node", i + 1))?;
+        let n = i + 1;
+        let id_shown: String = id.chars().take(64).collect();
+        if let Some(value) = &node.value
+            && value.get().len() > max_value_bytes
+        {
+            anyhow::bail!(
+                "line {n}: the value of node {id_shown:?} is {} bytes, over MAX_VALUE_BYTES ({max_value_bytes}); nothing was imported",
+                value.get().len()
+            );
+        }
+        if node.value.is_none() && node.timestamp.is_none() {
+            anyhow::bail!(
+                "line {n}: node {id_shown:?} has neither a value nor a timestamp; nothing was imported"
+            );
+        }
+        let effect = crate::store::Effect::Adopt {
+            id: id.as_str().into(),
+            node,
+        };
+        record.clear();
+        if let Err(e) = codec::encode_record(&effect, &mut record) {
+            anyhow::bail!(
+                "line {n}: node {id_shown:?} is too large to store: {e}; nothing was imported"
+            );
+        }
+        let crate::store::Effect::Adopt { node, .. } = effect else {
+            unreachable!("built as Adopt above")
+        };
         nodes.push((id, node));
     }
     Ok(nodes)

@@ -51,3 +51,8 @@ fn sm_seeds() {
 fn cells_seeds() {
     replay("cells", fuzzing::cells);
 }
+
+#[test]
+fn journal_damage_seeds() {
+    replay("journal_damage", fuzzing::journal_damage);
+}

@@ -129,3 +129,146 @@ fn help_never_prints_secret_environment_values() {
     assert_no_secret("--help", &help);
     assert_no_secret("--help's stderr", &String::from_utf8_lossy(&out.stderr));
 }
+
+// ---- issue 17, item 9: .env errors and credentials inside URLs ----------------------
+
+const MNEMONIC: &str =
+    "legal winner thank year wave sausage worth useful legal winner thank yellow";
+
+/// A `.env` that dotenvy cannot parse: the error names the file, the line and the
+/// variable, exits 2, and shows no value: not the bad line, nor the rest of the file.
+#[test]
+fn dotenv_errors_name_the_variable_and_line_never_a_value() {
+    let cases = [
+        (
+            format!("DB_NAME=x\nSM_KEY={MNEMONIC}\nRUST_LOG=info\n"),
+            "line 2",
+            "SM_KEY",
+        ),
+        (
+            format!("# secrets\nPASSWORD=\"{PASSWORD}\\q\"\n"),
+            "line 2",
+            "PASSWORD",
+        ),
+        (
+            format!(
+                "DB_NAME=x\nTURN_CREDENTIAL=\"{TURN_CREDENTIAL}\nPASSWORD={PASSWORD}\nSM_KEY={SM_KEY_HEX}\n"
+            ),
+            "line 2",
+            "TURN_CREDENTIAL",
+        ),
+        (format!("DB_NAME=x\n\n{MNEMONIC}\n"), "line 3", "NAME=value"),
+    ];
+    for (text, line, var) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = data_dir(&tmp);
+        std::fs::write(tmp.path().join(".env"), &text).unwrap();
+        let out = common::run(&dir, &[], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
+        assert!(stderr.contains(".env"), "{stderr}");
+        assert!(stderr.contains(line), "wanted {line} in: {stderr}");
+        assert!(stderr.contains(var), "wanted {var} in: {stderr}");
+        assert_no_secret(".env error", &stderr);
+        for word in ["winner", "sausage"] {
+            assert!(!stderr.contains(word), "the mnemonic shows: {stderr}");
+        }
+        assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+    }
+}
+
+const RELAY_USER_SECRET: &str = "relayPass-3c9e1f";
+const RELAY_TOKEN: &str = "relayToken-77d0a2";
+const TURN_URL_SECRET: &str = "turnPass-0b4d6e";
+const TURN_TOKEN: &str = "turnToken-a81c35";
+
+fn assert_no_url_secret(what: &str, text: &str) {
+    for secret in [RELAY_USER_SECRET, RELAY_TOKEN, TURN_URL_SECRET, TURN_TOKEN] {
+        assert!(
+            !text.contains(secret),
+            "{what} shows the URL secret {secret:?}:\n{text}"
+        );
+    }
+}
+
+/// Relay and TURN URLs that carry credentials (user:pass@, ?token=) are shown masked
+/// in the start-up log, the relay connection errors, /health, / and /metrics, while the
+/// daemon runs at trace level and a peer connects through its own relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_relay_and_turn_urls_never_show() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(&tmp);
+    // Nothing listens on port 9: the daemon keeps failing to connect, and logs it. The
+    // third relay is real: tungstenite logs its whole request at trace level.
+    let relay = common::relay(&tmp);
+    let relays = format!(
+        "ws://gdbf:{RELAY_USER_SECRET}@127.0.0.1:9/, ws://127.0.0.1:9/r?token={RELAY_TOKEN}, ws://gdbf:{RELAY_USER_SECRET}@127.0.0.1:{}/?token={RELAY_TOKEN}",
+        relay.port
+    );
+    let mut env = secret_env("text");
+    env.push(("RELAY_URLS", relays.as_str()));
+    let mut d = Daemon::start(&dir, &env);
+    d.wait_for_log(" ready", std::time::Duration::from_secs(60));
+    d.wait_for_log("relay connect failed", std::time::Duration::from_secs(30));
+    let connected = format!(
+        "relay connected relay=ws://***@127.0.0.1:{}/?token=***",
+        relay.port
+    );
+    d.wait_for_log(&connected, std::time::Duration::from_secs(30));
+
+    let store = Arc::new(Mutex::new(Store::new(1000)));
+    let peer = TestPeer::join_tweaked(d.port, common::DB, store, |cfg| {
+        cfg.password = PASSWORD.into();
+    });
+    peer.wait_superpeers(1).await;
+    for path in ["/health", "/metrics", "/"] {
+        let (code, body) = d.get(path);
+        assert_eq!(code, 200, "{path}");
+        assert_no_url_secret(path, &body);
+    }
+    peer.leave().await;
+    assert_eq!(d.stop().code(), Some(0));
+    let log = d.lines.join("\n");
+    assert!(log.contains("starting genosdb-fallback"), "{log}");
+    assert!(
+        log.contains("***@127.0.0.1:9"),
+        "the relay is not named at all:\n{log}"
+    );
+    assert!(
+        log.contains("Request:"),
+        "tungstenite's request trace is missing:\n{log}"
+    );
+    assert_no_url_secret("the log", &log);
+    assert_no_secret("the log", &log);
+
+    // A refused list names the variable, with every URL in it masked. WebRTC refuses
+    // a TURN URL with a query other than ?transport= (every peer link failed with
+    // "invalid query"), and ignores credentials in it: both exit 2 at start.
+    let bad_relays = format!("{relays}, http://not-a-relay");
+    let turn_token = format!("turn:127.0.0.1:9?transport=udp&token={TURN_TOKEN}");
+    let turn_user = format!("turn:u:{TURN_URL_SECRET}@127.0.0.1:9, stun:x");
+    for (var, value, why) in [
+        ("RELAY_URLS", bad_relays.as_str(), "ws:// or wss://"),
+        ("TURN_URLS", turn_token.as_str(), "invalid query"),
+        (
+            "TURN_URLS",
+            turn_user.as_str(),
+            "TURN_CREDENTIAL, not in the URL",
+        ),
+    ] {
+        let out = common::run(
+            &dir,
+            &[],
+            &[
+                (var, value),
+                ("TURN_USERNAME", "u"),
+                ("TURN_CREDENTIAL", "c"),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
+        assert!(stderr.contains(var) && stderr.contains(why), "{stderr}");
+        assert!(stderr.contains("***"), "{stderr}");
+        assert_no_url_secret(var, &stderr);
+    }
+}

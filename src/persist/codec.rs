@@ -121,11 +121,51 @@ fn decode_chunk(bytes: &[u8]) -> Result<Vec<(Box<str>, crate::store::Node)>, Cod
         .map_err(|e| corrupt(format!("snapshot chunk does not decode: {e}")))
 }
 
+/// Plain bytes a snapshot chunk stays under (unless one node alone is larger), so that
+/// every chunk the writer makes is far below what the reader inflates
+/// ([`MAX_CHUNK_PLAIN`]), whatever the nodes' sizes: 32k nodes of 40 KB would be 1.3 GB.
+const CHUNK_PLAIN_TARGET: usize = 64 << 20;
+
+/// About how many bytes a node takes in a chunk's MessagePack.
+fn node_plain_size(id: &str, n: &crate::store::Node) -> usize {
+    let value = n.value.as_ref().map_or(0, |v| v.get().len());
+    let edges: usize = n.edges.iter().map(|e| e.len() + 8).sum();
+    let extra: usize = n
+        .extra
+        .iter()
+        .flat_map(|x| x.iter())
+        .map(|(k, v)| k.len() + v.get().len() + 8)
+        .sum();
+    64 + id.len() + value + edges + extra
+}
+
+/// Cuts the nodes into chunks of at most [`CHUNK_NODES`] nodes and about `target`
+/// plain bytes.
+fn chunk_parts<'a, 'n>(
+    nodes: &'a [(&'n str, &'n crate::store::Node)],
+    target: usize,
+) -> Vec<&'a [(&'n str, &'n crate::store::Node)]> {
+    let mut parts = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, (id, node)) in nodes.iter().enumerate() {
+        let size = node_plain_size(id, node);
+        if i > start && (i - start == CHUNK_NODES || bytes.saturating_add(size) > target) {
+            parts.push(&nodes[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(size);
+    }
+    if start < nodes.len() {
+        parts.push(&nodes[start..]);
+    }
+    parts
+}
+
 /// Encodes the whole store as snapshot file bytes.
 pub fn encode_snapshot(store: &Store, next_seq: u64) -> Vec<u8> {
     let nodes: Vec<(&str, &crate::store::Node)> =
         store.nodes().iter().map(|(k, n)| (k.as_ref(), n)).collect();
-    let parts: Vec<&[(&str, &crate::store::Node)]> = nodes.chunks(CHUNK_NODES).collect();
+    let parts = chunk_parts(&nodes, CHUNK_PLAIN_TARGET);
     let chunks = parallel_map(&parts, |part| encode_chunk(part));
     let body = SnapshotBodyRef {
         global_ts: store.global_ts(),
@@ -234,15 +274,29 @@ pub fn journal_header(base_seq: u64) -> [u8; JOURNAL_HEADER_LEN] {
     h
 }
 
-/// Appends one framed record for `effect` to `out`.
-pub fn encode_record(effect: &Effect, out: &mut Vec<u8>) {
+/// An effect too large for one journal record: the reader refuses any record over
+/// [`MAX_RECORD_LEN`], so the writer never writes one.
+#[derive(Debug, thiserror::Error)]
+#[error("a journal record of {len} bytes is over the {MAX_RECORD_LEN}-byte record limit")]
+pub struct RecordTooLarge {
+    pub len: usize,
+}
+
+/// Appends one framed record for `effect` to `out`, or leaves `out` as it was when the
+/// record would be larger than the reader accepts.
+pub fn encode_record(effect: &Effect, out: &mut Vec<u8>) -> Result<(), RecordTooLarge> {
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
     rmp_serde::encode::write(out, effect).expect("encoding into memory cannot fail");
-    let payload_len = (out.len() - start - RECORD_HEADER_LEN) as u32;
+    let payload_len = out.len() - start - RECORD_HEADER_LEN;
+    if payload_len > MAX_RECORD_LEN {
+        out.truncate(start);
+        return Err(RecordTooLarge { len: payload_len });
+    }
     let crc = crc32fast::hash(&out[start + RECORD_HEADER_LEN..]);
-    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+    out[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// A journal segment, read.
@@ -256,8 +310,15 @@ pub struct JournalScan {
     pub torn_bytes: u64,
 }
 
-/// Reads a journal segment. A damaged last record is torn (a crash mid-append) and
-/// ignored; damage followed by more data is corruption and an error.
+/// Reads a journal segment. What it returns is always a prefix of the records written.
+///
+/// A record that cannot be read is a torn tail (a crash mid-append) only when no whole
+/// record follows it anywhere in the rest of the segment: every byte offset after the
+/// damage is tried. Damage followed by a readable record is corruption and an error, so
+/// that a flipped bit in a length field never hides the records behind it. A record
+/// whose checksum holds but which does not decode is never torn: it is an error too.
+/// Only the caller knows whether this is the last segment, the only place a torn tail
+/// may be ([`JournalScan::torn_bytes`]).
 pub fn scan_journal(bytes: &[u8]) -> Result<JournalScan, CodecError> {
     if bytes.len() < 8 || &bytes[0..8] != JOURNAL_MAGIC {
         return Err(CodecError::NotOurs("journal"));
@@ -279,21 +340,31 @@ pub fn scan_journal(bytes: &[u8]) -> Result<JournalScan, CodecError> {
     let mut records = Vec::new();
     let mut pos = JOURNAL_HEADER_LEN;
     while pos < bytes.len() {
+        let seq = base_seq + records.len() as u64;
         match read_record(&bytes[pos..]) {
             Ok((effect, used)) => {
                 records.push(effect);
                 pos += used;
             }
-            Err(RecordError::Torn) => break,
-            Err(RecordError::Bad(why)) => {
-                if is_tail(&bytes[pos..]) {
-                    break;
-                }
+            Err(RecordError::Undecodable) => {
                 return Err(corrupt(format!(
-                    "journal record {} at byte {pos} {why}",
-                    base_seq + records.len() as u64
+                    "journal record {seq} at byte {pos} passes its checksum but does not decode"
                 )));
             }
+            Err(RecordError::Torn(why)) => match find_record(bytes, pos + 1) {
+                Search::None => break,
+                Search::Found(at) => {
+                    return Err(corrupt(format!(
+                        "journal record {seq} at byte {pos} {why}, yet a whole record follows at byte {at}: the segment is damaged, not torn by a crash"
+                    )));
+                }
+                Search::TooCostly => {
+                    return Err(corrupt(format!(
+                        "journal record {seq} at byte {pos} {why}, and the {} bytes after it are too many to prove that no record follows",
+                        bytes.len() - pos
+                    )));
+                }
+            },
         }
     }
     Ok(JournalScan {
@@ -305,43 +376,70 @@ pub fn scan_journal(bytes: &[u8]) -> Result<JournalScan, CodecError> {
 }
 
 enum RecordError {
-    /// The record runs past the end of the file.
-    Torn,
-    Bad(&'static str),
+    /// Not a whole record here: cut short, a bad length or a bad checksum.
+    Torn(&'static str),
+    /// The checksum holds, yet the payload is not an effect.
+    Undecodable,
 }
 
 fn read_record(rest: &[u8]) -> Result<(Effect, usize), RecordError> {
-    if rest.len() < RECORD_HEADER_LEN {
-        return Err(RecordError::Torn);
-    }
-    let len = u32_at(rest, 0) as usize;
-    if len == 0 || len > MAX_RECORD_LEN {
-        return Err(RecordError::Bad("has an impossible length"));
-    }
-    let end = RECORD_HEADER_LEN + len;
-    if rest.len() < end {
-        return Err(RecordError::Torn);
-    }
-    let payload = &rest[RECORD_HEADER_LEN..end];
-    if crc32fast::hash(payload) != u32_at(rest, 4) {
-        return Err(RecordError::Bad("fails its checksum"));
-    }
-    let effect = rmp_serde::from_slice(payload).map_err(|_| RecordError::Bad("does not decode"))?;
+    let (payload, end) = framed(rest)?;
+    let effect = rmp_serde::from_slice(payload).map_err(|_| RecordError::Undecodable)?;
     Ok((effect, end))
 }
 
-/// A bad record is a torn tail when nothing valid can follow it: it is the last record
-/// (its length reaches the end of the file), or the rest of the file is zeros, as a
-/// crash leaves when the file grew before its data was written.
-fn is_tail(rest: &[u8]) -> bool {
-    if rest.iter().all(|&b| b == 0) {
-        return true;
-    }
+/// The payload of the record at the start of `rest`, if its frame and checksum hold.
+fn framed(rest: &[u8]) -> Result<(&[u8], usize), RecordError> {
     if rest.len() < RECORD_HEADER_LEN {
-        return true;
+        return Err(RecordError::Torn("is cut short"));
     }
     let len = u32_at(rest, 0) as usize;
-    len > 0 && RECORD_HEADER_LEN + len >= rest.len()
+    if len == 0 || len > MAX_RECORD_LEN {
+        return Err(RecordError::Torn("has an impossible length"));
+    }
+    let end = RECORD_HEADER_LEN + len;
+    if rest.len() < end {
+        return Err(RecordError::Torn("runs past the end of the segment"));
+    }
+    let payload = &rest[RECORD_HEADER_LEN..end];
+    if crc32fast::hash(payload) != u32_at(rest, 4) {
+        return Err(RecordError::Torn("fails its checksum"));
+    }
+    Ok((payload, end))
+}
+
+/// Bytes of checksum work [`find_record`] may spend before it gives up (and the scan
+/// reports the segment as damaged rather than guess): a few seconds at most.
+const SEARCH_BUDGET: u64 = 8 << 30;
+
+enum Search {
+    None,
+    Found(usize),
+    TooCostly,
+}
+
+/// Looks for a whole record (frame, checksum and payload) starting at any offset from
+/// `from` on. Offsets whose length field does not fit the file cost nothing, so a torn
+/// tail of zeros or of a cut record is cleared in one pass.
+fn find_record(bytes: &[u8], from: usize) -> Search {
+    let mut budget = SEARCH_BUDGET;
+    for at in from..bytes.len().saturating_sub(RECORD_HEADER_LEN) {
+        let rest = &bytes[at..];
+        let len = u32_at(rest, 0) as usize;
+        if len == 0 || len > MAX_RECORD_LEN || RECORD_HEADER_LEN + len > rest.len() {
+            continue;
+        }
+        budget = match budget.checked_sub(len as u64) {
+            Some(b) => b,
+            None => return Search::TooCostly,
+        };
+        if let Ok((payload, _)) = framed(rest)
+            && rmp_serde::from_slice::<Effect>(payload).is_ok()
+        {
+            return Search::Found(at);
+        }
+    }
+    Search::None
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -385,9 +483,20 @@ mod tests {
     fn journal(effects: &[Effect]) -> Vec<u8> {
         let mut bytes = journal_header(7).to_vec();
         for e in effects {
-            encode_record(e, &mut bytes);
+            encode_record(e, &mut bytes).unwrap();
         }
         bytes
+    }
+
+    /// Where each record of `bytes` starts, and where the last one ends.
+    fn record_starts(bytes: &[u8]) -> Vec<usize> {
+        let mut starts = vec![JOURNAL_HEADER_LEN];
+        let mut pos = JOURNAL_HEADER_LEN;
+        while pos < bytes.len() {
+            pos += RECORD_HEADER_LEN + u32_at(bytes, pos) as usize;
+            starts.push(pos);
+        }
+        starts
     }
 
     #[test]
@@ -467,5 +576,99 @@ mod tests {
         let mut last_flipped = journal(&all);
         last_flipped[clean_len - 1] ^= 1;
         assert_eq!(scan_journal(&last_flipped).unwrap().records.len(), 4);
+    }
+
+    /// The review's case: one bit of record 50's length flipped, in a segment of 100.
+    /// The length then runs past the end, which once passed for a torn tail and lost the
+    /// 50 records after it.
+    #[test]
+    fn a_flipped_length_bit_mid_segment_is_corruption_not_a_torn_tail() {
+        let all = effects(100);
+        let clean = journal(&all);
+        let starts = record_starts(&clean);
+        for bit in 0..32 {
+            let mut bytes = clean.clone();
+            bytes[starts[50] + bit / 8] ^= 1 << (bit % 8);
+            let err = scan_journal(&bytes).expect_err(&format!("bit {bit}"));
+            assert!(
+                err.to_string().contains("journal record 57 at byte"),
+                "bit {bit}: {err}"
+            );
+        }
+        // The same flip in the last record is a torn tail: nothing whole follows it.
+        let mut last = clean.clone();
+        last[starts[99] + 2] ^= 0x10;
+        let scan = scan_journal(&last).unwrap();
+        assert_eq!(scan.records, all[..99]);
+        assert_eq!(scan.good_len as usize, starts[99]);
+    }
+
+    #[test]
+    fn damage_followed_by_zeros_or_a_cut_record_is_torn() {
+        let all = effects(10);
+        let clean = journal(&all);
+        let starts = record_starts(&clean);
+        // A crash that grew the file before writing it: a hole of zeros at the end.
+        let mut holed = clean.clone();
+        holed[starts[8]..].fill(0);
+        assert_eq!(scan_journal(&holed).unwrap().records, all[..8]);
+        // A cut in the middle of the last record, plus zeros after it.
+        let mut cut = clean[..starts[9] + 5].to_vec();
+        cut.extend_from_slice(&[0; 100]);
+        assert_eq!(scan_journal(&cut).unwrap().records, all[..9]);
+    }
+
+    #[test]
+    fn a_record_whose_checksum_holds_but_does_not_decode_is_corruption() {
+        let mut bytes = journal_header(0).to_vec();
+        let payload = [0xc1u8; 4]; // never valid MessagePack
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let err = scan_journal(&bytes).unwrap_err();
+        assert!(err.to_string().contains("does not decode"), "{err}");
+    }
+
+    #[test]
+    fn the_writer_refuses_a_record_the_reader_would_refuse() {
+        let big = Effect::Upsert {
+            id: "big".into(),
+            value: Some(RawJson::parse(format!("\"{}\"", "x".repeat(MAX_RECORD_LEN))).unwrap()),
+            ts: Hlc::new(1, 0),
+        };
+        let mut out = journal(&effects(2));
+        let before = out.clone();
+        let err = encode_record(&big, &mut out).unwrap_err();
+        assert!(err.len > MAX_RECORD_LEN);
+        assert_eq!(out, before, "nothing of the refused record is left behind");
+    }
+
+    #[test]
+    fn snapshot_chunks_are_bounded_in_bytes_as_well_as_in_nodes() {
+        let node = |len: usize| {
+            crate::store::Node::new(
+                Some(RawJson::parse(format!("\"{}\"", "v".repeat(len))).unwrap()),
+                Hlc::new(1, 0),
+            )
+        };
+        let small = node(10);
+        let big = node(5_000);
+        let mut nodes: Vec<(&str, &crate::store::Node)> = vec![("s", &small); CHUNK_NODES + 5];
+        nodes.extend(std::iter::repeat_n(("b", &big), 10));
+        let parts = chunk_parts(&nodes, 12_000);
+        assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), nodes.len());
+        assert!(parts.iter().all(|p| p.len() <= CHUNK_NODES));
+        for p in &parts {
+            let plain: usize = p.iter().map(|(id, n)| node_plain_size(id, n)).sum();
+            assert!(
+                p.len() == 1 || plain <= 12_000,
+                "{} nodes, {plain} bytes",
+                p.len()
+            );
+        }
+        assert_eq!(chunk_parts(&nodes[..CHUNK_NODES + 5], usize::MAX).len(), 2);
+        // One node larger than the target still gets a chunk of its own.
+        let huge = node(50_000);
+        assert_eq!(chunk_parts(&[("h", &huge), ("s", &small)], 12_000).len(), 2);
     }
 }

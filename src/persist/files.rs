@@ -195,24 +195,44 @@ fn load_snapshot(layout: &Layout, oplog_size: usize) -> Result<Loaded, StoreErro
 pub fn load(layout: &Layout, oplog_size: usize) -> Result<Loaded, StoreError> {
     let mut loaded = load_snapshot(layout, oplog_size)?;
     for (_, path) in layout.sealed_segments()? {
-        replay_segment(&path, &mut loaded)?;
+        replay_segment(&path, &mut loaded, Segment::Sealed)?;
     }
     let live = layout.journal();
     if live.exists() {
-        let (base, used) = replay_segment(&live, &mut loaded)?;
+        let (base, used) = replay_segment(&live, &mut loaded, Segment::Live)?;
         loaded.live = Some((base, used));
     }
     Ok(loaded)
 }
 
+/// Which segment a replay reads: only the live one, the last, may end torn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Segment {
+    Sealed,
+    Live,
+}
+
 /// Applies a segment's records that the state does not hold yet. Returns its base and
 /// whether it holds anything beyond its header.
-fn replay_segment(path: &Path, loaded: &mut Loaded) -> Result<(u64, bool), StoreError> {
+fn replay_segment(
+    path: &Path,
+    loaded: &mut Loaded,
+    segment: Segment,
+) -> Result<(u64, bool), StoreError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
-    let scan = codec::scan_journal(&bytes).map_err(|source| StoreError::Unreadable {
+    let unreadable = |source| StoreError::Unreadable {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let scan = codec::scan_journal(&bytes).map_err(unreadable)?;
+    if segment == Segment::Sealed && scan.torn_bytes > 0 {
+        // A sealed segment was whole when it was sealed: what follows its last record
+        // is damage, not a crash mid-append.
+        return Err(unreadable(CodecError::Corrupt(format!(
+            "a sealed journal segment ends with {} bytes that are not a whole record (after byte {}); only the live segment may end torn",
+            scan.torn_bytes, scan.good_len
+        ))));
+    }
     if scan.base_seq > loaded.next_seq {
         return Err(StoreError::Gap {
             path: path.to_owned(),
@@ -376,6 +396,12 @@ pub fn open_for_daemon(
     let lock = DirLock::acquire(layout)?;
     remove_stale_temps(layout);
     let loaded = load(layout, oplog_size)?;
+    if loaded.torn_bytes > 0 {
+        // Only the live segment may hold a torn tail (sealed ones are refused whole),
+        // and the scan proved that no record follows it: drop it before the segment
+        // is sealed, so no sealed segment ever ends torn.
+        cut_torn_tail(&layout.journal(), loaded.torn_bytes)?;
+    }
     let writer = match loaded.live {
         Some((base, false)) if base == loaded.next_seq => {
             JournalWriter::open(layout, base, JOURNAL_HEADER_LEN as u64, 0)?
@@ -387,6 +413,18 @@ pub fn open_for_daemon(
         _ => JournalWriter::create(layout, loaded.next_seq)?,
     };
     Ok((lock, loaded, writer))
+}
+
+/// Cuts the last `torn` bytes off the live segment, durably.
+fn cut_torn_tail(path: &Path, torn: u64) -> Result<(), StoreError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let good = len.checked_sub(torn).ok_or(StoreError::Unstable)?;
+    file.set_len(good).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
 }
 
 /// Folds every sealed segment into a new snapshot, then deletes them. The snapshot is
@@ -407,7 +445,7 @@ pub fn compact(
     let started = std::time::Instant::now();
     let mut loaded = load_snapshot(layout, oplog_size)?;
     for (_, path) in &sealed {
-        replay_segment(path, &mut loaded)?;
+        replay_segment(path, &mut loaded, Segment::Sealed)?;
     }
     if cancelled() {
         return Ok(None);

@@ -54,7 +54,19 @@ impl EffectSink for PendingJournal {
         if buf.overflowed {
             return;
         }
-        codec::encode_record(effect, &mut buf.bytes);
+        if let Err(e) = codec::encode_record(effect, &mut buf.bytes) {
+            // The reader would refuse this record, so it is never written: memory holds
+            // the effect, and the whole graph is written as one snapshot instead.
+            tracing::warn!(
+                bytes = e.len,
+                limit = codec::MAX_RECORD_LEN,
+                "an effect is too large for one journal record; the graph will be written whole as a snapshot"
+            );
+            buf.bytes = Vec::new();
+            buf.records = 0;
+            buf.overflowed = true;
+            return;
+        }
         buf.records += 1;
         if buf.bytes.len() > self.max_bytes {
             buf.bytes = Vec::new();

@@ -111,6 +111,7 @@ impl RelayPool {
                 let status = Arc::new(RelayStatus::default());
                 let task = RelayTask {
                     id,
+                    shown: crate::redact::url(url).into_owned(),
                     url: url.clone(),
                     cfg: cfg.clone(),
                     subs: subs.clone(),
@@ -226,6 +227,8 @@ pub fn demands_pow(msg: &str) -> bool {
 struct RelayTask {
     id: usize,
     url: String,
+    /// The URL as logs show it: credentials masked.
+    shown: String,
     cfg: PoolConfig,
     subs: Subs,
     status: Arc<RelayStatus>,
@@ -258,7 +261,7 @@ impl RelayTask {
                 tokio_tungstenite::connect_async_with_config(&self.url, Some(ws_cfg), false);
             let error = match tokio::time::timeout(self.cfg.connect_timeout, connecting).await {
                 Ok(Ok((ws, _))) => Ok(ws),
-                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Err(e)) => Err(crate::redact::scrub(&e.to_string(), &self.url)),
                 Err(_) => Err(format!("no answer in {:?}", self.cfg.connect_timeout)),
             };
             let ws = match error {
@@ -266,15 +269,15 @@ impl RelayTask {
                 Err(error) => {
                     failures += 1;
                     if failures == 1 {
-                        tracing::warn!(relay = %self.url, %error, "relay unreachable; retrying with backoff");
+                        tracing::warn!(relay = %self.shown, %error, "relay unreachable; retrying with backoff");
                     } else {
-                        tracing::debug!(relay = %self.url, %error, failures, "relay connect failed");
+                        tracing::debug!(relay = %self.shown, %error, failures, "relay connect failed");
                     }
                     continue;
                 }
             };
             backoff.reset();
-            tracing::info!(relay = %self.url, failed_tries = failures, "relay connected");
+            tracing::info!(relay = %self.shown, failed_tries = failures, "relay connected");
             failures = 0;
             let end = self.session(ws, &mut out).await;
             self.status.connected.store(false, Ordering::Relaxed);
@@ -283,7 +286,7 @@ impl RelayTask {
                 SessionEnd::PoolGone => return,
                 SessionEnd::PowDemanded => {
                     self.status.pow_blocked.store(true, Ordering::Relaxed);
-                    tracing::warn!(relay = %self.url, "relay demands proof of work; dropped for this process");
+                    tracing::warn!(relay = %self.shown, "relay demands proof of work; dropped for this process");
                     let _ = self
                         .inbound
                         .send(Inbound::Disconnected { relay: self.id })
@@ -291,7 +294,7 @@ impl RelayTask {
                     return;
                 }
                 SessionEnd::Closed => {
-                    tracing::info!(relay = %self.url, "relay disconnected; reconnecting");
+                    tracing::info!(relay = %self.shown, "relay disconnected; reconnecting");
                     if self
                         .inbound
                         .send(Inbound::Disconnected { relay: self.id })
@@ -393,7 +396,7 @@ impl RelayTask {
                     }
                     Err(e) => {
                         self.status.rejected.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(relay = %self.url, error = %e, "relay sent an invalid event");
+                        tracing::debug!(relay = %self.shown, error = %e, "relay sent an invalid event");
                         None
                     }
                 }

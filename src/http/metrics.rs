@@ -331,7 +331,19 @@ impl Collector for Daemon {
                 "Events a slow relay client missed",
                 s.lagged.load(Ordering::Relaxed),
             )?;
+            gauge(
+                &mut enc,
+                "relay_queued_bytes",
+                "Bytes of events waiting for or being written to relay clients (RELAY_MEMORY_BYTES bounds it)",
+                r.queued_bytes() as i64,
+            )?;
         }
+        gauge(
+            &mut enc,
+            "http_connections",
+            "Open HTTP connections from the network, relay connections included",
+            state.http.connections.load(Ordering::Relaxed) as i64,
+        )?;
         limits_exceeded(&mut enc, state)?;
         if let Some(p) = state.persist() {
             gauge(
@@ -409,6 +421,7 @@ fn limits_exceeded(enc: &mut DescriptorEncoder, state: &AppState) -> std::fmt::R
     if let Some(r) = &state.relay {
         counts.extend(r.stats.limits_exceeded());
     }
+    counts.extend(state.http.limits_exceeded());
     if counts.is_empty() {
         return Ok(());
     }

@@ -5,6 +5,7 @@
 //! 503 with `"status":"starting"`.
 
 pub mod metrics;
+pub mod serve;
 
 use crate::persist::PersistStatus;
 use crate::relay::Relay;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub signing_as: OnceLock<String>,
     /// The joined sync room, for the cells state.
     pub sync_room: OnceLock<Arc<crate::rtc::room::Room>>,
+    /// The HTTP listener's connection counters.
+    pub http: Arc<serve::HttpStats>,
 }
 
 impl AppState {
@@ -64,6 +67,7 @@ impl AppState {
             sm_stats: OnceLock::new(),
             signing_as: OnceLock::new(),
             sync_room: OnceLock::new(),
+            http: Arc::default(),
         })
     }
 
@@ -104,6 +108,11 @@ impl AppState {
     pub fn persist(&self) -> Option<&Arc<PersistStatus>> {
         self.persist.get()
     }
+}
+
+/// In-process connections to this HTTP server, for the daemon's own relay client.
+pub fn local_connector(state: Arc<AppState>) -> serve::LocalConnector {
+    serve::LocalConnector::new(router(state))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -260,9 +269,22 @@ async fn root(
     let Some(relay) = state.relay.clone() else {
         return (StatusCode::NOT_FOUND, "no relay here (RELAY=0)").into_response();
     };
+    let origin = req.extensions().get::<serve::Origin>().copied();
+    if origin == Some(serve::Origin::Network { reserved: true }) {
+        state
+            .http
+            .reserve_upgrades_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections; only /health is served now",
+        )
+            .into_response();
+    }
+    let slot = req.extensions().get::<serve::ConnSlot>().cloned();
     let (mut parts, _) = req.into_parts();
     match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(ws) => relay.accept(ws, peer.ip()),
+        Ok(ws) => relay.accept(ws, peer.ip(), origin == Some(serve::Origin::Local), slot),
         Err(rejection) => rejection.into_response(),
     }
 }

@@ -1,11 +1,20 @@
 //! NIP-01 subscription filters, matched the way genossrv's relay matches them.
+//!
+//! Matching costs the same whatever a filter's size: tag values are looked up in a
+//! set, and `ids` and `authors` prefixes are at most 64 characters (a full id), so
+//! a client cannot make every event it might receive cost more by subscribing with
+//! many long values. What a connection's filters hold in total is bounded by the
+//! relay (RELAY_MAX_FILTER_BYTES), see [`Filter::size`].
 
 use super::event::Event;
 use serde_json::Value;
+use std::collections::HashSet;
 
 /// `since` accepts events up to this much older than it (clock skew between peers).
 pub const SINCE_SLACK_SECS: u64 = 60;
 const MAX_VALUES: usize = 64;
+/// An `ids` or `authors` prefix longer than a full hex id can match nothing.
+const MAX_PREFIX: usize = 64;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -15,7 +24,7 @@ pub struct Filter {
     pub since: Option<u64>,
     pub until: Option<u64>,
     /// `#<letter>` filters: the tag name and the values one of which must be present.
-    pub tags: Vec<(String, Vec<String>)>,
+    pub tags: Vec<(String, HashSet<String>)>,
 }
 
 impl Filter {
@@ -25,8 +34,8 @@ impl Filter {
         let mut f = Filter::default();
         for (key, value) in obj {
             match key.as_str() {
-                "ids" => f.ids = Some(strings(value)?),
-                "authors" => f.authors = Some(strings(value)?),
+                "ids" => f.ids = Some(prefixes(value)?),
+                "authors" => f.authors = Some(prefixes(value)?),
                 "kinds" => {
                     let list = value.as_array()?;
                     if list.len() > MAX_VALUES {
@@ -37,7 +46,8 @@ impl Filter {
                 "since" => f.since = value.as_u64(),
                 "until" => f.until = value.as_u64(),
                 tag if tag.len() == 2 && tag.starts_with('#') => {
-                    f.tags.push((tag[1..].to_owned(), strings(value)?));
+                    f.tags
+                        .push((tag[1..].to_owned(), strings(value)?.into_iter().collect()));
                 }
                 _ => {}
             }
@@ -73,8 +83,26 @@ impl Filter {
         }
         self.tags
             .iter()
-            .all(|(name, values)| ev.tag_values(name).any(|v| values.iter().any(|x| x == v)))
+            .all(|(name, values)| ev.tag_values(name).any(|v| values.contains(v)))
     }
+
+    /// What the filter holds, in bytes of its strings (and 8 per kind).
+    pub fn size(&self) -> usize {
+        let list = |l: &Option<Vec<String>>| l.iter().flatten().map(String::len).sum::<usize>();
+        list(&self.ids)
+            + list(&self.authors)
+            + self.kinds.as_ref().map_or(0, |k| 8 * k.len())
+            + self
+                .tags
+                .iter()
+                .map(|(n, v)| n.len() + v.iter().map(String::len).sum::<usize>())
+                .sum::<usize>()
+    }
+}
+
+fn prefixes(v: &Value) -> Option<Vec<String>> {
+    let list = strings(v)?;
+    list.iter().all(|p| p.len() <= MAX_PREFIX).then_some(list)
 }
 
 fn strings(v: &Value) -> Option<Vec<String>> {

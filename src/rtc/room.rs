@@ -843,18 +843,15 @@ impl Actor {
             pubkey: event.pubkey.clone(),
             conn: origin.map(|o| (relay, o)),
         };
-        // The peer id is not signed by anything the peer owns, and a sealed offer can
-        // be replayed: while `x` has a link, only the Nostr key that made it speaks for
-        // `x` (a browser keeps one key per page; a reloaded tab's new key is heard once
-        // its old link has closed).
-        if self.owner_of(&x).is_some_and(|k| k != source.pubkey) {
-            self.stats.impostor_signals.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(peer = %x, "signal for a linked peer under another key; ignored");
-            return;
-        }
         if m.get("bye")
             .is_some_and(|b| !b.is_null() && b != &json!(false))
         {
+            // The peer id is not signed by anything the peer owns: while `x` has a
+            // link, only the Nostr key that made it may say goodbye for it.
+            if self.owner_of(&x).is_some_and(|k| k != source.pubkey) {
+                self.stats.impostor_signals.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             self.types.remove(&x);
             if let Some(o) = &self.overlay {
                 o.mesh.lock().unwrap_or_else(|p| p.into_inner()).bye(&x);
@@ -887,12 +884,14 @@ impl Actor {
         }
         if let Some(c) = self.connected.get(&x) {
             // A connected peer only offers again after it restarted (a reloaded tab keeps
-            // its id): the new offer replaces the old link, unless that link is brand new.
+            // its id, with a new Nostr key): the new offer is answered, unless the link is
+            // brand new, and replaces the old link once it opens. The peer id and a sealed
+            // offer can be replayed by anyone: a replay never opens, so it never costs
+            // the peer its link.
             if offer.is_none() || c.since.elapsed() < Duration::from_secs(2) {
                 return;
             }
-            tracing::info!(peer = %x, "peer offered again; replacing its old link");
-            self.drop_connected(&x);
+            tracing::info!(peer = %x, "peer offered again; its old link goes once the new one opens");
         }
         if let Some(sealed) = offer {
             let ours_wins = self.pending.get(&x).is_some_and(|p| {

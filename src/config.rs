@@ -1007,6 +1007,71 @@ mod tests {
     }
 
     #[test]
+    fn relay_memory_and_http_limits_default_sanely_and_are_checked() {
+        let c = with(|_| {}).unwrap();
+        let r = c.relay_limits;
+        assert_eq!((r.queue_bytes, r.memory_bytes), (1 << 20, 64 << 20));
+        assert_eq!((r.messages_per_sec, r.max_filter_bytes), (100.0, 16 << 10));
+        assert!(c.http_limits.max_connections >= 16);
+        assert_eq!(c.http_limits.header_timeout, Duration::from_secs(10));
+        // Bigger relay messages raise the default queues with them.
+        let c = with(|r| r.relay_max_message_bytes = Some((1 << 20).to_string())).unwrap();
+        assert_eq!(c.relay_limits.queue_bytes, 16 << 20);
+        assert_eq!(c.relay_limits.memory_bytes, 1 << 30);
+        for (set, var) in [
+            (
+                (|r: &mut RawSettings| r.relay_queue_bytes = Some("135167".into()))
+                    as fn(&mut RawSettings),
+                "RELAY_QUEUE_BYTES",
+            ),
+            (
+                |r| {
+                    r.relay_queue_bytes = Some("200000".into());
+                    r.relay_memory_bytes = Some("100000".into());
+                },
+                "RELAY_MEMORY_BYTES",
+            ),
+            (
+                |r| r.relay_messages_per_sec = Some("0".into()),
+                "RELAY_MESSAGES_PER_SEC",
+            ),
+            (
+                |r| r.relay_max_filter_bytes = Some("1023".into()),
+                "RELAY_MAX_FILTER_BYTES",
+            ),
+            (
+                |r| r.http_max_connections = Some("15".into()),
+                "HTTP_MAX_CONNECTIONS",
+            ),
+            (
+                |r| r.http_header_timeout = Some("1.5".into()),
+                "HTTP_HEADER_TIMEOUT",
+            ),
+        ] {
+            assert_eq!(with(set).unwrap_err().var, var);
+        }
+        let c = with(|r| {
+            r.relay_queue_bytes = Some("135168".into());
+            r.relay_memory_bytes = Some("135168".into());
+            r.relay_messages_per_sec = Some("5".into());
+            r.relay_max_filter_bytes = Some("1024".into());
+            r.http_max_connections = Some("16".into());
+            r.http_header_timeout = Some("2".into());
+        })
+        .unwrap();
+        let r = c.relay_limits;
+        assert_eq!((r.queue_bytes, r.memory_bytes), (135_168, 135_168));
+        assert_eq!((r.messages_per_sec, r.max_filter_bytes), (5.0, 1024));
+        assert_eq!(
+            c.http_limits,
+            HttpLimits {
+                max_connections: 16,
+                header_timeout: Duration::from_secs(2)
+            }
+        );
+    }
+
+    #[test]
     fn limits_default_generously_and_are_checked() {
         let c = with(|_| {}).unwrap();
         assert_eq!(c.peer_limits, PeerLimits::default());

@@ -31,7 +31,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         0
     };
-    let relay = cfg.relay.then(|| Relay::new(cfg.relay_limits));
+    let relay = match cfg.relay {
+        true => Some(
+            Relay::with_own_threads(cfg.relay_limits)
+                .context("cannot start the embedded relay's threads")?,
+        ),
+        false => None,
+    };
     let state = AppState::new(&cfg.db_name, relays, relay);
 
     let listener = TcpListener::bind((cfg.host, cfg.port))

@@ -1,14 +1,69 @@
 //! NIP-01 subscription filters, matched the way genossrv's relay matches them.
 //!
-//! Matching costs the same whatever a filter's size: tag values are looked up in a
-//! set, and `ids` and `authors` prefixes are at most 64 characters (a full id), so
-//! a client cannot make every event it might receive cost more by subscribing with
-//! many long values. What a connection's filters hold in total is bounded by the
-//! relay (RELAY_MAX_FILTER_BYTES), see [`Filter::size`].
+//! Matching costs the same whatever a filter's size: an event's tag values are hashed
+//! once when it is published ([`Relayed`]), and each filter looks those hashes up in a
+//! set of its own values' hashes (a string is compared only on a hit). `ids` and
+//! `authors` prefixes are at most 64 characters (a full id). What a connection's
+//! filters hold in total is bounded by the relay (RELAY_MAX_FILTER_BYTES, see
+//! [`Filter::size`]).
 
 use super::event::Event;
 use serde_json::Value;
 use std::collections::HashSet;
+use std::sync::OnceLock;
+
+/// The process's keyed hash of a tag value (keys drawn at random once).
+pub fn value_hash(v: &str) -> u64 {
+    static STATE: OnceLock<ahash::RandomState> = OnceLock::new();
+    STATE.get_or_init(ahash::RandomState::new).hash_one(v)
+}
+
+/// An event as the relay hands it on: with each tag's value hashed once.
+#[derive(Debug)]
+pub struct Relayed {
+    pub event: Event,
+    /// [`value_hash`] of each tag's value (its second item), by tag.
+    hashes: Vec<Option<u64>>,
+}
+
+impl Relayed {
+    pub fn new(event: Event) -> Self {
+        let hashes = event
+            .tags
+            .iter()
+            .map(|t| t.get(1).map(|v| value_hash(v)))
+            .collect();
+        Self { event, hashes }
+    }
+}
+
+impl std::ops::Deref for Relayed {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// A `#<letter>` filter's values, and their hashes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagValues {
+    pub values: HashSet<String>,
+    hashes: HashSet<u64>,
+}
+
+impl TagValues {
+    fn new(values: Vec<String>) -> Self {
+        Self {
+            hashes: values.iter().map(|v| value_hash(v)).collect(),
+            values: values.into_iter().collect(),
+        }
+    }
+
+    /// Whether the tag `t`, whose value hashes to `h`, has one of these values.
+    fn holds(&self, t: &[String], h: Option<u64>) -> bool {
+        h.is_some_and(|h| self.hashes.contains(&h)) && t.get(1).is_some_and(|v| self.values.contains(v))
+    }
+}
 
 /// `since` accepts events up to this much older than it (clock skew between peers).
 pub const SINCE_SLACK_SECS: u64 = 60;
@@ -24,7 +79,7 @@ pub struct Filter {
     pub since: Option<u64>,
     pub until: Option<u64>,
     /// `#<letter>` filters: the tag name and the values one of which must be present.
-    pub tags: Vec<(String, HashSet<String>)>,
+    pub tags: Vec<(String, TagValues)>,
 }
 
 impl Filter {
@@ -47,7 +102,7 @@ impl Filter {
                 "until" => f.until = value.as_u64(),
                 tag if tag.len() == 2 && tag.starts_with('#') => {
                     f.tags
-                        .push((tag[1..].to_owned(), strings(value)?.into_iter().collect()));
+                        .push((tag[1..].to_owned(), TagValues::new(strings(value)?)));
                 }
                 _ => {}
             }
@@ -55,7 +110,7 @@ impl Filter {
         Some(f)
     }
 
-    pub fn matches(&self, ev: &Event) -> bool {
+    pub fn matches(&self, ev: &Relayed) -> bool {
         if let Some(kinds) = &self.kinds
             && !kinds.contains(&ev.kind)
         {
@@ -81,9 +136,12 @@ impl Filter {
         {
             return false;
         }
-        self.tags
-            .iter()
-            .all(|(name, values)| ev.tag_values(name).any(|v| values.contains(v)))
+        self.tags.iter().all(|(name, values)| {
+            ev.tags
+                .iter()
+                .zip(&ev.hashes)
+                .any(|(t, h)| t.first().is_some_and(|n| n == name) && values.holds(t, *h))
+        })
     }
 
     /// What the filter holds, in bytes of its strings (and 8 per kind).
@@ -95,7 +153,7 @@ impl Filter {
             + self
                 .tags
                 .iter()
-                .map(|(n, v)| n.len() + v.iter().map(String::len).sum::<usize>())
+                .map(|(n, v)| n.len() + v.values.iter().map(String::len).sum::<usize>())
                 .sum::<usize>()
     }
 }

@@ -140,6 +140,8 @@ pub struct Relay {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Limits hit are logged at most once per 10 s, all together.
     limit_log: Mutex<LogEvery>,
+    /// Where connections run (see [`Relay::with_own_threads`]); None: the caller's runtime.
+    runtime: Option<tokio::runtime::Handle>,
     pub stats: RelayStats,
 }
 
@@ -172,8 +174,27 @@ impl Relay {
             limits,
             per_ip: Mutex::new(HashMap::new()),
             limit_log: Mutex::new(LogEvery::new(std::time::Duration::from_secs(10))),
+            runtime: None,
             stats: RelayStats::default(),
         })
+    }
+
+    /// A relay whose connections run on threads of their own (all cores but one, at
+    /// least one): however busy relay clients keep it, the rest of the daemon
+    /// (`/health`, the rooms, persistence) keeps a core.
+    pub fn with_own_threads(limits: RelayLimits) -> std::io::Result<Arc<Self>> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores.saturating_sub(1).max(1))
+            .thread_name("relay")
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        // It lives as long as the process: its workers run without being driven.
+        std::mem::forget(runtime);
+        let mut relay = Arc::into_inner(Self::new(limits)).expect("a new relay has one owner");
+        relay.runtime = Some(handle);
+        Ok(Arc::new(relay))
     }
 
     /// Bytes of events waiting for, or being written to, connections (all but the
@@ -219,9 +240,18 @@ impl Relay {
             .max_message_size(self.limits.max_message_bytes)
             .max_frame_size(self.limits.max_message_bytes)
             .on_upgrade(move |socket| async move {
-                relay.serve(socket, own).await;
-                drop(slot);
-                drop(keep);
+                let runtime = relay.runtime.clone();
+                let served = async move {
+                    relay.serve(socket, own).await;
+                    drop(slot);
+                    drop(keep);
+                };
+                match runtime {
+                    Some(rt) => {
+                        let _ = rt.spawn(served).await;
+                    }
+                    None => served.await,
+                }
             })
     }
 
@@ -436,7 +466,7 @@ impl Relay {
         // Relayed as received (`raw`): the parsed content is not needed any more, and
         // would hold the event's bytes twice while it waits.
         ev.content = String::new();
-        let routed = self.router.route(&Arc::new(ev), from);
+        let routed = self.router.route(&Arc::new(filter::Relayed::new(ev)), from);
         self.stats.lagged.fetch_add(routed.lost, Ordering::Relaxed);
         if routed.lost > 0 {
             let over_total = routed.over_total;
@@ -544,7 +574,7 @@ impl Connection {
         vec![format!("[\"EOSE\",{}]", json_str(&id))]
     }
 
-    fn first_match(&self, ev: &Event) -> Option<&str> {
+    fn first_match(&self, ev: &filter::Relayed) -> Option<&str> {
         self.subs
             .iter()
             .find(|(_, f)| f.matches(ev))

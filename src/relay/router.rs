@@ -13,7 +13,7 @@
 //! bounded however many such clients there are. The daemon's own connection is
 //! charged to itself only, so strangers cannot starve it.
 
-use super::event::Event;
+pub use super::filter::Relayed;
 use super::filter::Filter;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,8 +64,9 @@ impl Default for Budget {
 }
 
 /// What one event costs while it waits or is written.
-pub fn cost(ev: &Event) -> usize {
+pub fn cost(ev: &Relayed) -> usize {
     ev.raw.get().len()
+        + 16 * ev.tags.len()
         + ev.content.len()
         + ev.tags.iter().flatten().map(String::len).sum::<usize>()
         + EVENT_OVERHEAD
@@ -74,7 +75,7 @@ pub fn cost(ev: &Event) -> usize {
 /// An event handed to a connection, with the id of the connection that published it.
 /// Its bytes stay charged until it is dropped (after it has been written).
 pub struct Delivery {
-    pub event: Arc<Event>,
+    pub event: Arc<Relayed>,
     pub from: u64,
     cost: usize,
     mine: Arc<AtomicUsize>,
@@ -117,7 +118,7 @@ impl Interest {
         let mut interest = Self::default();
         for f in filters {
             match f.tags.iter().find(|(name, _)| name == "x") {
-                Some((_, values)) => interest.topics.extend(values.iter().cloned()),
+                Some((_, values)) => interest.topics.extend(values.values.iter().cloned()),
                 None => interest.everything = true,
             }
         }
@@ -245,7 +246,7 @@ impl Router {
     /// Hands `ev`, published by connection `from`, to every connection it can
     /// interest, without waiting for any. A mailbox over its count or bytes, or a relay
     /// over its total, loses the event.
-    pub fn route(&self, ev: &Arc<Event>, from: u64) -> Routed {
+    pub fn route(&self, ev: &Arc<Relayed>, from: u64) -> Routed {
         let cost = cost(ev);
         let r = self.lock();
         let mut targets: HashSet<u64> = r.everything.clone();
@@ -310,13 +311,15 @@ mod tests {
     use crate::relay::event::{Event, sign};
     use serde_json::json;
 
-    fn event(topic: Option<&str>) -> Arc<Event> {
+    fn event(topic: Option<&str>) -> Arc<Relayed> {
         let key = k256::schnorr::SigningKey::from_slice(&[7u8; 32]).unwrap();
         let tags: Vec<Vec<String>> = topic
             .map(|t| vec![vec!["x".to_owned(), t.to_owned()]])
             .unwrap_or_default();
         let raw = sign(&key, 1_800_000_000, 20_001, tags, "{}", &[0u8; 32]);
-        Arc::new(Event::parse(&serde_json::value::RawValue::from_string(raw).unwrap()).unwrap())
+        Arc::new(Relayed::new(
+            Event::parse(&serde_json::value::RawValue::from_string(raw).unwrap()).unwrap(),
+        ))
     }
 
     fn filter(v: serde_json::Value) -> Filter {
@@ -324,7 +327,7 @@ mod tests {
     }
 
     impl Router {
-        fn route_test(&self, ev: &Arc<Event>) -> Routed {
+        fn route_test(&self, ev: &Arc<Relayed>) -> Routed {
             self.route(ev, 0)
         }
     }

@@ -504,7 +504,9 @@ impl RawSettings {
             (d.queue_bytes as u64).max(16 * l.max_message_bytes as u64),
             min_queue,
             1 << 40,
-            format!("a byte count from {min_queue} (twice RELAY_MAX_MESSAGE_BYTES, and 4096) to 1099511627776"),
+            format!(
+                "a byte count from {min_queue} (twice RELAY_MAX_MESSAGE_BYTES, and 4096) to 1099511627776"
+            ),
         )?;
         let memory_bytes = number(
             "RELAY_MEMORY_BYTES",

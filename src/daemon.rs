@@ -239,7 +239,12 @@ fn sm_config(cfg: &Config, state: &AppState) -> SmConfig {
     }
 }
 
-async fn serve(listener: TcpListener, state: Arc<AppState>, limits: http::serve::HttpLimits, stopped: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    limits: http::serve::HttpLimits,
+    stopped: watch::Receiver<bool>,
+) {
     let stats = state.http.clone();
     http::serve::serve(listener, http::router(state), stats, limits, stopped).await;
 }

@@ -101,7 +101,11 @@ fn rss(port: u16) -> u64 {
 fn limit(port: u16, label: &str) -> u64 {
     let (_, body) = common::http_get(port, "/metrics");
     body.lines()
-        .find(|l| l.starts_with(&format!("genosdb_limit_exceeded_total{{limit=\"{label}\"}}")))
+        .find(|l| {
+            l.starts_with(&format!(
+                "genosdb_limit_exceeded_total{{limit=\"{label}\"}}"
+            ))
+        })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0)
 }
@@ -119,7 +123,12 @@ fn a_ping_flood_closes_the_flooder_and_holds_no_memory() {
     small_receive_buffer(&s);
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     let ping = frame(0x9, &[b'p'; 125]);
-    let batch: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 1000).collect();
+    let batch: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 1000)
+        .collect();
     // 400,000 pings (52 MB) at most; the old relay took them all and kept every pong.
     let mut sent = 0u64;
     while sent < 400_000 {
@@ -129,8 +138,14 @@ fn a_ping_flood_closes_the_flooder_and_holds_no_memory() {
         sent += 1000;
     }
     let grown = rss(d.port).saturating_sub(before);
-    eprintln!("ping flood: {sent} pings sent before the close; RSS grew by {} KB", grown >> 10);
-    assert!(sent < 400_000, "the flooder was never closed ({sent} pings)");
+    eprintln!(
+        "ping flood: {sent} pings sent before the close; RSS grew by {} KB",
+        grown >> 10
+    );
+    assert!(
+        sent < 400_000,
+        "the flooder was never closed ({sent} pings)"
+    );
     assert!(limit(d.port, "relay_messages_per_sec") >= 1);
     assert!(grown < 32 * MB, "RSS grew by {} MB", grown / MB);
     // Everyone else is still served.
@@ -195,7 +210,10 @@ async fn clients_that_never_read_hold_a_bounded_amount_of_memory() {
     // (up to 1,024), each twice (30 MB).
     let grown = rss(d.port).saturating_sub(before);
     let queued = metric(d.port, "relay_queued_bytes");
-    eprintln!("never-readers: RSS grew by {} KB; {queued} bytes queued", grown >> 10);
+    eprintln!(
+        "never-readers: RSS grew by {} KB; {queued} bytes queued",
+        grown >> 10
+    );
     assert!(grown < 16 * MB, "RSS grew by {} MB", grown / MB);
     assert!(queued <= MB, "queued {queued} bytes");
     assert!(limit(d.port, "relay_memory_bytes") + limit(d.port, "relay_queue_bytes") > 0);
@@ -307,7 +325,10 @@ async fn filters_are_bounded_and_large_ones_slow_nobody() {
     }
     let mut good = connect(d.port).await;
     send(&mut good, json!(["REQ", "g", {"#x": [t]}]).to_string()).await;
-    assert_eq!(next(&mut good, Duration::from_secs(5)).await.unwrap()[0], "EOSE");
+    assert_eq!(
+        next(&mut good, Duration::from_secs(5)).await.unwrap()[0],
+        "EOSE"
+    );
     let mut publisher = connect(d.port).await;
     let key = nostr_key(7);
     let mut tags: Vec<Vec<String>> = (0..63)
@@ -390,7 +411,12 @@ fn daemon_with_nofile(dir: &std::path::Path, nofile: u64, envs: &[(&str, &str)])
         lines: Vec::new(),
     };
     let line = d.wait_for_log("listening", Duration::from_secs(20));
-    let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next();
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next();
     d.port = addr.unwrap().rsplit(':').next().unwrap().parse().unwrap();
     d.wait_for_log(" ready", Duration::from_secs(60));
     d
@@ -416,18 +442,37 @@ fn slowloris_connections_are_closed_and_health_keeps_answering() {
         half_open.push(s);
     }
     assert!(half_open.len() >= 400, "only {} connected", half_open.len());
-    // /health answers within the reserve (a slot frees within 2 s there).
+    // Every slot is taken: a newcomer closes the oldest connection that has sent no
+    // request for a second (or gets a reserve slot, which frees within 2 s).
+    // The attacker keeps opening more (100 a second) while /health is asked 5 times,
+    // once each.
+    std::thread::sleep(Duration::from_millis(1100));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = d.port;
+    let churn = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut held = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..10 {
+                    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n");
+                        held.push(s);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            held.len()
+        }
+    });
     let mut answered = 0;
     for _ in 0..5 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if common::try_http_get(d.port, "/health").is_ok_and(|(c, _)| c == 200) {
-                answered += 1;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        answered +=
+            usize::from(common::try_http_get(d.port, "/health").is_ok_and(|(c, _)| c == 200));
+        std::thread::sleep(Duration::from_millis(300));
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let churned = churn.join().unwrap();
     assert_eq!(answered, 5, "/health answered {answered} of 5");
     // Every half-open connection is closed by the daemon: at once when every slot is
     // taken, or at the header timeout.
@@ -451,11 +496,12 @@ fn slowloris_connections_are_closed_and_health_keeps_answering() {
         }
     }
     eprintln!(
-        "slowloris: {} half-open connections, {closed} closed by the daemon; /health {answered}/5",
+        "slowloris: {} half-open connections, {closed} closed by the daemon; /health {answered}/5 while {churned} more were opened",
         half_open.len()
     );
     assert_eq!(closed, half_open.len(), "connections left open");
     assert!(limit(d.port, "http_header_timeout") > 0);
+    assert!(limit(d.port, "http_max_connections") > 0);
     // The relay still takes upgrades.
     let mut ws = raw_ws(d.port);
     ws.write_all(&frame(0x1, br#"["REQ","s",{"kinds":[20001]}]"#))
@@ -539,7 +585,8 @@ async fn replayed_offers_cannot_fill_max_peers() {
     let sealed = SealKey::derive("", topic::APP_ID, &room).seal(&offer);
     let to = topic::self_topic(topic::APP_ID, &room, &daemon_id);
     let replay = |i: usize| {
-        let content = json!({"peerId": format!("replay{i:0>14}"), "offer": {"type": "offer", "sdp": sealed}});
+        let content =
+            json!({"peerId": format!("replay{i:0>14}"), "offer": {"type": "offer", "sdp": sealed}});
         sign(
             &nostr_key(10 + i as u8),
             unix_now(),

@@ -5,8 +5,11 @@
 //! and never spins on `accept`. The last slots are a reserve: a connection that gets
 //! one may only make a plain request (`/health`, `/metrics`; a relay upgrade gets 503),
 //! has [`RESERVE_HEADER_TIMEOUT`] to send it, and is closed after one answer, so
-//! `/health` still answers while others hold every other slot. Past the last slot a
-//! connection is closed at once. A request's headers must arrive within
+//! `/health` still answers while others hold every other slot. When every slot is
+//! taken, the oldest connection that has not sent a whole request within
+//! [`SILENT_GRACE`] is closed to make room (a client that only holds connections
+//! open can hold none for long); when there is none, the newcomer is closed at once.
+//! A request's headers must arrive within
 //! HTTP_HEADER_TIMEOUT, which also closes an idle keep-alive connection, and a
 //! connection that has not finished (nor upgraded) within [`MAX_LIFETIME`] is closed.
 //!
@@ -17,9 +20,10 @@ use crate::rate::LogEvery;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -32,6 +36,9 @@ pub const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_LIFETIME: Duration = Duration::from_secs(300);
 /// The same, in the reserve.
 const RESERVE_LIFETIME: Duration = Duration::from_secs(10);
+/// A connection that has sent no whole request for this long may be closed to make
+/// room for a newcomer when every slot is taken.
+pub const SILENT_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
@@ -42,7 +49,9 @@ pub struct HttpLimits {
 impl HttpLimits {
     /// Slots kept for plain requests: one in 16, at least 2.
     pub fn reserve(&self) -> usize {
-        (self.max_connections / 16).max(2).min(self.max_connections / 2)
+        (self.max_connections / 16)
+            .max(2)
+            .min(self.max_connections / 2)
     }
 
     /// The default HTTP_MAX_CONNECTIONS: half the file limit (the rest is for the
@@ -87,7 +96,42 @@ pub struct HttpStats {
     pub lifetime_closed: AtomicU64,
     /// Relay upgrades refused on a reserve slot.
     pub reserve_upgrades_refused: AtomicU64,
+    /// Silent connections closed to make room for a newcomer.
+    pub evicted_silent: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Open connections, for [`HttpStats::evict_silent`].
+    open: std::sync::Mutex<HashMap<u64, Open>>,
+    next: AtomicU64,
+}
+
+/// An open network connection: when it came, whether it has sent a whole request,
+/// and how to close it.
+#[derive(Debug)]
+struct Open {
+    since: Instant,
+    requested: Arc<AtomicBool>,
+    abort: tokio::task::AbortHandle,
+}
+
+impl HttpStats {
+    /// Closes the oldest connection that has sent no whole request for SILENT_GRACE;
+    /// false when there is none.
+    fn evict_silent(&self) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let victim = open
+            .iter()
+            .filter(|(_, o)| {
+                !o.requested.load(Ordering::Relaxed) && o.since.elapsed() >= SILENT_GRACE
+            })
+            .min_by_key(|(_, o)| o.since)
+            .map(|(id, _)| *id);
+        let Some(id) = victim.and_then(|id| open.remove(&id).map(|o| (id, o))) else {
+            return false;
+        };
+        id.1.abort.abort();
+        self.evicted_silent.fetch_add(1, Ordering::Relaxed);
+        true
+    }
 }
 
 impl HttpStats {
@@ -96,7 +140,9 @@ impl HttpStats {
         [
             (
                 "http_max_connections",
-                load(&self.refused) + load(&self.reserve_upgrades_refused),
+                load(&self.refused)
+                    + load(&self.reserve_upgrades_refused)
+                    + load(&self.evicted_silent),
             ),
             (
                 "http_header_timeout",
@@ -121,11 +167,16 @@ pub enum Origin {
 pub struct ConnSlot(#[allow(dead_code)] Arc<SlotGuard>);
 
 #[derive(Debug)]
-struct SlotGuard(Arc<HttpStats>);
+struct SlotGuard(Arc<HttpStats>, u64);
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
 }
 
@@ -157,7 +208,11 @@ pub async fn serve(
                 continue;
             }
         };
-        let open = stats.connections.load(Ordering::Relaxed);
+        let mut open = stats.connections.load(Ordering::Relaxed);
+        if open >= limits.max_connections && stats.evict_silent() {
+            // The evicted connection gives its slot back as its task ends.
+            open = limits.max_connections - 1;
+        }
         if open >= limits.max_connections {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             if let Some(unlogged) = log.allow(Instant::now()) {
@@ -173,7 +228,9 @@ pub async fn serve(
             continue;
         }
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        let slot = ConnSlot(Arc::new(SlotGuard(stats.clone())));
+        let id = stats.next.fetch_add(1, Ordering::Relaxed);
+        let slot = ConnSlot(Arc::new(SlotGuard(stats.clone(), id)));
+        let requested = Arc::new(AtomicBool::new(false));
         let reserved = open >= reserve_from;
         let _ = tcp.set_nodelay(true);
         let (header_timeout, lifetime) = if reserved {
@@ -189,11 +246,15 @@ pub async fn serve(
             origin: Origin::Network { reserved },
             addr,
             slot: Some(slot),
+            requested: Some(requested.clone()),
             header_timeout,
             keep_alive: !reserved,
         };
-        let stats = stats.clone();
-        tokio::spawn(async move {
+        // Registered before it runs, so that it can be found and closed.
+        let mut registry = stats.open.lock().unwrap_or_else(|p| p.into_inner());
+        let task_stats = stats.clone();
+        let task = tokio::spawn(async move {
+            let stats = task_stats;
             match tokio::time::timeout(lifetime, conn.run(TokioIo::new(tcp))).await {
                 Ok(Err(e)) if e.is_timeout() => {
                     stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -204,6 +265,14 @@ pub async fn serve(
                 }
             }
         });
+        registry.insert(
+            id,
+            Open {
+                since: Instant::now(),
+                requested,
+                abort: task.abort_handle(),
+            },
+        );
     }
 }
 
@@ -213,6 +282,8 @@ struct Conn {
     origin: Origin,
     addr: SocketAddr,
     slot: Option<ConnSlot>,
+    /// Set at its first whole request.
+    requested: Option<Arc<AtomicBool>>,
     header_timeout: Duration,
     keep_alive: bool,
 }
@@ -227,10 +298,14 @@ impl Conn {
             origin,
             addr,
             slot,
+            requested,
             header_timeout,
             keep_alive,
         } = self;
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            if let Some(r) = &requested {
+                r.store(true, Ordering::Relaxed);
+            }
             let ext = req.extensions_mut();
             ext.insert(ConnectInfo(addr));
             ext.insert(origin);
@@ -275,6 +350,7 @@ impl LocalConnector {
             origin: Origin::Local,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             slot: None,
+            requested: None,
             header_timeout: Duration::from_secs(10),
             keep_alive: true,
         };

@@ -61,7 +61,8 @@ impl TagValues {
 
     /// Whether the tag `t`, whose value hashes to `h`, has one of these values.
     fn holds(&self, t: &[String], h: Option<u64>) -> bool {
-        h.is_some_and(|h| self.hashes.contains(&h)) && t.get(1).is_some_and(|v| self.values.contains(v))
+        h.is_some_and(|h| self.hashes.contains(&h))
+            && t.get(1).is_some_and(|v| self.values.contains(v))
     }
 }
 

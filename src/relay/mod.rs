@@ -378,12 +378,20 @@ impl Relay {
             Ok(Err(e)) => {
                 let e = e.to_string();
                 if e.contains("buffer") {
-                    self.over_limit(&self.stats.stalled, "RELAY_SEND_STALL", SEND_STALL.as_secs_f64());
+                    self.over_limit(
+                        &self.stats.stalled,
+                        "RELAY_SEND_STALL",
+                        SEND_STALL.as_secs_f64(),
+                    );
                 }
                 false
             }
             Err(_) => {
-                self.over_limit(&self.stats.stalled, "RELAY_SEND_STALL", SEND_STALL.as_secs_f64());
+                self.over_limit(
+                    &self.stats.stalled,
+                    "RELAY_SEND_STALL",
+                    SEND_STALL.as_secs_f64(),
+                );
                 false
             }
         }
@@ -597,7 +605,7 @@ fn closed(id: &str, message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::event::{hex, sign};
+    use crate::relay::event::sign;
     use k256::schnorr::SigningKey;
 
     fn key(b: u8) -> SigningKey {
@@ -666,7 +674,8 @@ mod tests {
         let mut kept = 0;
         for n in 0..10 {
             let (id, f) = req(n, &small);
-            kept += usize::from(conn.subscribe(&id, Some(&&*f), &relay)[0].starts_with("[\"EOSE\""));
+            kept +=
+                usize::from(conn.subscribe(&id, Some(&&*f), &relay)[0].starts_with("[\"EOSE\""));
         }
         assert_eq!(kept, 1, "4 values of 900 bytes fit once in 4096 bytes");
         assert_eq!(relay.stats.refused_filters.load(Ordering::Relaxed), 10);

@@ -13,8 +13,8 @@
 //! bounded however many such clients there are. The daemon's own connection is
 //! charged to itself only, so strangers cannot starve it.
 
-pub use super::filter::Relayed;
 use super::filter::Filter;
+pub use super::filter::Relayed;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

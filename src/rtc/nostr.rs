@@ -52,7 +52,9 @@ pub struct LocalRelay {
 
 impl std::fmt::Debug for LocalRelay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalRelay").field("url", &self.url).finish()
+        f.debug_struct("LocalRelay")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
@@ -424,7 +426,11 @@ impl RelayTask {
                         self.status.events_in.fetch_add(1, Ordering::Relaxed);
                         // Only our own relay says who published an event.
                         let origin = local
-                            .then(|| items.get(3).and_then(|o| serde_json::from_str(o.get()).ok()))
+                            .then(|| {
+                                items
+                                    .get(3)
+                                    .and_then(|o| serde_json::from_str(o.get()).ok())
+                            })
                             .flatten();
                         Some(Handled::Event(Inbound::Event {
                             relay: self.id,

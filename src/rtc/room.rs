@@ -766,7 +766,8 @@ impl Actor {
                     return;
                 }
             }
-            let building = self.answering.len() + self.pending.values().map(Vec::len).sum::<usize>();
+            let building =
+                self.answering.len() + self.pending.values().map(Vec::len).sum::<usize>();
             self.stats
                 .pending_links
                 .store(building as u64, Ordering::Relaxed);
@@ -1033,7 +1034,9 @@ impl Actor {
             // The sender holding the most links being built; its oldest one.
             let mut counts: HashMap<&str, usize> = HashMap::new();
             for b in &building {
-                *counts.entry(b.2.map_or("", |s| s.pubkey.as_str())).or_default() += 1;
+                *counts
+                    .entry(b.2.map_or("", |s| s.pubkey.as_str()))
+                    .or_default() += 1;
             }
             let victim = building
                 .iter()

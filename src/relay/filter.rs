@@ -171,3 +171,55 @@ fn strings(v: &Value) -> Option<Vec<String>> {
     }
     list.iter().map(|s| s.as_str().map(str::to_owned)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::event::sign;
+    use serde_json::json;
+
+    fn relayed(tags: Vec<Vec<String>>) -> Relayed {
+        let key = k256::schnorr::SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let raw = sign(&key, 1_800_000_000, 20_001, tags, "{}", &[0u8; 32]);
+        Relayed::new(Event::parse(&serde_json::value::RawValue::from_string(raw).unwrap()).unwrap())
+    }
+
+    fn tag(n: &str, v: &str) -> Vec<String> {
+        vec![n.to_owned(), v.to_owned()]
+    }
+
+    #[test]
+    fn tag_filters_match_by_value_whatever_their_size() {
+        let many: Vec<String> = (0..64).map(|i| format!("{i:0>900}")).collect();
+        let f = Filter::parse(&json!({"#p": many, "#x": ["room"]})).unwrap();
+        assert_eq!(f.size(), 64 * 900 + 4 + 2);
+        let hit = relayed(vec![tag("x", "room"), tag("p", &format!("{:0>900}", 63))]);
+        let wrong_name = relayed(vec![tag("x", "room"), tag("q", &format!("{:0>900}", 63))]);
+        let no_x = relayed(vec![tag("p", &format!("{:0>900}", 1))]);
+        assert!(f.matches(&hit));
+        assert!(!f.matches(&wrong_name));
+        assert!(!f.matches(&no_x));
+        // A tag without a value matches nothing.
+        assert!(!f.matches(&relayed(vec![vec!["x".into()], tag("p", "0")])));
+    }
+
+    #[test]
+    fn id_and_author_prefixes_are_at_most_a_full_id() {
+        let long = "a".repeat(65);
+        assert!(Filter::parse(&json!({"ids": [long]})).is_none());
+        assert!(Filter::parse(&json!({"authors": [long]})).is_none());
+        let ev = relayed(Vec::new());
+        let prefix = &ev.pubkey[..10];
+        assert!(
+            Filter::parse(&json!({"authors": [prefix]}))
+                .unwrap()
+                .matches(&ev)
+        );
+        assert!(
+            !Filter::parse(&json!({"authors": ["00"]}))
+                .unwrap()
+                .matches(&ev)
+                || ev.pubkey.starts_with("00")
+        );
+    }
+}

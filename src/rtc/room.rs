@@ -1026,7 +1026,8 @@ impl Actor {
     /// oldest link being built of the sender with the most is closed to make room;
     /// open links are never closed for a newcomer.
     fn make_room(&mut self, newcomer: &str) -> bool {
-        loop {
+        // Each round closes one link being built; there are never more rounds than that.
+        for _ in 0..=self.answering.len() + self.pending.values().map(Vec::len).sum::<usize>() {
             if self.has_room() {
                 return true;
             }
@@ -1055,6 +1056,7 @@ impl Actor {
                 self.forget_pending(&x, link);
             }
         }
+        self.has_room()
     }
 
     /// Dials each peer of `cfg.dial` that is neither linked nor being dialled, once

@@ -606,7 +606,7 @@ async fn replayed_offers_cannot_fill_max_peers() {
     let _mark = publish_all(d.port, vec![replay(99)]).await;
     eventually("the replays to be handled", || seen(before + 1)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let building = metric(d.port, "pending_links");
+    let building = metric(d.port, "links_being_built");
     let refused = limit(d.port, "pending_per_source");
 
     // 40 more from ten connections (four each): past half of MAX_PEERS, the oldest
@@ -644,7 +644,7 @@ async fn replayed_offers_cannot_fill_max_peers() {
     );
     assert!(refused >= 36, "{refused} replays refused");
     assert!(limit(d.port, "pending_links") >= 1, "nothing was evicted");
-    assert!(metric(d.port, "pending_links") <= 15);
+    assert!(metric(d.port, "links_being_built") <= 15);
     real_pc.close().await;
     b.leave().await;
 }

@@ -143,6 +143,18 @@ impl Collector for Daemon {
                 "Incomplete messages held for reassembly (dropped after 30 s or with their link)",
                 load(&rs.partial_messages) as i64,
             )?;
+            gauge(
+                &mut enc,
+                "links_being_built",
+                "Links to peers being built (not open yet) in the sync room",
+                load(&rs.pending_links) as i64,
+            )?;
+            counter(
+                &mut enc,
+                "impostor_signals",
+                "Goodbyes for a linked peer signed by another Nostr key (ignored)",
+                load(&rs.impostor_signals),
+            )?;
             counter(
                 &mut enc,
                 "seal_failures",

@@ -884,12 +884,18 @@ impl Actor {
                 return;
             }
             if !self.has_link_to(&x) {
+                let full = self.peers_in_use() >= self.cfg.limits.max_peers;
                 let room = match offer {
                     Some(_) => self.make_room(&x),
                     None => self.has_room(),
                 };
                 if !room {
-                    self.refuse_peer(&x);
+                    // An announce while only the links being built are at their share
+                    // is not a refusal: the peer is dialled at a later announce, or
+                    // dials us.
+                    if full || offer.is_some() {
+                        self.refuse_peer(&x);
+                    }
                     return;
                 }
             }
@@ -1014,11 +1020,12 @@ impl Actor {
         full
     }
 
-    /// Room for one more peer: under MAX_PEERS, and links being built under half of it.
+    /// Room for one more peer: under MAX_PEERS, and links being built under their
+    /// share of it (half, or up to 4 when MAX_PEERS is small).
     fn has_room(&self) -> bool {
         let max = self.cfg.limits.max_peers;
         let building = self.answering.len() + self.pending.values().map(Vec::len).sum::<usize>();
-        self.peers_in_use() < max && building < (max / 2).max(1)
+        self.peers_in_use() < max && building < (max / 2).max(max.min(4))
     }
 
     /// Whether a new peer may have a link built: MAX_PEERS bounds links open and being

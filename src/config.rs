@@ -3,6 +3,7 @@
 //! the variable, the value and the form it wants, and the daemon exits with code 2.
 
 use crate::eth;
+use crate::http::serve::HttpLimits;
 use crate::persist::files::Layout;
 use crate::persist::pg::PgTarget;
 use crate::persist::{MAX_UNWRITTEN_BYTES, PersistConfig};
@@ -129,6 +130,24 @@ pub struct RawSettings {
     /// Embedded relay: subscriptions per connection.
     #[arg(long, env = "RELAY_MAX_SUBS", global = true)]
     pub relay_max_subs: Option<String>,
+    /// Embedded relay: messages of any kind (pings too) per second per connection.
+    #[arg(long, env = "RELAY_MESSAGES_PER_SEC", global = true)]
+    pub relay_messages_per_sec: Option<String>,
+    /// Embedded relay: bytes of events waiting for one connection.
+    #[arg(long, env = "RELAY_QUEUE_BYTES", global = true)]
+    pub relay_queue_bytes: Option<String>,
+    /// Embedded relay: bytes of events waiting for all connections together.
+    #[arg(long, env = "RELAY_MEMORY_BYTES", global = true)]
+    pub relay_memory_bytes: Option<String>,
+    /// Embedded relay: bytes one connection's subscription filters may hold.
+    #[arg(long, env = "RELAY_MAX_FILTER_BYTES", global = true)]
+    pub relay_max_filter_bytes: Option<String>,
+    /// HTTP connections at once (relay connections included).
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", global = true)]
+    pub http_max_connections: Option<String>,
+    /// Seconds a client has to send its request headers (and an idle connection lasts).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", global = true)]
+    pub http_header_timeout: Option<String>,
     /// Peers linked (or being linked) at once in each room.
     #[arg(long, env = "MAX_PEERS", global = true)]
     pub max_peers: Option<String>,
@@ -227,6 +246,8 @@ pub struct Config {
     pub relay_urls: Vec<String>,
     pub relay: bool,
     pub relay_limits: RelayLimits,
+    /// HTTP_MAX_CONNECTIONS and HTTP_HEADER_TIMEOUT.
+    pub http_limits: HttpLimits,
     /// MAX_PEERS and the per-peer rates.
     pub peer_limits: PeerLimits,
     pub max_message_bytes: usize,
@@ -279,6 +300,7 @@ impl RawSettings {
             relay_urls: relay_urls(self.relay_urls.as_deref(), self.relay_enabled()?)?,
             relay: self.relay_enabled()?,
             relay_limits: self.relay_limits()?,
+            http_limits: self.http_limits()?,
             peer_limits: self.peer_limits()?,
             max_message_bytes: self.max_message_bytes()?,
             max_value_bytes: number(
@@ -465,6 +487,79 @@ impl RawSettings {
                 "a whole number from 1 to 1024",
             )? as usize,
             ..d
+        })
+        .and_then(|l| self.relay_memory_limits(l))
+    }
+
+    /// RELAY_MESSAGES_PER_SEC, RELAY_QUEUE_BYTES, RELAY_MEMORY_BYTES and
+    /// RELAY_MAX_FILTER_BYTES. A queue must hold the largest event (and its tags);
+    /// the total must hold one queue. Their defaults grow with
+    /// RELAY_MAX_MESSAGE_BYTES.
+    fn relay_memory_limits(&self, l: RelayLimits) -> Result<RelayLimits, ConfigError> {
+        let d = RelayLimits::default();
+        let min_queue = 2 * l.max_message_bytes as u64 + 4096;
+        let queue_bytes = number(
+            "RELAY_QUEUE_BYTES",
+            self.relay_queue_bytes.as_deref(),
+            (d.queue_bytes as u64).max(16 * l.max_message_bytes as u64),
+            min_queue,
+            1 << 40,
+            format!(
+                "a byte count from {min_queue} (twice RELAY_MAX_MESSAGE_BYTES, and 4096) to 1099511627776"
+            ),
+        )?;
+        let memory_bytes = number(
+            "RELAY_MEMORY_BYTES",
+            self.relay_memory_bytes.as_deref(),
+            (d.memory_bytes as u64).max(64 * queue_bytes),
+            queue_bytes,
+            1 << 40,
+            format!("a byte count from {queue_bytes} (RELAY_QUEUE_BYTES) to 1099511627776"),
+        )?;
+        Ok(RelayLimits {
+            messages_per_sec: number(
+                "RELAY_MESSAGES_PER_SEC",
+                self.relay_messages_per_sec.as_deref(),
+                d.messages_per_sec as u64,
+                1,
+                1_000_000,
+                "a whole number of messages per second from 1 to 1000000",
+            )? as f64,
+            queue_bytes: queue_bytes as usize,
+            memory_bytes: memory_bytes as usize,
+            max_filter_bytes: number(
+                "RELAY_MAX_FILTER_BYTES",
+                self.relay_max_filter_bytes.as_deref(),
+                d.max_filter_bytes as u64,
+                1024,
+                16 << 20,
+                "a byte count from 1024 to 16777216",
+            )? as usize,
+            ..l
+        })
+    }
+
+    fn http_limits(&self) -> Result<HttpLimits, ConfigError> {
+        Ok(HttpLimits {
+            max_connections: match self.http_max_connections.as_deref() {
+                None => HttpLimits::default_max_connections(),
+                v => number(
+                    "HTTP_MAX_CONNECTIONS",
+                    v,
+                    0,
+                    16,
+                    1_000_000,
+                    "a whole number from 16 to 1000000",
+                )? as usize,
+            },
+            header_timeout: Duration::from_secs(number(
+                "HTTP_HEADER_TIMEOUT",
+                self.http_header_timeout.as_deref(),
+                10,
+                1,
+                3600,
+                "a whole number of seconds from 1 to 3600",
+            )?),
         })
     }
 
@@ -967,6 +1062,71 @@ mod tests {
         assert_eq!(
             with(|r| r.flush_ms = Some("abc".into())).unwrap_err().var,
             "FLUSH_MS"
+        );
+    }
+
+    #[test]
+    fn relay_memory_and_http_limits_default_sanely_and_are_checked() {
+        let c = with(|_| {}).unwrap();
+        let r = c.relay_limits;
+        assert_eq!((r.queue_bytes, r.memory_bytes), (1 << 20, 64 << 20));
+        assert_eq!((r.messages_per_sec, r.max_filter_bytes), (100.0, 16 << 10));
+        assert!(c.http_limits.max_connections >= 16);
+        assert_eq!(c.http_limits.header_timeout, Duration::from_secs(10));
+        // Bigger relay messages raise the default queues with them.
+        let c = with(|r| r.relay_max_message_bytes = Some((1 << 20).to_string())).unwrap();
+        assert_eq!(c.relay_limits.queue_bytes, 16 << 20);
+        assert_eq!(c.relay_limits.memory_bytes, 1 << 30);
+        for (set, var) in [
+            (
+                (|r: &mut RawSettings| r.relay_queue_bytes = Some("135167".into()))
+                    as fn(&mut RawSettings),
+                "RELAY_QUEUE_BYTES",
+            ),
+            (
+                |r| {
+                    r.relay_queue_bytes = Some("200000".into());
+                    r.relay_memory_bytes = Some("100000".into());
+                },
+                "RELAY_MEMORY_BYTES",
+            ),
+            (
+                |r| r.relay_messages_per_sec = Some("0".into()),
+                "RELAY_MESSAGES_PER_SEC",
+            ),
+            (
+                |r| r.relay_max_filter_bytes = Some("1023".into()),
+                "RELAY_MAX_FILTER_BYTES",
+            ),
+            (
+                |r| r.http_max_connections = Some("15".into()),
+                "HTTP_MAX_CONNECTIONS",
+            ),
+            (
+                |r| r.http_header_timeout = Some("1.5".into()),
+                "HTTP_HEADER_TIMEOUT",
+            ),
+        ] {
+            assert_eq!(with(set).unwrap_err().var, var);
+        }
+        let c = with(|r| {
+            r.relay_queue_bytes = Some("135168".into());
+            r.relay_memory_bytes = Some("135168".into());
+            r.relay_messages_per_sec = Some("5".into());
+            r.relay_max_filter_bytes = Some("1024".into());
+            r.http_max_connections = Some("16".into());
+            r.http_header_timeout = Some("2".into());
+        })
+        .unwrap();
+        let r = c.relay_limits;
+        assert_eq!((r.queue_bytes, r.memory_bytes), (135_168, 135_168));
+        assert_eq!((r.messages_per_sec, r.max_filter_bytes), (5.0, 1024));
+        assert_eq!(
+            c.http_limits,
+            HttpLimits {
+                max_connections: 16,
+                header_timeout: Duration::from_secs(2)
+            }
         );
     }
 

@@ -31,7 +31,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         0
     };
-    let relay = cfg.relay.then(|| Relay::new(cfg.relay_limits));
+    let relay = match cfg.relay {
+        true => Some(
+            Relay::with_own_threads(cfg.relay_limits)
+                .context("cannot start the embedded relay's threads")?,
+        ),
+        false => None,
+    };
     let state = AppState::new(&cfg.db_name, relays, relay);
 
     let listener = TcpListener::bind((cfg.host, cfg.port))
@@ -40,7 +46,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, relay = cfg.relay, "listening for /health and /metrics");
     let (stop_http, stopped) = watch::channel(false);
-    let server = tokio::spawn(serve(listener, state.clone(), stopped));
+    let server = tokio::spawn(serve(listener, state.clone(), cfg.http_limits, stopped));
 
     let started = Instant::now();
     let opening = tokio::task::spawn_blocking({
@@ -233,18 +239,14 @@ fn sm_config(cfg: &Config, state: &AppState) -> SmConfig {
     }
 }
 
-async fn serve(listener: TcpListener, state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
-    let app = http::router(state);
-    let shutdown = async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
+async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    limits: http::serve::HttpLimits,
+    stopped: watch::Receiver<bool>,
+) {
+    let stats = state.http.clone();
+    http::serve::serve(listener, http::router(state), stats, limits, stopped).await;
 }
 
 struct Signals {
@@ -290,6 +292,12 @@ fn log_config(cfg: &Config) {
         relay_events_per_sec = cfg.relay_limits.events_per_sec,
         relay_event_burst = cfg.relay_limits.event_burst,
         relay_max_subs = cfg.relay_limits.max_subscriptions,
+        relay_messages_per_sec = cfg.relay_limits.messages_per_sec,
+        relay_queue_bytes = cfg.relay_limits.queue_bytes,
+        relay_memory_bytes = cfg.relay_limits.memory_bytes,
+        relay_max_filter_bytes = cfg.relay_limits.max_filter_bytes,
+        http_max_connections = cfg.http_limits.max_connections,
+        http_header_timeout_secs = cfg.http_limits.header_timeout.as_secs(),
         max_peers = cfg.peer_limits.max_peers,
         peer_msg_rate = cfg.peer_limits.msg_rate,
         peer_msg_burst = cfg.peer_limits.msg_burst,

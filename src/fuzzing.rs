@@ -220,7 +220,7 @@ pub fn nostr(data: &[u8]) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(item.get())
                 && let Some(f) = Filter::parse(&v)
             {
-                let _ = f.matches(&ev);
+                let _ = f.matches(&crate::relay::filter::Relayed::new(ev.clone()));
             }
         }
     }

@@ -393,6 +393,17 @@ fn limit_settings_exit_2_naming_variable_and_form() {
         (vec![], "RELAY_EVENTS_PER_SEC", "0", "events per second"),
         (vec![], "RELAY_EVENT_BURST", "1e3", "whole number of events"),
         (vec![], "RELAY_MAX_SUBS", "5000", "from 1 to 1024"),
+        (vec![], "RELAY_MESSAGES_PER_SEC", "0", "messages per second"),
+        (vec![], "RELAY_QUEUE_BYTES", "1000", "from 135168"),
+        (
+            vec![("RELAY_QUEUE_BYTES", "200000")],
+            "RELAY_MEMORY_BYTES",
+            "199999",
+            "from 200000",
+        ),
+        (vec![], "RELAY_MAX_FILTER_BYTES", "big", "from 1024"),
+        (vec![], "HTTP_MAX_CONNECTIONS", "8", "from 16"),
+        (vec![], "HTTP_HEADER_TIMEOUT", "0", "seconds from 1"),
     ] {
         let mut all = envs.clone();
         all.push((var, value));

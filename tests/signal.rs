@@ -109,7 +109,9 @@ async fn verified_events_cross_the_embedded_relay() {
     .await;
     repeat.abort();
     match got {
-        Inbound::Event { relay, sub, event } => {
+        Inbound::Event {
+            relay, sub, event, ..
+        } => {
             assert_eq!((relay, sub.as_str()), (0, "root"));
             assert_eq!(event.content, r#"{"peerId":"peerB"}"#);
         }

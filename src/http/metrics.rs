@@ -161,6 +161,18 @@ impl Collector for Daemon {
                 "Incomplete messages held for reassembly (dropped after 30 s or with their link)",
                 load(&rs.partial_messages) as i64,
             )?;
+            gauge(
+                &mut enc,
+                "links_being_built",
+                "Links to peers being built (not open yet) in the sync room",
+                load(&rs.pending_links) as i64,
+            )?;
+            counter(
+                &mut enc,
+                "impostor_signals",
+                "Goodbyes for a linked peer signed by another Nostr key (ignored)",
+                load(&rs.impostor_signals),
+            )?;
             counter(
                 &mut enc,
                 "seal_failures",
@@ -349,7 +361,19 @@ impl Collector for Daemon {
                 "Events a slow relay client missed",
                 s.lagged.load(Ordering::Relaxed),
             )?;
+            gauge(
+                &mut enc,
+                "relay_queued_bytes",
+                "Bytes of events waiting for or being written to relay clients (RELAY_MEMORY_BYTES bounds it)",
+                r.queued_bytes() as i64,
+            )?;
         }
+        gauge(
+            &mut enc,
+            "http_connections",
+            "Open HTTP connections from the network, relay connections included",
+            state.http.connections.load(Ordering::Relaxed) as i64,
+        )?;
         limits_exceeded(&mut enc, state)?;
         if let Some(p) = state.persist() {
             gauge(
@@ -427,6 +451,7 @@ fn limits_exceeded(enc: &mut DescriptorEncoder, state: &AppState) -> std::fmt::R
     if let Some(r) = &state.relay {
         counts.extend(r.stats.limits_exceeded());
     }
+    counts.extend(state.http.limits_exceeded());
     if counts.is_empty() {
         return Ok(());
     }

@@ -5,6 +5,7 @@
 //! 503 with `"status":"starting"`.
 
 pub mod metrics;
+pub mod serve;
 
 use crate::persist::PersistStatus;
 use crate::relay::Relay;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub signing_as: OnceLock<String>,
     /// The joined sync room, for the cells state.
     pub sync_room: OnceLock<Arc<crate::rtc::room::Room>>,
+    /// The HTTP listener's connection counters.
+    pub http: Arc<serve::HttpStats>,
 }
 
 impl AppState {
@@ -68,6 +71,7 @@ impl AppState {
             sm_stats: OnceLock::new(),
             signing_as: OnceLock::new(),
             sync_room: OnceLock::new(),
+            http: Arc::default(),
         })
     }
 
@@ -132,6 +136,11 @@ impl AppState {
 /// itself cut off: a connect may take up to 10 s, and the first retry follows about
 /// 3 s later.
 pub const RELAY_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// In-process connections to this HTTP server, for the daemon's own relay client.
+pub fn local_connector(state: Arc<AppState>) -> serve::LocalConnector {
+    serve::LocalConnector::new(router(state))
+}
 
 pub fn router(state: Arc<AppState>) -> Router {
     let registry = Arc::new(metrics::registry(state.clone()));
@@ -292,9 +301,22 @@ async fn root(
     let Some(relay) = state.relay.clone() else {
         return (StatusCode::NOT_FOUND, "no relay here (RELAY=0)").into_response();
     };
+    let origin = req.extensions().get::<serve::Origin>().copied();
+    if origin == Some(serve::Origin::Network { reserved: true }) {
+        state
+            .http
+            .reserve_upgrades_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections; only /health is served now",
+        )
+            .into_response();
+    }
+    let slot = req.extensions().get::<serve::ConnSlot>().cloned();
     let (mut parts, _) = req.into_parts();
     match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(ws) => relay.accept(ws, peer.ip()),
+        Ok(ws) => relay.accept(ws, peer.ip(), origin == Some(serve::Origin::Local), slot),
         Err(rejection) => rejection.into_response(),
     }
 }

@@ -1,6 +1,6 @@
 //! Joins the daemon's sync room and keeps /health in step with it.
 
-use super::nostr::{PoolConfig, RelayPool};
+use super::nostr::{LocalRelay, PoolConfig, RelayPool};
 use super::peer::PeerConfig;
 use super::room::{Room, RoomConfig, RoomEvent};
 use crate::config::Config;
@@ -59,6 +59,19 @@ fn own_relay_url(cfg: &Config, host: IpAddr, port: u16) -> Option<String> {
     })
 }
 
+/// The embedded relay (RELAY=1), reached in process: only through it is the daemon's
+/// connection its own (no rate limit, told who published what). Nothing a network
+/// client sends can earn that.
+fn own_relay(cfg: &Config, host: IpAddr, port: u16, state: &Arc<AppState>) -> Option<LocalRelay> {
+    let url = own_relay_url(cfg, host, port)?;
+    state.relay.as_ref()?;
+    let connector = crate::http::local_connector(state.clone());
+    Some(LocalRelay {
+        url,
+        connect: Arc::new(move || connector.connect()),
+    })
+}
+
 pub fn ice_servers(cfg: &Config) -> Vec<RTCIceServer> {
     let mut servers: Vec<RTCIceServer> = cfg
         .ice
@@ -93,8 +106,9 @@ pub fn start(
         );
     }
     state.relays_total.store(urls.len(), Ordering::Relaxed);
+    let own = own_relay(cfg, host, port, &state);
     let mut pool_cfg = PoolConfig::new(urls.clone());
-    pool_cfg.unmetered = own_relay_url(cfg, host, port).into_iter().collect();
+    pool_cfg.local = own.clone();
     let (pool, inbound) = RelayPool::start(pool_cfg);
     let pool = Arc::new(pool);
     let mut sync_cfg = room_config(cfg, &cfg.sync_room());
@@ -102,14 +116,11 @@ pub fn start(
     let (room, events) = Room::join(sync_cfg, pool.clone(), inbound);
     tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), cell_size = cfg.cells, "joined the sync room");
     let room = Arc::new(room);
-    if let Some(relay) = &state.relay {
-        relay.trust_publisher(&room.nostr_pubkey);
-    }
     let _ = state.sync_room.set(room.clone());
     state.set_room_stats(room.shared_stats());
     let presence = cfg
         .room_presence
-        .then(|| join_presence(cfg, urls, state.clone()));
+        .then(|| join_presence(cfg, urls, own, state.clone()));
     tokio::spawn(watch_relays(pool.clone(), state));
     (
         Rtc {
@@ -139,14 +150,18 @@ fn room_config(cfg: &Config, room: &str) -> RoomConfig {
 /// more than being there: browsers see our announces (`peer:seen`), connect
 /// (`peer:join` with type `superpeer`) and get our `bye` (`peer:lost`). Its own relay
 /// connections keep its signalling apart from the sync room's. Nothing is synced here.
-fn join_presence(cfg: &Config, urls: Vec<String>, state: Arc<AppState>) -> Arc<Room> {
-    let (pool, inbound) = RelayPool::start(PoolConfig::new(urls));
+fn join_presence(
+    cfg: &Config,
+    urls: Vec<String>,
+    own: Option<LocalRelay>,
+    state: Arc<AppState>,
+) -> Arc<Room> {
+    let mut pool_cfg = PoolConfig::new(urls);
+    pool_cfg.local = own;
+    let (pool, inbound) = RelayPool::start(pool_cfg);
     let name = cfg.presence_room();
     let (room, mut events) = Room::join(room_config(cfg, &name), Arc::new(pool), inbound);
     tracing::info!(peer_id = %room.self_id, room = %name, "joined the presence room");
-    if let Some(relay) = &state.relay {
-        relay.trust_publisher(&room.nostr_pubkey);
-    }
     let room = Arc::new(room);
     state.presence_peers.get_or_init(Default::default);
     let watched = room.clone();

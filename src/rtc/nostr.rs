@@ -37,6 +37,25 @@ pub struct PoolConfig {
     /// verifies every event and bounds each publisher itself. A thousand peers
     /// announcing every 2.5 s are 400 events/s on it alone.
     pub unmetered: Vec<String>,
+    /// The daemon's own embedded relay, reached in process rather than over TCP: its
+    /// URL and how to open a connection. That connection has no rate limit there, and
+    /// its events say which relay connection published them (`Inbound::Event::origin`).
+    pub local: Option<LocalRelay>,
+}
+
+/// See [`PoolConfig::local`].
+#[derive(Clone)]
+pub struct LocalRelay {
+    pub url: String,
+    pub connect: Arc<dyn Fn() -> tokio::io::DuplexStream + Send + Sync>,
+}
+
+impl std::fmt::Debug for LocalRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRelay")
+            .field("url", &self.url)
+            .finish()
+    }
 }
 
 impl PoolConfig {
@@ -50,6 +69,7 @@ impl PoolConfig {
             events_per_sec: 200.0,
             event_burst: 400.0,
             unmetered: Vec::new(),
+            local: None,
         }
     }
 }
@@ -69,6 +89,8 @@ pub enum Inbound {
         relay: usize,
         sub: String,
         event: Event,
+        /// On the daemon's own relay: the relay connection that published it.
+        origin: Option<u64>,
     },
 }
 
@@ -257,6 +279,26 @@ impl RelayTask {
             let ws_cfg = WebSocketConfig::default()
                 .max_message_size(Some(self.cfg.max_message_bytes))
                 .max_frame_size(Some(self.cfg.max_message_bytes));
+            if let Some(local) = self.cfg.local.as_ref().filter(|l| l.url == self.url) {
+                let stream = (local.connect)();
+                let connecting =
+                    tokio_tungstenite::client_async_with_config(&self.url, stream, Some(ws_cfg));
+                match tokio::time::timeout(self.cfg.connect_timeout, connecting).await {
+                    Ok(Ok((ws, _))) => {
+                        backoff.reset();
+                        tracing::info!(relay = %self.shown, "relay connected (in process)");
+                        let end = self.session(ws, &mut out, true).await;
+                        if !self.ended(end, &mut out).await {
+                            return;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(relay = %self.shown, error = %e, "relay connect failed")
+                    }
+                    Err(_) => tracing::debug!(relay = %self.shown, "relay connect timed out"),
+                }
+                continue;
+            }
             let connecting =
                 tokio_tungstenite::connect_async_with_config(&self.url, Some(ws_cfg), false);
             let error = match tokio::time::timeout(self.cfg.connect_timeout, connecting).await {
@@ -279,42 +321,48 @@ impl RelayTask {
             backoff.reset();
             tracing::info!(relay = %self.shown, failed_tries = failures, "relay connected");
             failures = 0;
-            let end = self.session(ws, &mut out).await;
-            self.status.connected.store(false, Ordering::Relaxed);
-            while out.try_recv().is_ok() {}
-            match end {
-                SessionEnd::PoolGone => return,
-                SessionEnd::PowDemanded => {
-                    self.status.pow_blocked.store(true, Ordering::Relaxed);
-                    tracing::warn!(relay = %self.shown, "relay demands proof of work; dropped for this process");
-                    let _ = self
-                        .inbound
-                        .send(Inbound::Disconnected { relay: self.id })
-                        .await;
-                    return;
-                }
-                SessionEnd::Closed => {
-                    tracing::info!(relay = %self.shown, "relay disconnected; reconnecting");
-                    if self
-                        .inbound
-                        .send(Inbound::Disconnected { relay: self.id })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
+            let end = self.session(ws, &mut out, false).await;
+            if !self.ended(end, &mut out).await {
+                return;
             }
         }
     }
 
-    async fn session(
+    /// After a session: false when the task must end.
+    async fn ended(&self, end: SessionEnd, out: &mut mpsc::Receiver<String>) -> bool {
+        self.status.connected.store(false, Ordering::Relaxed);
+        while out.try_recv().is_ok() {}
+        match end {
+            SessionEnd::PoolGone => false,
+            SessionEnd::PowDemanded => {
+                self.status.pow_blocked.store(true, Ordering::Relaxed);
+                tracing::warn!(relay = %self.shown, "relay demands proof of work; dropped for this process");
+                let _ = self
+                    .inbound
+                    .send(Inbound::Disconnected { relay: self.id })
+                    .await;
+                false
+            }
+            SessionEnd::Closed => {
+                tracing::info!(relay = %self.shown, "relay disconnected; reconnecting");
+                self.inbound
+                    .send(Inbound::Disconnected { relay: self.id })
+                    .await
+                    .is_ok()
+            }
+        }
+    }
+
+    /// One connection to the relay. `local`: the daemon's own relay, in process.
+    async fn session<S>(
         &self,
-        ws: tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
+        ws: tokio_tungstenite::WebSocketStream<S>,
         out: &mut mpsc::Receiver<String>,
-    ) -> SessionEnd {
+        local: bool,
+    ) -> SessionEnd
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let (mut tx, mut rx) = ws.split();
         let reqs: Vec<String> = {
             // See `subscribe`: the snapshot and the connected flag change together.
@@ -335,7 +383,7 @@ impl RelayTask {
         {
             return SessionEnd::PoolGone;
         }
-        let metered = !self.cfg.unmetered.contains(&self.url);
+        let metered = !local && !self.cfg.unmetered.contains(&self.url);
         let mut events = TokenBucket::new(self.cfg.events_per_sec, self.cfg.event_burst);
         let mut others = TokenBucket::new(self.cfg.events_per_sec, self.cfg.event_burst);
         loop {
@@ -354,7 +402,7 @@ impl RelayTask {
                         self.status.rejected.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    match self.handle(text.as_str()) {
+                    match self.handle(text.as_str(), local) {
                         Some(Handled::Pow) => return SessionEnd::PowDemanded,
                         Some(Handled::Event(inbound)) => self.deliver(inbound),
                         None => {}
@@ -378,7 +426,7 @@ impl RelayTask {
         }
     }
 
-    fn handle(&self, text: &str) -> Option<Handled> {
+    fn handle(&self, text: &str, local: bool) -> Option<Handled> {
         let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
         let verb: &str = serde_json::from_str(items.first()?.get()).ok()?;
         match verb {
@@ -388,10 +436,19 @@ impl RelayTask {
                 match event {
                     Ok(event) => {
                         self.status.events_in.fetch_add(1, Ordering::Relaxed);
+                        // Only our own relay says who published an event.
+                        let origin = local
+                            .then(|| {
+                                items
+                                    .get(3)
+                                    .and_then(|o| serde_json::from_str(o.get()).ok())
+                            })
+                            .flatten();
                         Some(Handled::Event(Inbound::Event {
                             relay: self.id,
                             sub,
                             event,
+                            origin,
                         }))
                     }
                     Err(e) => {

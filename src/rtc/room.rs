@@ -31,6 +31,12 @@ const EARLY_MESSAGES: usize = 64;
 /// A limit refused or dropped this often is logged once, with how many went unlogged.
 const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// Links being built (not open yet) at once for one Nostr key, and for one connection
+/// to the daemon's own relay. A browser has one key and one peer id per room, and at
+/// most one link being built per relay with a peer; anything past these is a replay.
+pub const PENDING_PER_KEY: usize = 3;
+pub const PENDING_PER_CONNECTION: usize = 4;
+
 const ALPHABET: &[u8; 62] = b"0123456789AaBbCcDdEeFfGgHhIiJjKkLlMmNnOoPpQqRrSsTtUuVvWwXxYyZz";
 
 /// A fresh 20-character peer id, as GenosRTC makes them.
@@ -185,14 +191,26 @@ pub struct RoomStats {
     pub dropped_bytes_rate: AtomicU64,
     /// Messages dropped for passing MAX_MESSAGE_BYTES.
     pub dropped_message_bytes: AtomicU64,
+    /// Offers and announces not acted on: their key or relay connection already had
+    /// PENDING_PER_KEY or PENDING_PER_CONNECTION links being built.
+    pub refused_pending_source: AtomicU64,
+    /// Links being built that were closed to make room for a newcomer: unopened links
+    /// may hold at most half of MAX_PEERS, and never a slot a link that opens needs.
+    pub evicted_pending: AtomicU64,
+    /// Signals naming a peer whose link another Nostr key made (replays), ignored.
+    pub impostor_signals: AtomicU64,
+    /// Links being built right now (a gauge).
+    pub pending_links: AtomicU64,
 }
 
 impl RoomStats {
     /// `(limit, times exceeded)` for `genosdb_limit_exceeded_total{limit}`.
-    pub fn limits_exceeded(&self) -> [(&'static str, u64); 4] {
+    pub fn limits_exceeded(&self) -> [(&'static str, u64); 6] {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("max_peers", load(&self.refused_max_peers)),
+            ("pending_per_source", load(&self.refused_pending_source)),
+            ("pending_links", load(&self.evicted_pending)),
             ("peer_msg_rate", load(&self.dropped_msg_rate)),
             ("peer_bytes_rate", load(&self.dropped_bytes_rate)),
             ("max_message_bytes", load(&self.dropped_message_bytes)),
@@ -652,11 +670,28 @@ enum Internal {
     },
 }
 
+/// Who sent a signal: the Nostr key that signed it and, on the daemon's own relay,
+/// the relay connection that published it (relay index, connection id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Source {
+    pubkey: String,
+    conn: Option<(usize, u64)>,
+}
+
+/// An answer being built (a PeerConnection exists).
+struct Answering {
+    peer: String,
+    source: Option<Source>,
+    since: Instant,
+}
+
 struct Pending {
     link: u64,
     relay: usize,
     peer: Option<Arc<Peer>>,
     since: Instant,
+    /// The signal that made it (None: a dial of `cfg.dial`).
+    source: Option<Source>,
     /// Our own offer (a dial), rather than an answer to theirs.
     ours: bool,
     /// Both descriptions are in place (always so for links we answered).
@@ -667,6 +702,8 @@ struct Connected {
     link: u64,
     peer: Arc<Peer>,
     since: Instant,
+    /// The Nostr key that made the link: only it speaks for this peer while linked.
+    pubkey: Option<String>,
 }
 
 struct Actor {
@@ -689,7 +726,7 @@ struct Actor {
     connected: HashMap<String, Connected>,
     /// Answers being built (a PeerConnection exists), by link: they count toward
     /// MAX_PEERS before they reach `pending`.
-    answering: HashMap<u64, String>,
+    answering: HashMap<u64, Answering>,
     /// MAX_PEERS refusals are logged at most once per LIMIT_LOG_EVERY.
     refusal_log: LogEvery,
     types: HashMap<String, String>,
@@ -720,7 +757,7 @@ impl Actor {
                         self.dial_known(relay);
                     }
                     Some(Inbound::Disconnected { .. }) => {}
-                    Some(Inbound::Event { relay, event, .. }) => self.on_signal(relay, &event.tags, &event.content),
+                    Some(Inbound::Event { relay, event, origin, .. }) => self.on_signal(relay, &event, origin),
                     None => break,
                 },
                 Some(msg) = internal.recv() => self.on_internal(msg).await,
@@ -729,6 +766,11 @@ impl Actor {
                     return;
                 }
             }
+            let building =
+                self.answering.len() + self.pending.values().map(Vec::len).sum::<usize>();
+            self.stats
+                .pending_links
+                .store(building as u64, Ordering::Relaxed);
         }
     }
 
@@ -774,7 +816,8 @@ impl Actor {
         content
     }
 
-    fn on_signal(&mut self, relay: usize, tags: &[Vec<String>], content: &str) {
+    fn on_signal(&mut self, relay: usize, event: &crate::relay::event::Event, origin: Option<u64>) {
+        let (tags, content) = (&event.tags, &event.content);
         self.stats.signals_in.fetch_add(1, Ordering::Relaxed);
         let topic = tags
             .iter()
@@ -797,9 +840,19 @@ impl Actor {
             return;
         }
         let x = x.to_owned();
+        let source = Source {
+            pubkey: event.pubkey.clone(),
+            conn: origin.map(|o| (relay, o)),
+        };
         if m.get("bye")
             .is_some_and(|b| !b.is_null() && b != &json!(false))
         {
+            // The peer id is not signed by anything the peer owns: while `x` has a
+            // link, only the Nostr key that made it may say goodbye for it.
+            if self.owner_of(&x).is_some_and(|k| k != source.pubkey) {
+                self.stats.impostor_signals.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             self.types.remove(&x);
             if let Some(o) = &self.overlay {
                 o.mesh.lock().unwrap_or_else(|p| p.into_inner()).bye(&x);
@@ -822,25 +875,44 @@ impl Actor {
             .get("answer")
             .and_then(|o| o.get("sdp"))
             .and_then(Value::as_str);
-        // An answer only ever completes a dial of ours, which already counts.
-        if answer.is_none()
-            && !self.has_link_to(&x)
-            && self.peers_in_use() >= self.cfg.limits.max_peers
-        {
-            self.refuse_peer(&x);
-            return;
+        // An answer only ever completes a dial of ours, which already counts. An offer
+        // or an announce may make a new link: not past its sender's share, and, for a
+        // new peer, not past MAX_PEERS; only an offer closes a link being built to make
+        // room (announces are too cheap to forge).
+        if answer.is_none() {
+            if self.source_full(&source) {
+                return;
+            }
+            if !self.has_link_to(&x) {
+                let full = self.peers_in_use() >= self.cfg.limits.max_peers;
+                let room = match offer {
+                    Some(_) => self.make_room(&x),
+                    None => self.has_room(),
+                };
+                if !room {
+                    // An announce while only the links being built are at their share
+                    // is not a refusal: the peer is dialled at a later announce, or
+                    // dials us.
+                    if full || offer.is_some() {
+                        self.refuse_peer(&x);
+                    }
+                    return;
+                }
+            }
         }
         if let Some(t) = m.get("type").and_then(Value::as_str) {
             self.types.insert(x.clone(), t.chars().take(32).collect());
         }
         if let Some(c) = self.connected.get(&x) {
             // A connected peer only offers again after it restarted (a reloaded tab keeps
-            // its id): the new offer replaces the old link, unless that link is brand new.
+            // its id, with a new Nostr key): the new offer is answered, unless the link is
+            // brand new, and replaces the old link once it opens. The peer id and a sealed
+            // offer can be replayed by anyone: a replay never opens, so it never costs
+            // the peer its link.
             if offer.is_none() || c.since.elapsed() < Duration::from_secs(2) {
                 return;
             }
-            tracing::info!(peer = %x, "peer offered again; replacing its old link");
-            self.drop_connected(&x);
+            tracing::info!(peer = %x, "peer offered again; its old link goes once the new one opens");
         }
         if let Some(sealed) = offer {
             let ours_wins = self.pending.get(&x).is_some_and(|p| {
@@ -852,14 +924,19 @@ impl Actor {
                 return;
             }
             let Ok(sdp) = self.open(sealed) else { return };
-            self.spawn_answer(x, relay, sdp);
+            self.spawn_answer(x, relay, sdp, source);
         } else if let Some(sealed) = answer {
             let Some(dial) = self
                 .pending
                 .get_mut(&x)
                 .and_then(|p| {
-                    p.iter_mut()
-                        .find(|d| d.ours && !d.answered && d.relay == relay && d.peer.is_some())
+                    p.iter_mut().find(|d| {
+                        d.ours
+                            && !d.answered
+                            && d.relay == relay
+                            && d.peer.is_some()
+                            && d.source.as_ref().is_none_or(|s| s.pubkey == source.pubkey)
+                    })
                 })
                 .and_then(|d| {
                     d.answered = true;
@@ -877,8 +954,116 @@ impl Actor {
                 }
             });
         } else {
-            self.maybe_dial(x, relay);
+            self.maybe_dial(x, relay, Some(source));
         }
+    }
+
+    /// The Nostr key that made `x`'s link (connected, or being built), if any.
+    fn owner_of(&self, x: &str) -> Option<&str> {
+        if let Some(c) = self.connected.get(x) {
+            return c.pubkey.as_deref();
+        }
+        let pending = self.pending.get(x).into_iter().flatten();
+        pending
+            .filter_map(|d| d.source.as_ref())
+            .chain(
+                self.answering
+                    .values()
+                    .filter(|a| a.peer == x)
+                    .filter_map(|a| a.source.as_ref()),
+            )
+            .map(|s| s.pubkey.as_str())
+            .next()
+    }
+
+    /// Links being built: (peer, link, source, since).
+    fn building(&self) -> Vec<(&str, u64, Option<&Source>, Instant)> {
+        let pending = self.pending.iter().flat_map(|(x, v)| {
+            v.iter()
+                .map(move |d| (x.as_str(), d.link, d.source.as_ref(), d.since))
+        });
+        let answering = self
+            .answering
+            .iter()
+            .map(|(link, a)| (a.peer.as_str(), *link, a.source.as_ref(), a.since));
+        pending.chain(answering).collect()
+    }
+
+    /// PENDING_PER_KEY and PENDING_PER_CONNECTION: true (and counted) when `source`
+    /// already has as many links being built as it may.
+    fn source_full(&mut self, source: &Source) -> bool {
+        let building = self.building();
+        let by_key = building
+            .iter()
+            .filter(|b| b.2.is_some_and(|s| s.pubkey == source.pubkey))
+            .count();
+        let by_conn = source.conn.map_or(0, |c| {
+            building
+                .iter()
+                .filter(|b| b.2.is_some_and(|s| s.conn == Some(c)))
+                .count()
+        });
+        let full = by_key >= PENDING_PER_KEY || by_conn >= PENDING_PER_CONNECTION;
+        if full {
+            self.stats
+                .refused_pending_source
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(unlogged) = self.refusal_log.allow(Instant::now()) {
+                tracing::warn!(
+                    pubkey = %source.pubkey,
+                    limit = if by_key >= PENDING_PER_KEY { "PENDING_PER_KEY" } else { "PENDING_PER_CONNECTION" },
+                    unlogged,
+                    "offer or announce ignored: its sender already has links being built"
+                );
+            }
+        }
+        full
+    }
+
+    /// Room for one more peer: under MAX_PEERS, and links being built under their
+    /// share of it (half, or up to 4 when MAX_PEERS is small).
+    fn has_room(&self) -> bool {
+        let max = self.cfg.limits.max_peers;
+        let building = self.answering.len() + self.pending.values().map(Vec::len).sum::<usize>();
+        self.peers_in_use() < max && building < (max / 2).max(max.min(4))
+    }
+
+    /// Whether a new peer may have a link built: MAX_PEERS bounds links open and being
+    /// built, and links being built at most half of it. When either is full, the
+    /// oldest link being built of the sender with the most is closed to make room;
+    /// open links are never closed for a newcomer.
+    fn make_room(&mut self, newcomer: &str) -> bool {
+        // Each round closes one link being built; there are never more rounds than that.
+        for _ in 0..=self.answering.len() + self.pending.values().map(Vec::len).sum::<usize>() {
+            if self.has_room() {
+                return true;
+            }
+            let building = self.building();
+            // The sender holding the most links being built; its oldest one.
+            let mut counts: HashMap<&str, usize> = HashMap::new();
+            for b in &building {
+                *counts
+                    .entry(b.2.map_or("", |s| s.pubkey.as_str()))
+                    .or_default() += 1;
+            }
+            let victim = building
+                .iter()
+                .filter(|b| b.0 != newcomer)
+                .max_by_key(|b| {
+                    let n = counts[b.2.map_or("", |s| s.pubkey.as_str())];
+                    (n, std::cmp::Reverse(b.3))
+                })
+                .map(|b| (b.0.to_owned(), b.1));
+            let Some((x, link)) = victim else {
+                return false;
+            };
+            self.stats.evicted_pending.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %x, link, "closing a link being built to make room");
+            if self.answering.remove(&link).is_none() {
+                self.forget_pending(&x, link);
+            }
+        }
+        self.has_room()
     }
 
     /// Dials each peer of `cfg.dial` that is neither linked nor being dialled, once
@@ -896,7 +1081,7 @@ impl Actor {
             .cloned()
             .collect();
         for x in known {
-            self.maybe_dial(x, relay);
+            self.maybe_dial(x, relay, None);
         }
     }
 
@@ -953,7 +1138,7 @@ impl Actor {
     fn has_link_to(&self, x: &str) -> bool {
         self.connected.contains_key(x)
             || self.pending.contains_key(x)
-            || self.answering.values().any(|a| a == x)
+            || self.answering.values().any(|a| a.peer == x)
     }
 
     /// Peers connected or with a PeerConnection being built: what MAX_PEERS bounds.
@@ -961,7 +1146,7 @@ impl Actor {
         let mut peers: std::collections::HashSet<&str> =
             self.connected.keys().map(String::as_str).collect();
         peers.extend(self.pending.keys().map(String::as_str));
-        peers.extend(self.answering.values().map(String::as_str));
+        peers.extend(self.answering.values().map(|a| a.peer.as_str()));
         peers.len()
     }
 
@@ -986,7 +1171,7 @@ impl Actor {
         })
     }
 
-    fn maybe_dial(&mut self, x: String, relay: usize) {
+    fn maybe_dial(&mut self, x: String, relay: usize, source: Option<Source>) {
         let dials = self.pending.get(&x).map_or(0, Vec::len);
         let already = self
             .pending
@@ -1003,6 +1188,7 @@ impl Actor {
             relay,
             peer: None,
             since: Instant::now(),
+            source,
             ours: true,
             answered: false,
         });
@@ -1024,9 +1210,16 @@ impl Actor {
         });
     }
 
-    fn spawn_answer(&mut self, x: String, relay: usize, offer_sdp: String) {
+    fn spawn_answer(&mut self, x: String, relay: usize, offer_sdp: String, source: Source) {
         let link = self.new_link();
-        self.answering.insert(link, x.clone());
+        self.answering.insert(
+            link,
+            Answering {
+                peer: x.clone(),
+                source: Some(source),
+                since: Instant::now(),
+            },
+        );
         let cfg = self.cfg.peer.clone();
         let internal = self.internal.clone();
         tokio::spawn(async move {
@@ -1091,7 +1284,7 @@ impl Actor {
                 link,
                 result,
             } => {
-                self.answering.remove(&link);
+                let building = self.answering.remove(&link);
                 let (p, rx, sdp) = match result {
                     Ok(r) => r,
                     Err(e) => {
@@ -1099,11 +1292,17 @@ impl Actor {
                         return;
                     }
                 };
+                let Some(building) = building else {
+                    // Closed to make room while it was being built.
+                    tokio::spawn(async move { p.close().await });
+                    return;
+                };
                 self.pending.entry(x.clone()).or_default().push(Pending {
                     link,
                     relay,
                     peer: Some(p.clone()),
-                    since: Instant::now(),
+                    since: building.since,
+                    source: building.source,
                     ours: false,
                     answered: true,
                 });
@@ -1131,6 +1330,7 @@ impl Actor {
                         link,
                         peer: p,
                         since: Instant::now(),
+                        pubkey: d.source.map(|s| s.pubkey),
                     },
                 );
                 let writer = self.writers.get(&link).cloned();

@@ -1314,6 +1314,8 @@ impl Actor {
                     return;
                 };
                 let Some(p) = d.peer else { return };
+                let offered_by = if d.ours { "us" } else { "peer" };
+                tracing::debug!(peer = %x, link, offered_by, "data channel open");
                 if self.connected.contains_key(&x) {
                     self.drop_connected(&x);
                 }

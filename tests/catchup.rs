@@ -248,7 +248,8 @@ async fn a_reader_gets_every_node_when_another_peer_vanishes_mid_serve() {
 }
 
 /// A reader stops acknowledging as soon as it joins (its runtime hangs). The daemon
-/// sees its full state make no progress, drops the link, and owes it a full state.
+/// sees its full state make no progress (or ICE consent fails first) and drops the
+/// link; the full state, never acknowledged, is owed.
 /// The reader had written a node offline, so when it links again its `sync` carries a
 /// timestamp inside the daemon's oplog window: by the protocol that earns only a
 /// delta, which holds the last OPLOG_SIZE ops and not the 2,000 imported nodes. The
@@ -284,7 +285,17 @@ async fn a_reader_whose_full_state_stalled_gets_it_whole_on_its_next_link() {
         },
         thaw_rx,
     );
-    wait_metric(port, "sync_full_stalled", 1).await;
+    // The daemon gives up on the link, whichever notices first: no progress on the
+    // full state for DELIVERY_STALL (counted as stalled), or ICE consent. Either way the
+    // full state was never acknowledged, so it is owed.
+    wait_metric(port, "sync_full_replies", 2).await;
+    tokio::task::spawn_blocking(move || {
+        common::wait_until("the daemon let the frozen reader go", || {
+            common::health(port)["peers"].as_u64() == Some(0)
+        })
+    })
+    .await
+    .unwrap();
     thaw_tx.send(()).unwrap();
 
     // The import, the writer's nodes and its own.

@@ -224,6 +224,9 @@ pub struct RawSettings {
     /// Log filter, e.g. info or genosdb_fallback=debug.
     #[arg(long, env = "RUST_LOG", global = true)]
     pub rust_log: Option<String>,
+    /// Bytes one data channel may have unacknowledged (SEND_WINDOW_BYTES).
+    #[arg(long, env = "SEND_WINDOW_BYTES", global = true)]
+    pub send_window_bytes: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,6 +273,9 @@ pub struct Config {
     pub compact_bytes: u64,
     pub log_format: LogFormat,
     pub log_filter: String,
+    /// SEND_WINDOW_BYTES: what one data channel may have sent and not yet had
+    /// acknowledged; sends wait beyond it.
+    pub send_window: usize,
 }
 
 /// A refused setting: `invalid DB_NAME "../x": expected …`.
@@ -355,6 +361,14 @@ impl RawSettings {
             )?,
             log_format: log_format(self.log_format.as_deref().unwrap_or("text"))?,
             log_filter: log_filter(self.rust_log.as_deref().unwrap_or("info"))?,
+            send_window: number(
+                "SEND_WINDOW_BYTES",
+                self.send_window_bytes.as_deref(),
+                crate::rtc::peer::DEFAULT_SEND_WINDOW as u64,
+                16_384,
+                16 << 20,
+                "a byte count from 16384 to 16777216",
+            )? as usize,
         })
     }
 }

@@ -434,7 +434,7 @@ async fn a_frozen_peer_is_dropped_and_stalls_no_one() {
     let mut d = superpeer(&dir, relay.port);
 
     // It never asks; the daemon sends it the full state anyway (the unasked reply),
-    // and those sends stall once 2 MiB are unacknowledged.
+    // and those sends stall once SEND_WINDOW_BYTES are unacknowledged.
     let (frozen, _thaw) = tokio::task::spawn_blocking(move || frozen_peer(relay.port))
         .await
         .unwrap();
@@ -448,8 +448,8 @@ async fn a_frozen_peer_is_dropped_and_stalls_no_one() {
     holds(&dir, "the live write", |g| g.contains_key("live")).await;
 
     let left = format!("peer left peer={frozen}");
-    // Whichever notices first drops it: the stalled sends (2 MiB unacknowledged, then
-    // 10 s), the keepalive, or ICE consent.
+    // Whichever notices first drops it: the stalled full state (no progress for
+    // DELIVERY_STALL), the stalled sends (10 s), the keepalive, or ICE consent.
     tokio::task::spawn_blocking(move || d.wait_for_log(&left, Duration::from_secs(60)))
         .await
         .unwrap();

@@ -255,6 +255,16 @@ impl Collector for Daemon {
                     "Messages the full states served were split into",
                     &ss.full_parts,
                 ),
+                (
+                    "sync_full_delivered",
+                    "Full states the peer acknowledged to the last byte",
+                    &ss.full_delivered,
+                ),
+                (
+                    "sync_full_stalled",
+                    "Full states whose delivery stalled: the link was dropped and the full state owed to the next one",
+                    &ss.full_stalled,
+                ),
                 ("sync_delta_replies", "Deltas served", &ss.delta_replies),
                 (
                     "sync_counter_replies",

@@ -141,6 +141,7 @@ fn room_config(cfg: &Config, room: &str) -> RoomConfig {
         ice_servers: ice_servers(cfg),
         // Loopback candidates too: single-host setups and loopback-only sandboxes need them.
         include_loopback: true,
+        send_buffer_limit: cfg.send_window,
         ..PeerConfig::default()
     };
     room_cfg

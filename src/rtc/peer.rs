@@ -30,6 +30,15 @@ pub const CHANNEL_LABEL: &str = "data";
 /// included) per data-channel message, so 64 KiB leaves four times the room needed.
 pub const MAX_MESSAGE_SIZE: u32 = 64 * 1024;
 
+/// Bytes one data channel may have sent and not yet had acknowledged before `send`
+/// waits (SEND_WINDOW_BYTES). The receiver's socket must hold a whole window: a
+/// Chromium peer reads through a 128 KiB UDP receive buffer, and a burst larger than
+/// that while its network thread is busy loses packets. A packet lost at the tail of a
+/// transfer waits for SCTP's retransmission timer (at least 1 s, doubling), and
+/// rtc-sctp's slow start after it refills the buffer at once, so a 2 MiB window turned
+/// one lost packet into rounds of 1, 2, 4, 8, 16 s. genossrv's sender holds 64 KiB.
+pub const DEFAULT_SEND_WINDOW: usize = 64 << 10;
+
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
     pub ice_servers: Vec<RTCIceServer>,
@@ -47,9 +56,10 @@ pub struct PeerConfig {
     /// Resolve browsers' `.local` host candidates by mDNS (QueryOnly) where this host
     /// can do multicast; [`mdns_mode`] decides.
     pub mdns: MulticastDnsMode,
-    /// Bytes a data channel may hold unacknowledged before `send` waits. webrtc's
-    /// default is unbounded, which would let a peer that stopped reading grow our
-    /// memory without limit; with a bound, its sends stall and the link drops it.
+    /// Bytes a data channel may hold unacknowledged before `send` waits: the pace of
+    /// every send ([`DEFAULT_SEND_WINDOW`]). webrtc's default is unbounded, which would
+    /// also let a peer that stopped reading grow our memory without limit; with a
+    /// bound, its sends stall and the link drops it.
     pub send_buffer_limit: usize,
 }
 
@@ -85,8 +95,7 @@ impl Default for PeerConfig {
             include_loopback: false,
             prflx_wait: Duration::ZERO,
             mdns: mdns_mode(),
-            // Twice the ~1 MiB SCTP receive window: a peer that reads never waits.
-            send_buffer_limit: 2 << 20,
+            send_buffer_limit: DEFAULT_SEND_WINDOW,
         }
     }
 }
@@ -291,6 +300,18 @@ impl Peer {
             .clone()
             .ok_or(PeerError::NotOpen)?;
         dc.send(BytesMut::from(frame)).await.map_err(webrtc_err)
+    }
+
+    /// Bytes handed to the channel that the remote's SCTP has not acknowledged yet
+    /// (queued or in flight); 0 once it has everything we sent. `None` without an
+    /// open channel.
+    pub async fn unacknowledged(&self) -> Option<usize> {
+        let dc = self
+            .channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        dc.outstanding_bytes().await.ok()
     }
 
     /// Closes the channel and the connection, releasing their sockets and tasks.

@@ -25,6 +25,9 @@ use tokio::sync::mpsc;
 /// A single frame that cannot be handed to SCTP within this long marks the peer as stuck.
 const SEND_STALL: Duration = Duration::from_secs(10);
 
+/// How often [`Room::wait_delivered`] looks at what the remote has acknowledged.
+const DELIVERY_POLL: Duration = Duration::from_millis(3);
+
 /// Messages a link keeps while it waits to be attached (a handful arrive in practice).
 const EARLY_MESSAGES: usize = 64;
 
@@ -228,12 +231,25 @@ struct Writer {
     attach: Arc<tokio::sync::Notify>,
     /// Set when the peer is dropped for being too slow; the link task then ends.
     dropped: Arc<AtomicBool>,
+    /// The link's connection, to ask what the remote has acknowledged.
+    peer: Arc<Peer>,
 }
 
 impl Writer {
     fn same(&self, other: &Writer) -> bool {
         Arc::ptr_eq(&self.attached, &other.attached)
     }
+}
+
+/// What became of everything queued for a peer, from [`Room::wait_delivered`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The peer's SCTP acknowledged every byte: it holds every message we queued.
+    Delivered,
+    /// The link closed or was replaced first.
+    Gone,
+    /// Bytes stayed unacknowledged, with no progress for the whole stall window.
+    Stalled { unacknowledged: usize },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -401,6 +417,52 @@ impl Room {
             }
         }
         Ok(())
+    }
+
+    /// Waits until the remote has acknowledged everything queued for `peer` on its
+    /// current link: the link's queue is empty and its channel holds no unacknowledged
+    /// byte. Gives up when the link goes, or when the unacknowledged count has not
+    /// fallen for `stall` (SCTP is then waiting out retransmission timeouts).
+    pub async fn wait_delivered(&self, peer: &str, stall: Duration) -> Delivery {
+        let Some(writer) = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .cloned()
+        else {
+            return Delivery::Gone;
+        };
+        let (mut least, mut progress_at) = (usize::MAX, Instant::now());
+        // Two empty readings in a row: a frame the link task has taken off the queue
+        // and not yet handed to the channel is counted by neither.
+        let mut empty_once = false;
+        loop {
+            if writer.dropped.load(Ordering::Relaxed) || !writer.attached.load(Ordering::Relaxed) {
+                return Delivery::Gone;
+            }
+            let queued = writer.frames.max_capacity() - writer.frames.capacity();
+            let Some(unacked) = writer.peer.unacknowledged().await else {
+                return Delivery::Gone;
+            };
+            if queued == 0 && unacked == 0 {
+                if empty_once {
+                    return Delivery::Delivered;
+                }
+                empty_once = true;
+            } else {
+                empty_once = false;
+            }
+            let pending = unacked + queued * frame::MAX_FRAME_LEN;
+            if pending < least {
+                (least, progress_at) = (pending, Instant::now());
+            } else if progress_at.elapsed() >= stall {
+                return Delivery::Stalled {
+                    unacknowledged: pending,
+                };
+            }
+            tokio::time::sleep(DELIVERY_POLL).await;
+        }
     }
 
     /// Whether cells mode is on.
@@ -1413,6 +1475,7 @@ impl Actor {
             attached: Arc::new(AtomicBool::new(false)),
             attach: Arc::default(),
             dropped: Arc::new(AtomicBool::new(false)),
+            peer: peer.clone(),
         };
         self.writers.insert(link, writer.clone());
         let task = LinkTask {

@@ -7,7 +7,7 @@ use super::local::{self, LocalError};
 use super::message::{self, Batch, Message, ParseError};
 use crate::persist::unix_ms;
 use crate::rtc::frame::{self, Payload};
-use crate::rtc::room::{Room, RoomEvent};
+use crate::rtc::room::{Delivery, Room, RoomEvent};
 use crate::sm::policy::{Policy, Reason};
 use crate::sm::{self, LogLimiter, SmConfig, SmStats};
 use crate::store::{FullStateCursor, Hlc, Op, Store, SyncReply};
@@ -22,6 +22,15 @@ use tokio::sync::{mpsc, oneshot};
 const MESH_PEER_IDLE: Duration = Duration::from_secs(120);
 /// Cells mode: most peers reached through the mesh at once.
 const MAX_MESH_PEERS: usize = 4096;
+
+/// A full state whose unacknowledged bytes have not fallen for this long is stalled:
+/// SCTP is waiting out its retransmission timer (at least 1 s, doubling) a second
+/// time. The link is dropped, and the full state goes out again on the peer's next one.
+pub const DELIVERY_STALL: Duration = Duration::from_millis(2500);
+
+/// Peers owed a full state are remembered this long, and at most this many.
+const OWED_FOR: Duration = Duration::from_secs(600);
+const MAX_OWED: usize = 4096;
 
 /// Refused live ops remembered so their replays inside deltas are refused too.
 const REFUSED_OPS_KEPT: usize = 65_536;
@@ -86,6 +95,10 @@ pub struct SyncStats {
     pub syncs_sent: AtomicU64,
     pub full_replies: AtomicU64,
     pub full_parts: AtomicU64,
+    /// Full states the peer's SCTP acknowledged to the last byte.
+    pub full_delivered: AtomicU64,
+    /// Full states whose delivery stalled (the link was dropped, the full state owed).
+    pub full_stalled: AtomicU64,
     pub delta_replies: AtomicU64,
     pub counter_replies: AtomicU64,
     pub unasked_replies: AtomicU64,
@@ -193,6 +206,7 @@ pub fn start(
             sm_log: LogLimiter::new(SM_LOG_EVERY),
             value_log: LogLimiter::new(SM_LOG_EVERY),
             refused: Mutex::new(sm::Refused::new(REFUSED_OPS_KEPT)),
+            owed: Mutex::default(),
         }),
         engine: Engine::default(),
         outboxes: HashMap::new(),
@@ -221,9 +235,44 @@ struct Shared {
     /// Values over MAX_VALUE_BYTES: one line per peer per SM_LOG_EVERY.
     value_log: LogLimiter,
     refused: Mutex<sm::Refused>,
+    /// Peers owed a full state: one went out to them and was not acknowledged to the
+    /// last byte (the link closed, or delivery stalled). Kept across their links: the
+    /// next `sync` from them gets a full state even where a delta would do, because a
+    /// delta covers only the oplog window and the missing nodes may be older.
+    owed: Mutex<HashMap<String, Instant>>,
 }
 
 impl Shared {
+    fn owed(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.owed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A full state is going out to `peer`: owed until it is acknowledged.
+    fn owe_full(&self, peer: &str) {
+        let mut owed = self.owed();
+        let now = Instant::now();
+        owed.retain(|_, at| now.duration_since(*at) < OWED_FOR);
+        if owed.len() >= MAX_OWED
+            && let Some(oldest) = owed
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(p, _)| p.clone())
+        {
+            owed.remove(&oldest);
+        }
+        owed.insert(peer.to_owned(), now);
+    }
+
+    fn full_delivered(&self, peer: &str) {
+        self.owed().remove(peer);
+    }
+
+    fn owes_full(&self, peer: &str) -> bool {
+        self.owed()
+            .get(peer)
+            .is_some_and(|at| at.elapsed() < OWED_FOR)
+    }
+
     fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -684,7 +733,11 @@ impl Service {
             }
         };
         self.count(&peer, &applied);
-        let reply = self.engine.replies(&peer, &applied, Instant::now());
+        let mut reply = self.engine.replies(&peer, &applied, Instant::now());
+        if reply == Some(SyncReply::Delta) && self.shared.owes_full(&peer) {
+            tracing::debug!(%peer, "a full state is owed to this peer; sent instead of a delta");
+            reply = Some(SyncReply::Full);
+        }
         tracing::debug!(
             %peer,
             requests = applied.requests.len(),
@@ -788,7 +841,10 @@ impl Service {
 
     fn reply_unasked(&mut self) {
         for (peer, their_ts) in self.engine.unasked(Instant::now()) {
-            let reply = self.shared.store().sync_reply(their_ts);
+            let mut reply = self.shared.store().sync_reply(their_ts);
+            if self.shared.owes_full(&peer) {
+                reply = SyncReply::Full;
+            }
             tracing::debug!(%peer, reply = reply_name(Some(reply)), "the peer's sync never came; replying anyway");
             bump(&self.shared.stats.unasked_replies, 1);
             self.enqueue(&peer, reply.into());
@@ -947,6 +1003,7 @@ impl Drain {
         else {
             return false;
         };
+        self.shared.owe_full(&self.peer);
         let (mut parts, nodes, started) = (0, cursor.len(), Instant::now());
         let mut budget = self.shared.cfg.full_part_budget;
         loop {
@@ -975,12 +1032,34 @@ impl Drain {
             }
         }
         let took_ms = started.elapsed().as_millis() as u64;
-        if nodes >= 10_000 {
-            tracing::info!(peer = %self.peer, nodes, parts, took_ms, "full state sent");
-        } else {
-            tracing::debug!(peer = %self.peer, nodes, parts, took_ms, "full state sent");
+        match self
+            .shared
+            .room
+            .wait_delivered(&self.peer, DELIVERY_STALL)
+            .await
+        {
+            Delivery::Delivered => {
+                self.shared.full_delivered(&self.peer);
+                bump(&self.shared.stats.full_delivered, 1);
+                let acked_ms = started.elapsed().as_millis() as u64;
+                if nodes >= 10_000 {
+                    tracing::info!(peer = %self.peer, nodes, parts, took_ms, acked_ms, "full state delivered");
+                } else {
+                    tracing::debug!(peer = %self.peer, nodes, parts, took_ms, acked_ms, "full state delivered");
+                }
+                true
+            }
+            Delivery::Gone => {
+                tracing::info!(peer = %self.peer, nodes, parts, "the link closed before the peer had the whole full state; it is owed to its next link");
+                false
+            }
+            Delivery::Stalled { unacknowledged } => {
+                bump(&self.shared.stats.full_stalled, 1);
+                tracing::warn!(peer = %self.peer, nodes, parts, unacknowledged, "full state delivery stalled; dropping the link, the full state is owed to the next one");
+                self.shared.room.drop_peer(&self.peer);
+                false
+            }
         }
-        true
     }
 
     async fn send_delta(&self) -> bool {
@@ -1036,11 +1115,30 @@ fn next_full_part(
     cursor: &mut FullStateCursor,
     budget: &mut usize,
 ) -> Option<Part> {
+    fit_part(
+        cursor,
+        budget,
+        |cursor, budget| shared.store().next_full_state(cursor, budget),
+        |text| {
+            let message = shared.wrap(text);
+            let frames = shared.room.encode(CHANNEL, Payload::Json(&message));
+            (message, frames)
+        },
+    )
+}
+
+/// `next_full_part` without the room: `write` writes the next part's JSON at a budget,
+/// `frame` wraps and frames it.
+fn fit_part(
+    cursor: &mut FullStateCursor,
+    budget: &mut usize,
+    mut write: impl FnMut(&mut FullStateCursor, usize) -> Option<String>,
+    frame: impl Fn(&str) -> (String, Result<Vec<Vec<u8>>, frame::FrameError>),
+) -> Option<Part> {
     loop {
         let mark = cursor.mark();
-        let text = shared.store().next_full_state(cursor, *budget)?;
-        let message = shared.wrap(&text);
-        let frames = shared.room.encode(CHANNEL, Payload::Json(&message));
+        let text = write(cursor, *budget)?;
+        let (message, frames) = frame(&text);
         let count = match &frames {
             Ok(f) => f.len(),
             Err(frame::FrameError::TooLarge(n)) => *n,
@@ -1096,6 +1194,106 @@ mod tests {
         let mut ids: Vec<&str> = store.nodes().keys().map(|k| k.as_ref()).collect();
         ids.sort();
         assert_eq!(ids, ["d-small", "f-small", "small"]);
+    }
+
+    /// Graph sizes and value sizes around the part boundaries: every part fits the
+    /// 100 frames a browser reassembles, and the parts hold every node exactly once,
+    /// value for value.
+    #[test]
+    fn full_state_parts_fit_a_browser_and_cover_every_node_once() {
+        // (nodes, value bytes, compressible?)
+        let table: &[(usize, usize, bool)] = &[
+            (0, 0, false),
+            (1, 10, false),
+            (1, 900_000, false),
+            (1, 1_700_000, false),
+            (1_200, 1_024, false),
+            (1_500, 1_024, false),
+            (3_000, 1_024, false),
+            (200, 16_369, false),
+            (97, 16_384, false),
+            (10_000, 40, true),
+            (12_000, 120, true),
+            (5, 400_000, false),
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for &(n, len, compressible) in table {
+            let mut store = Store::new(1000);
+            let mut expected = std::collections::BTreeMap::new();
+            for i in 0..n {
+                let text: String = if compressible {
+                    format!("node {i} lorem ipsum ")
+                        .chars()
+                        .cycle()
+                        .take(len)
+                        .collect()
+                } else {
+                    const B64: &[u8] =
+                        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+                    (0..len)
+                        .map(|_| B64[(random() % 64) as usize] as char)
+                        .collect()
+                };
+                let value = format!("\"{text}\"");
+                let id = format!("n{i:05}");
+                let ts = format!(
+                    r#"{{"physical":{},"logical":0}}"#,
+                    1_700_000_000_000u64 + i as u64
+                );
+                let op = format!(
+                    r#"[{{"type":"upsert","id":"{id}","value":{value},"timestamp":{ts}}}]"#
+                );
+                engine::apply_batch(
+                    &mut store,
+                    message::parse_json(&op).unwrap(),
+                    1_800_000_000_000,
+                );
+                expected.insert(id, value);
+            }
+            let mut cursor = store.full_state_cursor();
+            let mut budget = FULL_PART_BUDGET;
+            let mut seen = std::collections::BTreeMap::new();
+            let mut parts = 0;
+            while let Some(part) = fit_part(
+                &mut cursor,
+                &mut budget,
+                |c, b| store.next_full_state(c, b),
+                |t| {
+                    let m = format!("[{t}]");
+                    let f = frame::encode(CHANNEL, 0, Payload::Json(&m), None);
+                    (m, f)
+                },
+            ) {
+                parts += 1;
+                let (text, frames) = part.unwrap_or_else(|e| panic!("{n}x{len}: {e}"));
+                assert!(
+                    frames.len() <= frame::MAX_CHUNKS,
+                    "{n}x{len}: {} frames",
+                    frames.len()
+                );
+                let batch = message::parse_json(&text).unwrap();
+                for m in batch.messages {
+                    let Message::Full(full) = m else {
+                        panic!("not a full state")
+                    };
+                    for (id, node) in full.nodes {
+                        let v = node.value.map(|v| v.get().to_owned()).unwrap();
+                        assert!(seen.insert(id.to_string(), v).is_none(), "{id} twice");
+                    }
+                }
+            }
+            assert!(
+                parts >= 1,
+                "{n}x{len}: even an empty graph gets one full state"
+            );
+            assert_eq!(seen, expected, "{n}x{len}");
+        }
     }
 
     fn op(id: &str, pad: usize) -> String {

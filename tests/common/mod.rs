@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod faulty_relay;
 pub mod peer;
+pub mod picky_relay;
 pub mod tmpfs;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_genosdb-fallback");

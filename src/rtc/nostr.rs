@@ -84,7 +84,7 @@ pub enum Inbound {
     Event {
         relay: usize,
         sub: String,
-        event: Event,
+        event: Box<Event>,
     },
 }
 
@@ -383,7 +383,7 @@ impl RelayTask {
                     let inbound = Inbound::Event {
                         relay: self.id,
                         sub: subscription_id.to_string(),
-                        event: *event,
+                        event,
                     };
                     // When the signalling layer is behind, the event is dropped rather
                     // than queued without bound.

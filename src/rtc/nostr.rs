@@ -352,7 +352,6 @@ impl RelayTask {
         let mut notes = relay.notifications();
         let _ = self.relay.set(relay.clone());
         relay.connect();
-        let mut seen_connected = false;
         let (retry_tx, mut retry_rx) = mpsc::channel::<String>(16);
         loop {
             let note = tokio::select! {
@@ -365,10 +364,6 @@ impl RelayTask {
             match note {
                 Ok(RelayNotification::RelayStatus { status }) => match status {
                     SdkStatus::Connected => {
-                        if seen_connected {
-                            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
-                        }
-                        seen_connected = true;
                         tracing::info!(relay = %self.shown, "relay connected");
                         self.resend(&relay, None);
                         if self

@@ -79,6 +79,8 @@ struct Target {
     /// Failed tries since the relay was last open: the first of an outage is a warning,
     /// the retries that follow are debug lines.
     failures: AtomicU64,
+    /// Connection tries so far: every one after the first is a reconnect.
+    tries: AtomicU64,
 }
 
 impl std::fmt::Debug for Target {
@@ -118,6 +120,7 @@ impl Bounded {
                     local,
                     origins: origins.clone(),
                     failures: AtomicU64::new(0),
+                    tries: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -148,6 +151,11 @@ impl WebSocketTransport for Bounded {
     ) -> BoxedFuture<'a, Result<(WebSocketSink, WebSocketStream), TransportError>> {
         Box::pin(async move {
             let target = self.target(url);
+            if let Some(t) = target
+                && t.tries.fetch_add(1, Ordering::Relaxed) > 0
+            {
+                t.status.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
             let ws_cfg = WebSocketConfig::default()
                 .max_message_size(Some(self.max_message_bytes))
                 .max_frame_size(Some(self.max_message_bytes));

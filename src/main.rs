@@ -53,7 +53,10 @@ fn main() -> ExitCode {
     let cfg = match cli.settings.validate() {
         Ok(cfg) => cfg,
         Err(e) => {
-            say(format_args!("genosdb-fallback: {}", mask.apply(&e.to_string())));
+            say(format_args!(
+                "genosdb-fallback: {}",
+                mask.apply(&e.to_string())
+            ));
             return ExitCode::from(2);
         }
     };
@@ -96,7 +99,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            say(format_args!("genosdb-fallback: {}", mask.apply(&format!("{e:#}"))));
+            say(format_args!(
+                "genosdb-fallback: {}",
+                mask.apply(&format!("{e:#}"))
+            ));
             ExitCode::FAILURE
         }
     }

@@ -219,7 +219,9 @@ impl Bounded {
         let sink: WebSocketSink = Box::new(OutSink(tx));
         let metered = target.is_none_or(|t| t.metered);
         let status = target.map(|t| t.status.clone());
-        let origins = target.filter(|t| t.local.is_some()).map(|t| t.origins.clone());
+        let origins = target
+            .filter(|t| t.local.is_some())
+            .map(|t| t.origins.clone());
         let mut events = TokenBucket::new(self.events_per_sec, self.event_burst);
         let mut others = TokenBucket::new(self.events_per_sec, self.event_burst);
         let stream = rx.filter_map(move |msg| {
@@ -291,5 +293,26 @@ where
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.0.poll_close_unpin(cx).map_err(TransportError::backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_origin_is_read_from_the_fourth_element() {
+        let frame = r#"["EVENT","s",{"id":"ab12","kind":1,"tags":[]},42]"#;
+        assert_eq!(origin_of(frame), Some(("ab12".into(), 42)));
+        assert_eq!(origin_of(r#"["EVENT","s",{"id":"ab12"}]"#), None);
+        assert_eq!(origin_of(r#"["EVENT","s",{"id":"ab12"},"x"]"#), None);
+        assert_eq!(origin_of("not json"), None);
+        let o = Origins::default();
+        for i in 0..(MAX_ORIGINS as u64 + 10) {
+            o.put(format!("e{i}"), i);
+        }
+        assert_eq!(o.take("e0"), None, "the oldest were pushed out");
+        assert_eq!(o.take("e20"), Some(20));
+        assert_eq!(o.take("e20"), None, "taken once");
     }
 }

@@ -53,7 +53,10 @@ fn main() -> ExitCode {
     let cfg = match cli.settings.validate() {
         Ok(cfg) => cfg,
         Err(e) => {
-            say(format_args!("genosdb-fallback: {}", mask.apply(&e.to_string())));
+            say(format_args!(
+                "genosdb-fallback: {}",
+                mask.apply(&e.to_string())
+            ));
             return ExitCode::from(2);
         }
     };
@@ -96,7 +99,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            say(format_args!("genosdb-fallback: {}", mask.apply(&format!("{e:#}"))));
+            say(format_args!(
+                "genosdb-fallback: {}",
+                mask.apply(&format!("{e:#}"))
+            ));
             ExitCode::FAILURE
         }
     }
@@ -207,7 +213,14 @@ fn shown_default(c: &Config, env: &str) -> Option<String> {
 
 /// Logs go to stderr so that `export` can own stdout.
 fn init_logs(cfg: &Config, secrets: Vec<String>) {
-    let filter = tracing_subscriber::EnvFilter::new(&cfg.log_filter);
+    let mut filter = tracing_subscriber::EnvFilter::new(&cfg.log_filter);
+    // nostr-sdk's relay pool logs a relay's messages whole, even at ERROR when they are
+    // invalid: a hostile relay would write our logs. The pool logs what matters itself.
+    if !cfg.log_filter.contains("nostr_relay_pool")
+        && let Ok(quiet) = "nostr_relay_pool=off".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

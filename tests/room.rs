@@ -237,8 +237,7 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
 /// still looks alive: the new offer replaces the old link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_offer_from_a_connected_peer_replaces_its_link() {
-    use genosdb_fallback::relay::event::sign;
-    use genosdb_fallback::rtc::nostr::Inbound;
+    use genosdb_fallback::rtc::nostr::{Inbound, topic_filter};
     use genosdb_fallback::rtc::peer::{Peer, PeerEvent};
     use genosdb_fallback::rtc::seal::SealKey;
     use genosdb_fallback::rtc::topic;
@@ -258,10 +257,7 @@ async fn a_new_offer_from_a_connected_peer_replaces_its_link() {
     pool_cfg.backoff_base = Duration::from_millis(100);
     let (pool, mut inbound) = RelayPool::start(pool_cfg);
     let b_topic = topic::self_topic(topic::APP_ID, room, &b.self_id);
-    pool.subscribe(
-        "reload",
-        json!({"kinds": [topic::kind_of(&b_topic)], "#x": [b_topic]}),
-    );
+    pool.subscribe("reload", topic_filter(topic::kind_of(&b_topic), &b_topic));
     loop {
         if let Some(Inbound::Connected { .. }) = inbound.recv().await {
             break;
@@ -271,22 +267,10 @@ async fn a_new_offer_from_a_connected_peer_replaces_its_link() {
     let (reloaded, mut events, offer) = Peer::offer(&peer_cfg).await.unwrap();
     let seal = SealKey::derive("", topic::APP_ID, room);
     let a_topic = topic::self_topic(topic::APP_ID, room, &a.self_id);
-    let key = k256::schnorr::SigningKey::from_slice(&[9u8; 32]).unwrap();
     let content =
         json!({"peerId": b.self_id, "offer": {"type": "offer", "sdp": seal.seal(&offer)}});
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
     pool.publish(
-        &sign(
-            &key,
-            now,
-            topic::kind_of(&a_topic) as u64,
-            vec![vec!["x".into(), a_topic]],
-            &content.to_string(),
-            &[0; 32],
-        ),
+        &common::signal_event(&common::nostr_keys(9), &a_topic, &content.to_string()),
         None,
     );
     let answer = loop {

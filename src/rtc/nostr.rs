@@ -1,31 +1,45 @@
-//! The Nostr side of signalling: one independent client per relay URL.
+//! The Nostr side of signalling, on `nostr-sdk`: one `Client` per pool, one relay
+//! connection per URL.
 //!
-//! Each relay runs in its own task, so a dead or slow relay never delays the others.
-//! A relay that drops is reconnected with capped exponential backoff and jitter, and
-//! every subscription is sent again on every reconnect (GenosDB issue #36 was a peer
-//! that could announce but no longer hear). A relay that demands proof of work is
-//! dropped for the life of the process (§4.9). Events from relays are hostile: their
-//! ids and signatures are verified, their rate and size are bounded, and a relay that
-//! floods only loses its own excess.
+//! nostr-sdk does the client's work: connecting and reconnecting each relay on its own
+//! task with backoff and jitter, parsing relay messages, verifying every event's id and
+//! signature, NIP-42 `AUTH` (answered with the pool's key, which is the room's key),
+//! `CLOSED`/`NOTICE` handling and message-size limits. What GenosRTC needs beyond it is
+//! wrapped thinly here, each with the reason:
+//! - subscriptions are re-sent by us with a fresh `since` on every (re)connect and after
+//!   `AUTH`: nostr-sdk re-sends the filter it first sent, whose old `since` makes a relay
+//!   that stores ephemeral events replay stale offers (GenosDB issue #36 was a peer that
+//!   could announce but no longer hear);
+//! - a relay that answers `CLOSED` with `rate-limited:` is asked again after a pause
+//!   (nostr-sdk only marks such a subscription closed);
+//! - a relay that demands proof of work is dropped for the life of the process (§4.9);
+//!   nostr-sdk only drops the subscription;
+//! - each relay has budgets for events and for other messages, taken on the raw frame
+//!   before anything is parsed, so a relay that floods only loses its own excess and
+//!   the replies to our own offers never crowd out peers' events ([`transport`]);
+//! - the WebSocket reads are bounded by `max_message_bytes` ([`transport`]); the stock
+//!   transport accepts 64 MiB messages.
 
-use crate::rate::{Backoff, TokenBucket};
-use crate::relay::event::Event;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
-use serde_json::value::RawValue;
+mod transport;
+
+use nostr_sdk::pool::RelayLimits;
+use nostr_sdk::prelude::{
+    Alphabet, ClientMessage, Event, Filter, Keys, MachineReadablePrefix, RelayMessage,
+    SingleLetterTag, SubscriptionId, Timestamp,
+};
+use nostr_sdk::{Client, ClientOptions, Relay, RelayOptions};
+use nostr_sdk::{RelayStatus as SdkStatus, pool::RelayNotification};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::sync::{broadcast, mpsc};
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub urls: Vec<String>,
-    /// First reconnect delay; doubles after each failure up to `backoff_max`.
+    /// Reconnect delay; nostr-sdk stretches it after repeated failures (up to 60 s)
+    /// and adds up to ±3 s of jitter.
     pub backoff_base: Duration,
-    pub backoff_max: Duration,
     pub connect_timeout: Duration,
     pub max_message_bytes: usize,
     /// Events per second accepted from one relay, and the burst. Other messages
@@ -37,6 +51,8 @@ pub struct PoolConfig {
     /// verifies every event and bounds each publisher itself. A thousand peers
     /// announcing every 2.5 s are 400 events/s on it alone.
     pub unmetered: Vec<String>,
+    /// The key events are signed with and NIP-42 `AUTH` challenges answered with.
+    pub keys: Keys,
     /// The daemon's own embedded relay, reached in process rather than over TCP: its
     /// URL and how to open a connection. That connection has no rate limit there, and
     /// its events say which relay connection published them (`Inbound::Event::origin`).
@@ -53,7 +69,7 @@ pub struct LocalRelay {
 impl std::fmt::Debug for LocalRelay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalRelay")
-            .field("url", &self.url)
+            .field("url", &crate::redact::url(&self.url))
             .finish()
     }
 }
@@ -63,12 +79,12 @@ impl PoolConfig {
         Self {
             urls,
             backoff_base: Duration::from_millis(3333),
-            backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_message_bytes: 256 * 1024,
             events_per_sec: 200.0,
             event_burst: 400.0,
             unmetered: Vec::new(),
+            keys: Keys::generate(),
             local: None,
         }
     }
@@ -88,7 +104,7 @@ pub enum Inbound {
     Event {
         relay: usize,
         sub: String,
-        event: Event,
+        event: Box<Event>,
         /// On the daemon's own relay: the relay connection that published it.
         origin: Option<u64>,
     },
@@ -102,19 +118,33 @@ pub struct RelayStatus {
     pub reconnects: AtomicU64,
     pub events_in: AtomicU64,
     pub events_out: AtomicU64,
+    /// Messages dropped: over budget, or not taken by a signalling layer that is behind.
     pub rejected: AtomicU64,
+    /// Why the last connection attempt failed, if it did.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl RelayStatus {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 struct RelayHandle {
     url: String,
-    out: mpsc::Sender<String>,
+    relay: Arc<OnceLock<Relay>>,
     status: Arc<RelayStatus>,
 }
 
-type Subs = Arc<Mutex<Vec<(String, Value)>>>;
+type Subs = Arc<Mutex<Vec<(String, Filter)>>>;
 
 /// The set of relays one process signals through.
 pub struct RelayPool {
+    client: Client,
+    keys: Keys,
     relays: Vec<RelayHandle>,
     subs: Subs,
 }
@@ -124,75 +154,102 @@ impl RelayPool {
     pub fn start(cfg: PoolConfig) -> (Self, mpsc::Receiver<Inbound>) {
         let (tx, rx) = mpsc::channel(4096);
         let subs: Subs = Arc::default();
+        let statuses: Vec<Arc<RelayStatus>> = cfg.urls.iter().map(|_| Arc::default()).collect();
+        let origins: Vec<Arc<transport::Origins>> =
+            cfg.urls.iter().map(|_| Arc::default()).collect();
+        let transport = transport::Bounded::new(&cfg, &statuses, &origins);
+        let client = Client::builder()
+            .signer(cfg.keys.clone())
+            .websocket_transport(transport)
+            .opts(ClientOptions::new().automatic_authentication(true))
+            .build();
         let relays = cfg
             .urls
             .iter()
+            .zip(statuses)
+            .zip(origins)
             .enumerate()
-            .map(|(id, url)| {
-                let (out, out_rx) = mpsc::channel(256);
-                let status = Arc::new(RelayStatus::default());
+            .map(|(id, ((url, status), origins))| {
+                let relay = Arc::new(OnceLock::new());
+                let local = cfg.local.as_ref().is_some_and(|l| &l.url == url);
                 let task = RelayTask {
                     id,
-                    shown: crate::redact::url(url).into_owned(),
                     url: url.clone(),
+                    shown: crate::redact::url(url).into_owned(),
+                    origins: local.then_some(origins),
                     cfg: cfg.clone(),
                     subs: subs.clone(),
                     status: status.clone(),
                     inbound: tx.clone(),
+                    relay: relay.clone(),
                 };
-                tokio::spawn(task.run(out_rx));
+                tokio::spawn(task.run(client.clone()));
                 RelayHandle {
                     url: url.clone(),
-                    out,
+                    relay,
                     status,
                 }
             })
             .collect();
-        (Self { relays, subs }, rx)
+        let keys = cfg.keys;
+        (
+            Self {
+                client,
+                keys,
+                relays,
+                subs,
+            },
+            rx,
+        )
+    }
+
+    /// The pool's key: sign what you publish with it.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// Subscribes on every relay now and after every reconnect. `filter` gets a fresh
     /// `since` (now) each time it is sent.
-    pub fn subscribe(&self, sub_id: &str, filter: Value) {
-        // Under the lock a session takes its snapshot under: either the snapshot has
-        // this subscription, or the session is already marked connected and takes it
-        // through its queue. Without that, a relay that connects just as we subscribe
-        // would never hear the REQ.
+    pub fn subscribe(&self, sub_id: &str, filter: Filter) {
+        // Under the lock a relay task takes its snapshot under: either the snapshot has
+        // this subscription, or the relay is already marked connected and gets the REQ
+        // here. Without that, a relay that connects just as we subscribe would never
+        // hear the REQ.
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         subs.retain(|(id, _)| id != sub_id);
         subs.push((sub_id.to_owned(), filter.clone()));
-        let req = req_message(sub_id, &filter);
         for r in &self.relays {
-            self.send_to(r, req.clone());
+            self.send_to(r, req_message(sub_id, &filter));
         }
     }
 
     pub fn unsubscribe(&self, sub_id: &str) {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         subs.retain(|(id, _)| id != sub_id);
-        let close = serde_json::json!(["CLOSE", sub_id]).to_string();
         for r in &self.relays {
-            self.send_to(r, close.clone());
+            self.send_to(r, ClientMessage::close(SubscriptionId::new(sub_id)));
         }
     }
 
-    /// Publishes a signed event (its JSON object) on one relay, or on all of them.
-    /// Like browsers, it is dropped where the relay is not open.
-    pub fn publish(&self, event: &str, relay: Option<usize>) {
-        let msg = format!("[\"EVENT\",{event}]");
+    /// Publishes a signed event on one relay, or on all of them. Like browsers, it is
+    /// dropped where the relay is not open.
+    pub fn publish(&self, event: &Event, relay: Option<usize>) {
         for (i, r) in self.relays.iter().enumerate() {
             let wanted = relay.is_none_or(|want| want == i);
             if wanted
                 && !r.status.pow_blocked.load(Ordering::Relaxed)
-                && self.send_to(r, msg.clone())
+                && self.send_to(r, ClientMessage::event(event.clone()))
             {
                 r.status.events_out.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    fn send_to(&self, r: &RelayHandle, msg: String) -> bool {
-        r.status.connected.load(Ordering::Relaxed) && r.out.try_send(msg).is_ok()
+    fn send_to(&self, r: &RelayHandle, msg: ClientMessage<'_>) -> bool {
+        r.status.connected.load(Ordering::Relaxed)
+            && r.relay
+                .get()
+                .is_some_and(|relay| relay.send_msg(msg).is_ok())
     }
 
     pub fn urls(&self) -> impl Iterator<Item = &str> {
@@ -219,19 +276,27 @@ impl RelayPool {
     }
 }
 
-fn req_message(sub_id: &str, filter: &Value) -> String {
-    let mut filter = filter.clone();
-    if let Some(obj) = filter.as_object_mut() {
-        obj.insert("since".into(), Value::from(unix_secs()));
+impl Drop for RelayPool {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { client.shutdown().await });
+        }
     }
-    serde_json::json!(["REQ", sub_id, filter]).to_string()
 }
 
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// The room's filter for `topic`: its kind and its `x` tag (§3).
+pub fn topic_filter(kind: u16, topic: &str) -> Filter {
+    Filter::new()
+        .kind(nostr_sdk::Kind::Custom(kind))
+        .custom_tag(SingleLetterTag::lowercase(Alphabet::X), topic)
+}
+
+fn req_message(sub_id: &str, filter: &Filter) -> ClientMessage<'static> {
+    ClientMessage::req(
+        SubscriptionId::new(sub_id),
+        vec![filter.clone().since(Timestamp::now())],
+    )
 }
 
 /// `pow: N bits needed` with N > 0 (§4.9).
@@ -246,235 +311,196 @@ pub fn demands_pow(msg: &str) -> bool {
     digits.parse::<u32>().is_ok_and(|n| n > 0) && after.starts_with("bits needed")
 }
 
+/// How long a relay that answered `CLOSED rate-limited:` is left alone before the
+/// subscription is asked for again.
+const RATE_LIMITED_RETRY: Duration = Duration::from_secs(2);
+
 struct RelayTask {
     id: usize,
     url: String,
     /// The URL as logs show it: credentials masked.
     shown: String,
+    /// The daemon's own relay: who published each event, read by the transport.
+    origins: Option<Arc<transport::Origins>>,
     cfg: PoolConfig,
     subs: Subs,
     status: Arc<RelayStatus>,
     inbound: mpsc::Sender<Inbound>,
-}
-
-enum SessionEnd {
-    Closed,
-    PowDemanded,
-    PoolGone,
+    relay: Arc<OnceLock<Relay>>,
 }
 
 impl RelayTask {
-    async fn run(self, mut out: mpsc::Receiver<String>) {
-        let mut backoff = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max).jittered();
-        let mut first = true;
-        // Failed tries since the relay was last open: the first of a cycle is a warning,
-        // the retries that follow are debug lines.
-        let mut failures = 0u64;
+    async fn run(self, client: Client) {
+        let opts = RelayOptions::new()
+            .retry_interval(self.cfg.backoff_base)
+            .limits(limits(self.cfg.max_message_bytes))
+            .notification_channel_size(1024);
+        let added = client.pool().add_relay(self.url.as_str(), opts).await;
+        let relay = match added.and(client.pool().relay(self.url.as_str()).await) {
+            Ok(relay) => relay,
+            Err(e) => {
+                let error = crate::redact::scrub(&e.to_string(), &self.url);
+                tracing::warn!(relay = %self.shown, %error, "relay URL refused; not used");
+                *self
+                    .status
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(error);
+                return;
+            }
+        };
+        let mut notes = relay.notifications();
+        let _ = self.relay.set(relay.clone());
+        relay.connect();
+        let (retry_tx, mut retry_rx) = mpsc::channel::<String>(16);
         loop {
-            if !first {
-                tokio::time::sleep(backoff.next_delay()).await;
-                self.status.reconnects.fetch_add(1, Ordering::Relaxed);
-            }
-            first = false;
-            let ws_cfg = WebSocketConfig::default()
-                .max_message_size(Some(self.cfg.max_message_bytes))
-                .max_frame_size(Some(self.cfg.max_message_bytes));
-            if let Some(local) = self.cfg.local.as_ref().filter(|l| l.url == self.url) {
-                let stream = (local.connect)();
-                let connecting =
-                    tokio_tungstenite::client_async_with_config(&self.url, stream, Some(ws_cfg));
-                match tokio::time::timeout(self.cfg.connect_timeout, connecting).await {
-                    Ok(Ok((ws, _))) => {
-                        backoff.reset();
-                        tracing::info!(relay = %self.shown, "relay connected (in process)");
-                        let end = self.session(ws, &mut out, true).await;
-                        if !self.ended(end, &mut out).await {
-                            return;
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(relay = %self.shown, error = %e, "relay connect failed")
-                    }
-                    Err(_) => tracing::debug!(relay = %self.shown, "relay connect timed out"),
-                }
-                continue;
-            }
-            let connecting =
-                tokio_tungstenite::connect_async_with_config(&self.url, Some(ws_cfg), false);
-            let error = match tokio::time::timeout(self.cfg.connect_timeout, connecting).await {
-                Ok(Ok((ws, _))) => Ok(ws),
-                Ok(Err(e)) => Err(crate::redact::scrub(&e.to_string(), &self.url)),
-                Err(_) => Err(format!("no answer in {:?}", self.cfg.connect_timeout)),
-            };
-            let ws = match error {
-                Ok(ws) => ws,
-                Err(error) => {
-                    failures += 1;
-                    if failures == 1 {
-                        tracing::warn!(relay = %self.shown, %error, "relay unreachable; retrying with backoff");
-                    } else {
-                        tracing::debug!(relay = %self.shown, %error, failures, "relay connect failed");
-                    }
+            let note = tokio::select! {
+                note = notes.recv() => note,
+                Some(sub) = retry_rx.recv() => {
+                    self.resend(&relay, Some(&sub));
                     continue;
                 }
             };
-            backoff.reset();
-            tracing::info!(relay = %self.shown, failed_tries = failures, "relay connected");
-            failures = 0;
-            let end = self.session(ws, &mut out, false).await;
-            if !self.ended(end, &mut out).await {
-                return;
+            match note {
+                Ok(RelayNotification::RelayStatus { status }) => match status {
+                    SdkStatus::Connected => {
+                        tracing::info!(relay = %self.shown, "relay connected");
+                        self.resend(&relay, None);
+                        if self
+                            .inbound
+                            .send(Inbound::Connected { relay: self.id })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    SdkStatus::Disconnected
+                    | SdkStatus::Terminated
+                    | SdkStatus::Banned
+                    | SdkStatus::Sleeping => {
+                        if self.status.connected.swap(false, Ordering::Relaxed) {
+                            tracing::info!(relay = %self.shown, "relay disconnected");
+                            if self
+                                .inbound
+                                .send(Inbound::Disconnected { relay: self.id })
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        if status != SdkStatus::Disconnected {
+                            return;
+                        }
+                    }
+                    _ => {}
+                },
+                Ok(RelayNotification::Authenticated) => {
+                    tracing::info!(relay = %self.shown, "authenticated to the relay (NIP-42)");
+                    self.resend(&relay, None);
+                }
+                Ok(RelayNotification::AuthenticationFailed) => {
+                    tracing::warn!(relay = %self.shown, "NIP-42 authentication refused by the relay");
+                }
+                Ok(RelayNotification::Event {
+                    subscription_id,
+                    event,
+                }) => {
+                    self.status.events_in.fetch_add(1, Ordering::Relaxed);
+                    let origin = self
+                        .origins
+                        .as_ref()
+                        .and_then(|o| o.take(&event.id.to_hex()));
+                    let inbound = Inbound::Event {
+                        relay: self.id,
+                        sub: subscription_id.to_string(),
+                        event,
+                        origin,
+                    };
+                    // When the signalling layer is behind, the event is dropped rather
+                    // than queued without bound.
+                    if self.inbound.try_send(inbound).is_err() {
+                        self.status.rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(RelayNotification::Message { message }) => {
+                    if self.on_message(&relay, message, &retry_tx) {
+                        return;
+                    }
+                }
+                Ok(RelayNotification::Shutdown) => return,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    self.status.rejected.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     }
 
-    /// After a session: false when the task must end.
-    async fn ended(&self, end: SessionEnd, out: &mut mpsc::Receiver<String>) -> bool {
-        self.status.connected.store(false, Ordering::Relaxed);
-        while out.try_recv().is_ok() {}
-        match end {
-            SessionEnd::PoolGone => false,
-            SessionEnd::PowDemanded => {
-                self.status.pow_blocked.store(true, Ordering::Relaxed);
-                tracing::warn!(relay = %self.shown, "relay demands proof of work; dropped for this process");
-                let _ = self
-                    .inbound
-                    .send(Inbound::Disconnected { relay: self.id })
-                    .await;
-                false
-            }
-            SessionEnd::Closed => {
-                tracing::info!(relay = %self.shown, "relay disconnected; reconnecting");
-                self.inbound
-                    .send(Inbound::Disconnected { relay: self.id })
-                    .await
-                    .is_ok()
+    /// Sends every subscription (or only `only`) with a fresh `since`.
+    fn resend(&self, relay: &Relay, only: Option<&str>) {
+        // See `RelayPool::subscribe`: the snapshot and the connected flag change together.
+        let subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        self.status.connected.store(true, Ordering::Relaxed);
+        for (id, filter) in subs.iter() {
+            if only.is_none_or(|o| o == id) {
+                let _ = relay.send_msg(req_message(id, filter));
             }
         }
     }
 
-    /// One connection to the relay. `local`: the daemon's own relay, in process.
-    async fn session<S>(
+    /// Returns true when the relay is dropped for good.
+    fn on_message(
         &self,
-        ws: tokio_tungstenite::WebSocketStream<S>,
-        out: &mut mpsc::Receiver<String>,
-        local: bool,
-    ) -> SessionEnd
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        let (mut tx, mut rx) = ws.split();
-        let reqs: Vec<String> = {
-            // See `subscribe`: the snapshot and the connected flag change together.
-            let subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-            self.status.connected.store(true, Ordering::Relaxed);
-            subs.iter().map(|(id, f)| req_message(id, f)).collect()
+        relay: &Relay,
+        message: RelayMessage<'static>,
+        retry: &mpsc::Sender<String>,
+    ) -> bool {
+        let text = match &message {
+            RelayMessage::Ok {
+                status: false,
+                message,
+                ..
+            } => message.as_ref(),
+            RelayMessage::Notice(message) => message.as_ref(),
+            RelayMessage::Closed {
+                subscription_id,
+                message,
+            } => {
+                if MachineReadablePrefix::parse(message) == Some(MachineReadablePrefix::RateLimited)
+                {
+                    let (retry, sub) = (retry.clone(), subscription_id.to_string());
+                    tracing::debug!(relay = %self.shown, %sub, "subscription rate-limited; asking again soon");
+                    tokio::spawn(async move {
+                        tokio::time::sleep(RATE_LIMITED_RETRY).await;
+                        let _ = retry.send(sub).await;
+                    });
+                }
+                message.as_ref()
+            }
+            _ => return false,
         };
-        for req in reqs {
-            if tx.send(Message::Text(req.into())).await.is_err() {
-                return SessionEnd::Closed;
-            }
+        if !demands_pow(text) {
+            return false;
         }
-        if self
-            .inbound
-            .send(Inbound::Connected { relay: self.id })
-            .await
-            .is_err()
-        {
-            return SessionEnd::PoolGone;
-        }
-        let metered = !local && !self.cfg.unmetered.contains(&self.url);
-        let mut events = TokenBucket::new(self.cfg.events_per_sec, self.cfg.event_burst);
-        let mut others = TokenBucket::new(self.cfg.events_per_sec, self.cfg.event_burst);
-        loop {
-            tokio::select! {
-                msg = rx.next() => {
-                    let text = match msg {
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return SessionEnd::Closed,
-                        Some(Ok(_)) => continue,
-                    };
-                    let budget = match text.as_str().trim_start().starts_with("[\"EVENT\"") {
-                        true => &mut events,
-                        false => &mut others,
-                    };
-                    if metered && !budget.take() {
-                        self.status.rejected.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    match self.handle(text.as_str(), local) {
-                        Some(Handled::Pow) => return SessionEnd::PowDemanded,
-                        Some(Handled::Event(inbound)) => self.deliver(inbound),
-                        None => {}
-                    }
-                }
-                next = out.recv() => {
-                    let Some(text) = next else { return SessionEnd::PoolGone };
-                    if tx.send(Message::Text(text.into())).await.is_err() {
-                        return SessionEnd::Closed;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Hands an event on; when the signalling layer is behind, the event is dropped
-    /// rather than queued without bound.
-    fn deliver(&self, inbound: Inbound) {
-        if self.inbound.try_send(inbound).is_err() {
-            self.status.rejected.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn handle(&self, text: &str, local: bool) -> Option<Handled> {
-        let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
-        let verb: &str = serde_json::from_str(items.first()?.get()).ok()?;
-        match verb {
-            "EVENT" => {
-                let sub: String = serde_json::from_str(items.get(1)?.get()).ok()?;
-                let event = Event::parse(items.get(2)?).and_then(|e| e.verify().map(|_| e));
-                match event {
-                    Ok(event) => {
-                        self.status.events_in.fetch_add(1, Ordering::Relaxed);
-                        // Only our own relay says who published an event.
-                        let origin = local
-                            .then(|| {
-                                items
-                                    .get(3)
-                                    .and_then(|o| serde_json::from_str(o.get()).ok())
-                            })
-                            .flatten();
-                        Some(Handled::Event(Inbound::Event {
-                            relay: self.id,
-                            sub,
-                            event,
-                            origin,
-                        }))
-                    }
-                    Err(e) => {
-                        self.status.rejected.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(relay = %self.shown, error = %e, "relay sent an invalid event");
-                        None
-                    }
-                }
-            }
-            "OK" | "NOTICE" | "CLOSED" => {
-                let msg: String = serde_json::from_str(items.last()?.get()).ok()?;
-                demands_pow(&msg).then_some(Handled::Pow)
-            }
-            _ => None,
-        }
+        self.status.pow_blocked.store(true, Ordering::Relaxed);
+        tracing::warn!(relay = %self.shown, "relay demands proof of work; dropped for this process");
+        relay.disconnect();
+        false
     }
 }
 
-enum Handled {
-    Event(Inbound),
-    Pow,
+fn limits(max_message_bytes: usize) -> RelayLimits {
+    let mut limits = RelayLimits::default();
+    limits.messages.max_size = Some(max_message_bytes.try_into().unwrap_or(u32::MAX));
+    limits
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nostr_sdk::JsonUtil;
 
     #[test]
     fn pow_messages() {
@@ -483,5 +509,17 @@ mod tests {
         assert!(!demands_pow("pow: 0 bits needed"));
         assert!(!demands_pow("rate-limited: slow down"));
         assert!(!demands_pow("pow: lots"));
+    }
+
+    #[test]
+    fn requests_carry_a_fresh_since() {
+        let f = topic_filter(23061, "topic");
+        let msg = req_message("sub", &f).as_json();
+        let v: serde_json::Value = serde_json::from_str(&msg).unwrap();
+        assert_eq!(v[0], "REQ");
+        assert_eq!(v[2]["kinds"][0], 23061);
+        assert_eq!(v[2]["#x"][0], "topic");
+        let since = v[2]["since"].as_u64().unwrap();
+        assert!(since.abs_diff(Timestamp::now().as_secs()) < 5);
     }
 }

@@ -8,13 +8,14 @@
 
 use super::cells::{self, Mesh};
 use super::frame::{self, Limits, Payload, Reassembler};
-use super::nostr::{Inbound, RelayPool};
+use super::nostr::{Inbound, RelayPool, topic_filter};
 use super::peer::{Peer, PeerConfig, PeerEvent};
 use super::seal::SealKey;
 use super::topic;
 use crate::rate::{LogEvery, TokenBucket};
-use crate::relay::event::sign;
-use k256::schnorr::SigningKey;
+use nostr_sdk::prelude::{
+    Alphabet, Event, EventBuilder, Keys, Kind, SingleLetterTag, Tag, TagKind,
+};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -292,8 +293,6 @@ impl Room {
         let stats = Arc::new(RoomStats::default());
         let root = topic::root_topic(&cfg.app_id, &cfg.room_id);
         let mine = topic::self_topic(&cfg.app_id, &cfg.room_id, &self_id);
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).expect("the OS random source works");
         let mesh = cfg
             .cells
             .map(|size| Arc::new(Mutex::new(Mesh::new(&self_id, size))));
@@ -307,8 +306,9 @@ impl Room {
                 self_id: self_id.clone(),
             })
         });
-        let nostr_key = SigningKey::from_slice(&key).expect("32 random bytes are a key");
-        let nostr_pubkey = crate::relay::event::hex(&nostr_key.verifying_key().to_bytes());
+        // The pool's key signs our events and answers relays' NIP-42 challenges.
+        let nostr_key = pool.keys().clone();
+        let nostr_pubkey = nostr_key.public_key().to_hex();
         let actor = Actor {
             overlay: overlay.clone(),
             seal: SealKey::derive(&cfg.password, &cfg.app_id, &cfg.room_id),
@@ -333,12 +333,12 @@ impl Room {
         if !actor.cfg.only_superpeers {
             pool.subscribe(
                 &sub_id("r", &root),
-                json!({"kinds": [topic::kind_of(&root)], "#x": [root]}),
+                topic_filter(topic::kind_of(&root), &root),
             );
         }
         pool.subscribe(
             &sub_id("s", &mine),
-            json!({"kinds": [topic::kind_of(&mine)], "#x": [mine]}),
+            topic_filter(topic::kind_of(&mine), &mine),
         );
         let done = tokio::spawn(actor.run(inbound, internal_rx, leave_rx));
         (
@@ -772,7 +772,7 @@ struct Actor {
     overlay: Option<Arc<Overlay>>,
     cfg: RoomConfig,
     seal: SealKey,
-    nostr_key: SigningKey,
+    nostr_key: Keys,
     self_id: String,
     root_topic: String,
     self_topic: String,
@@ -837,17 +837,16 @@ impl Actor {
     }
 
     fn publish(&self, topic: &str, content: Value, relay: Option<usize>) {
-        let kind = topic::kind_of(topic) as u64;
-        let mut aux = [0u8; 32];
-        let _ = getrandom::fill(&mut aux);
-        let ev = sign(
-            &self.nostr_key,
-            unix_secs(),
-            kind,
-            vec![vec!["x".into(), topic.to_owned()]],
-            &content.to_string(),
-            &aux,
-        );
+        let ev = EventBuilder::new(Kind::Custom(topic::kind_of(topic)), content.to_string())
+            .tag(Tag::custom(
+                TagKind::SingleLetter(SingleLetterTag::lowercase(Alphabet::X)),
+                [topic],
+            ))
+            .sign_with_keys(&self.nostr_key);
+        let Ok(ev) = ev else {
+            tracing::warn!("could not sign a signalling event");
+            return;
+        };
         self.stats.signals_out.fetch_add(1, Ordering::Relaxed);
         self.pool.publish(&ev, relay);
     }
@@ -878,14 +877,16 @@ impl Actor {
         content
     }
 
-    fn on_signal(&mut self, relay: usize, event: &crate::relay::event::Event, origin: Option<u64>) {
-        let (tags, content) = (&event.tags, &event.content);
+    fn on_signal(&mut self, relay: usize, event: &Event, origin: Option<u64>) {
         self.stats.signals_in.fetch_add(1, Ordering::Relaxed);
-        let topic = tags
-            .iter()
-            .find(|t| t.first().is_some_and(|n| n == "x"))
-            .and_then(|t| t.get(1));
-        if !topic.is_some_and(|t| *t == self.root_topic || *t == self.self_topic) {
+        let content = event.content.as_str();
+        let topic = event
+            .tags
+            .find(TagKind::SingleLetter(SingleLetterTag::lowercase(
+                Alphabet::X,
+            )))
+            .and_then(|t| t.content());
+        if !topic.is_some_and(|t| t == self.root_topic || t == self.self_topic) {
             return;
         }
         let Ok(m) = serde_json::from_str::<Value>(content) else {
@@ -903,7 +904,7 @@ impl Actor {
         }
         let x = x.to_owned();
         let source = Source {
-            pubkey: event.pubkey.clone(),
+            pubkey: event.pubkey.to_hex(),
             conn: origin.map(|o| (relay, o)),
         };
         if m.get("bye")
@@ -1540,13 +1541,6 @@ fn valid_peer_id(x: &str) -> bool {
     (1..=64).contains(&x.len())
         && x.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Which of a peer's rates ran out.

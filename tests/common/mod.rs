@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod faulty_relay;
 pub mod peer;
 pub mod pg;
+pub mod picky_relay;
 pub mod tmpfs;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_genosdb-fallback");
@@ -328,4 +329,26 @@ pub fn metric(port: u16, name: &str) -> u64 {
 pub fn health(port: u16) -> serde_json::Value {
     let (_, body) = http_get(port, "/health");
     serde_json::from_str(&body).unwrap_or_default()
+}
+
+/// The same deterministic key as [`nostr_key`], as nostr-sdk keys.
+#[allow(dead_code)]
+pub fn nostr_keys(n: u8) -> nostr_sdk::Keys {
+    let mut b = [0u8; 32];
+    b[31] = n;
+    nostr_sdk::Keys::new(nostr_sdk::SecretKey::from_slice(&b).unwrap())
+}
+
+/// A signalling event as GenosRTC sends it: the topic's kind, one `x` tag (§3).
+#[allow(dead_code)]
+pub fn signal_event(keys: &nostr_sdk::Keys, topic: &str, content: &str) -> nostr_sdk::Event {
+    use nostr_sdk::prelude::{Alphabet, EventBuilder, Kind, SingleLetterTag, Tag, TagKind};
+    let kind = genosdb_fallback::rtc::topic::kind_of(topic);
+    EventBuilder::new(Kind::Custom(kind), content)
+        .tag(Tag::custom(
+            TagKind::SingleLetter(SingleLetterTag::lowercase(Alphabet::X)),
+            [topic],
+        ))
+        .sign_with_keys(keys)
+        .unwrap()
 }

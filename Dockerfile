@@ -18,6 +18,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS build
 COPY --from=planner /src/recipe.json recipe.json
+# The patched rtc crates ([patch.crates-io] in Cargo.toml, patches/PATCH.md) are path
+# dependencies: the recipe names them, so cook needs their sources.
+COPY patches patches
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin genosdb-fallback
 COPY . .
 RUN cargo build --release --locked --bin genosdb-fallback

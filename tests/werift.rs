@@ -7,8 +7,10 @@
 //! offering). The werift side is `tests/werift/peer.mjs`, driven over stdin/stdout.
 //!
 //! Needs node and werift 0.25.2: `WERIFT_DIR` names a directory whose `node_modules` holds
-//! werift (`.ci/run` installs it). Without it the test is skipped, except under `CI=true`,
+//! werift (`.ci/provision werift` installs it on first use). Without Node.js the test is skipped, except under `CI=true`,
 //! where it fails.
+
+mod common;
 
 use genosdb_fallback::rtc::frame::{self, Payload, Reassembler};
 use genosdb_fallback::rtc::peer::{Peer, PeerConfig, PeerEvent};
@@ -28,19 +30,16 @@ fn loopback() -> PeerConfig {
     }
 }
 
-/// The directory holding `node_modules/werift`, or None (skip) outside CI.
+/// The directory holding `node_modules/werift` (`WERIFT_DIR`, or installed on first use by
+/// `.ci/provision`), or None (skip) where Node.js is missing outside CI.
 fn werift_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("WERIFT_DIR").map(PathBuf::from);
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    match dir {
-        Some(d) if d.join("node_modules/werift/package.json").is_file() => Some(d),
-        Some(d) => panic!("WERIFT_DIR={} has no node_modules/werift", d.display()),
-        None if ci => panic!("CI=true but WERIFT_DIR is not set: .ci/run installs werift"),
-        None => {
-            eprintln!("skipped: set WERIFT_DIR to a directory with node_modules/werift");
-            None
-        }
-    }
+    let d = common::provision::tool("WERIFT_DIR", "werift")?;
+    assert!(
+        d.join("node_modules/werift/package.json").is_file(),
+        "WERIFT_DIR={} has no node_modules/werift",
+        d.display()
+    );
+    Some(d)
 }
 
 /// A running werift peer: its stdin, and the JSON lines it prints.

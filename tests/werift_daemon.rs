@@ -24,7 +24,7 @@
 //! clean stop, the real `export` of what the daemon persisted, byte for byte.
 //!
 //! Needs node and, in `WERIFT_DIR`'s `node_modules`, werift 0.25.2, ws and @noble/curves
-//! (`.ci/run` installs them). Without `WERIFT_DIR` the test is skipped, except under `CI=true`,
+//! (`.ci/provision werift` installs them on first use). Without Node.js the test is skipped, except under `CI=true`,
 //! where it fails. On the unpatched rtc stack (no `[patch.crates-io]`) the SCTP association
 //! never forms and both tests fail waiting for `open`.
 
@@ -47,28 +47,20 @@ const MAX_VALUE_BYTES: (&str, &str) = ("MAX_VALUE_BYTES", "2097152");
 /// Generous: only a failure waits this long, and the machine may be busy.
 const STEP: Duration = Duration::from_secs(60);
 
-/// The directory whose `node_modules` holds werift, ws and @noble/curves, or None (skip).
+/// The directory whose `node_modules` holds werift, ws and @noble/curves (`WERIFT_DIR`, or
+/// installed on first use by `.ci/provision`), or None (skip) where Node.js is missing
+/// outside CI.
 fn node_modules() -> Option<PathBuf> {
-    let dir = std::env::var_os("WERIFT_DIR").map(PathBuf::from);
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    match dir {
-        Some(d) => {
-            for p in ["werift", "ws", "@noble/curves"] {
-                let manifest = d.join("node_modules").join(p).join("package.json");
-                assert!(
-                    manifest.is_file(),
-                    "WERIFT_DIR={} has no node_modules/{p} (.ci/run installs it)",
-                    d.display()
-                );
-            }
-            Some(d)
-        }
-        None if ci => panic!("CI=true but WERIFT_DIR is not set: .ci/run installs werift"),
-        None => {
-            eprintln!("skipped: set WERIFT_DIR to a directory with node_modules/werift");
-            None
-        }
+    let d = common::provision::tool("WERIFT_DIR", "werift")?;
+    for p in ["werift", "ws", "@noble/curves"] {
+        let manifest = d.join("node_modules").join(p).join("package.json");
+        assert!(
+            manifest.is_file(),
+            "WERIFT_DIR={} has no node_modules/{p} (.ci/provision werift installs it)",
+            d.display()
+        );
     }
+    Some(d)
 }
 
 /// `VALUE_CHARS` pseudo-random base64 characters: they deflate only to about 3/4.

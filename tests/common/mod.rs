@@ -12,6 +12,7 @@ pub mod faulty_relay;
 pub mod peer;
 pub mod pg;
 pub mod picky_relay;
+pub mod provision;
 pub mod tmpfs;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_genosdb-fallback");

@@ -39,4 +39,3 @@ pub mod rtc;
 pub mod sm;
 pub mod store;
 pub mod sync;
-pub mod tools;

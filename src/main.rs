@@ -3,7 +3,7 @@ use genosdb_fallback::config::{
     Cli, Command, Config, DEFAULT_FORWARD_MS, LogFormat, RawSettings, StorageKind,
 };
 use genosdb_fallback::redact::{self, Scrub};
-use genosdb_fallback::{daemon, tools};
+use genosdb_fallback::daemon::{self, tools};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

@@ -1,5 +1,9 @@
 //! Wires the layers together: HTTP first, then the store and its persistence, then
-//! waiting for SIGTERM/SIGINT, then a clean flush.
+//! waiting for SIGTERM/SIGINT, then a clean flush. The composition root: the only
+//! module that reads [`Config`].
+
+pub mod room;
+pub mod tools;
 
 use crate::config::Config;
 use crate::http::{self, AppState};
@@ -66,7 +70,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let sm = sm_config(&cfg, &state);
     let rtc = cfg.rtc_enabled.then(|| {
         let (rtc, events) =
-            crate::rtc::daemon_room::start(&cfg, cfg.host, addr.port(), state.clone());
+            room::start(&cfg, cfg.host, addr.port(), state.clone());
         let peers = state.clone();
         let sync = crate::sync::service::start(
             rtc.room.clone(),

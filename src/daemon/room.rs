@@ -1,10 +1,10 @@
 //! Joins the daemon's sync room and keeps /health in step with it.
 
-use super::nostr::{LocalRelay, PoolConfig, RelayPool};
-use super::peer::PeerConfig;
-use super::room::{Room, RoomConfig, RoomEvent};
 use crate::config::Config;
 use crate::http::AppState;
+use crate::rtc::nostr::{LocalRelay, PoolConfig, RelayPool};
+use crate::rtc::peer::PeerConfig;
+use crate::rtc::room::{Room, RoomConfig, RoomEvent};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

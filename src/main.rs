@@ -2,8 +2,8 @@ use clap::{CommandFactory, FromArgMatches};
 use genosdb_fallback::config::{
     Cli, Command, Config, DEFAULT_FORWARD_MS, LogFormat, RawSettings, StorageKind,
 };
-use genosdb_fallback::redact::{self, Scrub};
 use genosdb_fallback::daemon::{self, tools};
+use genosdb_fallback::redact::{self, Scrub};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

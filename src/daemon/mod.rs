@@ -3,22 +3,19 @@
 //! module that reads [`Config`].
 
 pub mod room;
+pub mod storage;
 pub mod tools;
 
 use crate::config::Config;
 use crate::http::{self, AppState};
-use crate::persist::files::{self, StoreError};
-use crate::persist::pg::PgBackend;
-use crate::persist::{Persistence, unix_ms};
 use crate::relay::Relay;
 use crate::sm::SmConfig;
 use crate::sm::policy::Policy;
-use crate::store::Store;
 use crate::sync::SyncConfig;
 use crate::sync::governor::Governor;
 use anyhow::Context;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -55,7 +52,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     let opening = tokio::task::spawn_blocking({
         let cfg = cfg.clone();
-        move || open_store(&cfg)
+        move || storage::open_for_daemon(&cfg)
     });
     // Loading writes nothing that is not atomic, so a signal may cut it short.
     let opened = tokio::select! {
@@ -65,12 +62,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let (store, persistence, lock) = opened.start(&cfg, started)?;
+    let storage::Started {
+        store,
+        persistence,
+        lock,
+    } = opened.start(&cfg, started)?;
     state.ready(store.clone(), persistence.status.clone());
     let sm = sm_config(&cfg, &state);
     let rtc = cfg.rtc_enabled.then(|| {
-        let (rtc, events) =
-            room::start(&cfg, cfg.host, addr.port(), state.clone());
+        let (rtc, events) = room::start(&cfg, cfg.host, addr.port(), state.clone());
         let peers = state.clone();
         let sync = crate::sync::service::start(
             rtc.room.clone(),
@@ -121,101 +121,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::mem::forget(store);
     std::mem::forget(state);
     Ok(())
-}
-
-/// The store as opened, before its flusher starts.
-enum Opened {
-    Files(files::DirLock, files::Loaded, files::JournalWriter),
-    /// Postgres, loaded, or not reachable yet (then the error, and an empty store).
-    Postgres(Box<PgBackend>, Result<files::Loaded, StoreError>),
-}
-
-/// Opens the store DATABASE_URL or DATA_DIR names. Postgres that cannot be read is not
-/// an error: the daemon then serves from memory, degraded, until it can (see docs/OPERATIONS.md).
-fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
-    match &cfg.database {
-        None => {
-            let (lock, loaded, writer) = files::open_for_daemon(&cfg.layout(), cfg.oplog_size)
-                .context("cannot open the store")?;
-            Ok(Opened::Files(lock, loaded, writer))
-        }
-        Some(target) => {
-            let mut backend = PgBackend::new(target.clone(), &cfg.persist());
-            let loaded = backend.load_now();
-            if let Err(StoreError::Postgres(e)) = &loaded
-                && !e.is_transient()
-            {
-                // Rows that do not decode are reported and left untouched, as files are.
-                return Err(anyhow::anyhow!("{e}").context("cannot open the store"));
-            }
-            Ok(Opened::Postgres(Box::new(backend), loaded))
-        }
-    }
-}
-
-impl Opened {
-    fn start(
-        self,
-        cfg: &Config,
-        started: Instant,
-    ) -> anyhow::Result<(Arc<Mutex<Store>>, Persistence, Option<files::DirLock>)> {
-        let (loaded, lock, backend, pg_error) = match self {
-            Opened::Files(lock, loaded, writer) => (Some(loaded), Some(lock), Err(writer), None),
-            Opened::Postgres(backend, Ok(loaded)) => (Some(loaded), None, Ok(backend), None),
-            Opened::Postgres(backend, Err(e)) => (None, None, Ok(backend), Some(e)),
-        };
-        let storage = if cfg.database.is_some() {
-            "postgres"
-        } else {
-            "files"
-        };
-        let (mut store, next_seq) = match loaded {
-            Some(loaded) => {
-                tracing::info!(
-                    storage,
-                    dir = %cfg.data_dir.display(),
-                    database = cfg.database.as_ref().map(|t| t.redacted()),
-                    nodes = loaded.store.len(),
-                    oplog = loaded.store.oplog().len(),
-                    snapshot_bytes = loaded.snapshot_bytes,
-                    journal_records = loaded.journal_records,
-                    torn_bytes = loaded.torn_bytes,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "store loaded"
-                );
-                if loaded.torn_bytes > 0 {
-                    tracing::warn!(
-                        torn_bytes = loaded.torn_bytes,
-                        "ignored a journal record torn by an earlier crash"
-                    );
-                }
-                (loaded.store, loaded.next_seq)
-            }
-            None => {
-                tracing::error!(
-                    error = %pg_error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
-                    "cannot load the store from postgres; serving from memory (degraded) and retrying; nothing is written until it is loaded and merged"
-                );
-                (Store::new(cfg.oplog_size), 0)
-            }
-        };
-        store.start_clock(unix_ms());
-        let store = Arc::new(Mutex::new(store));
-        let persistence = match backend {
-            Err(writer) => Persistence::start(cfg.persist(), store.clone(), writer)?,
-            Ok(backend) => Persistence::start_with(
-                cfg.persist(),
-                store.clone(),
-                backend,
-                next_seq,
-                "postgres",
-            )?,
-        };
-        if let Some(e) = &pg_error {
-            persistence.status.failed(e);
-        }
-        Ok((store, persistence, lock))
-    }
 }
 
 /// The Security Manager's settings for the sync layer, logged once.

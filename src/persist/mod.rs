@@ -7,11 +7,15 @@
 //! thread, its group commit, its bounded queue and its degraded mode are shared.
 
 pub mod codec;
+pub mod compactor;
+pub mod error;
 pub mod files;
 pub mod pg;
 
+pub use error::{CompactReport, Loaded, StoreError};
+
 use crate::store::{Effect, EffectSink, EntryKind, FullState, RemoveOp, Store};
-use files::{JournalWriter, Layout, Loaded, StoreError};
+use files::{JournalWriter, Layout};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -174,6 +178,9 @@ impl PersistStatus {
 /// Where the flusher writes. Every call comes from the flusher thread; a backend may
 /// run its own background work (compaction) between calls.
 pub trait Backend: Send {
+    /// What /health and /metrics call it: "files", "postgres".
+    fn name(&self) -> &'static str;
+
     /// True while the store in memory does not yet hold what the backend holds: the
     /// daemon started without reading it (Postgres unreachable). Nothing is written then.
     fn needs_load(&self) -> bool {
@@ -257,7 +264,7 @@ impl Persistence {
     ) -> std::io::Result<Self> {
         let next_seq = writer.next_seq();
         let backend = files::FilesBackend::new(&cfg, writer);
-        Self::start_with(cfg, store, Box::new(backend), next_seq, "files")
+        Self::start_with(cfg, store, Box::new(backend), next_seq)
     }
 
     /// Attaches `backend` to `store` and starts flushing; `next_seq` is the seq of the
@@ -267,7 +274,6 @@ impl Persistence {
         store: Arc<Mutex<Store>>,
         backend: Box<dyn Backend>,
         next_seq: u64,
-        backend_name: &'static str,
     ) -> std::io::Result<Self> {
         let pending = PendingJournal::new(cfg.max_unwritten_bytes);
         store
@@ -275,7 +281,7 @@ impl Persistence {
             .unwrap_or_else(|p| p.into_inner())
             .set_sink(Box::new(pending.clone()));
         let status = Arc::new(PersistStatus {
-            backend: backend_name,
+            backend: backend.name(),
             ..PersistStatus::default()
         });
         let (stop, stopped) = std::sync::mpsc::channel();

@@ -8,7 +8,7 @@ use super::{
     PART_BYTES, PgError, SCHEMA_VERSION,
 };
 use crate::persist::codec::{self, CodecError};
-use crate::persist::files::{CompactReport, Loaded};
+use crate::persist::error::{CompactReport, Loaded};
 use crate::persist::merge_effect;
 use crate::store::{Effect, Store};
 use std::time::{Duration, Instant};

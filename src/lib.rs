@@ -30,6 +30,7 @@ pub mod eth;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+#[cfg(feature = "loadgen")]
 pub mod loadgen;
 pub mod persist;
 pub mod rate;

@@ -27,27 +27,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Listen before anything else: a SIGTERM during start-up must not kill us mid-write.
     let mut signals = Signals::install()?;
     log_config(&cfg);
-    let relays = if cfg.rtc_enabled {
-        cfg.relay_urls.len()
+    let relays = if cfg.rtc.enabled {
+        cfg.rtc.relay_urls.len()
     } else {
         0
     };
-    let relay = match cfg.relay {
+    let relay = match cfg.relay.enabled {
         true => Some(
-            Relay::with_own_threads(cfg.relay_limits)
+            Relay::with_own_threads(cfg.relay.limits)
                 .context("cannot start the embedded relay's threads")?,
         ),
         false => None,
     };
     let state = AppState::new(&cfg.db_name, relays, relay);
 
-    let listener = TcpListener::bind((cfg.host, cfg.port))
+    let listener = TcpListener::bind((cfg.http.host, cfg.http.port))
         .await
-        .with_context(|| format!("cannot bind {}:{} (HOST, PORT)", cfg.host, cfg.port))?;
+        .with_context(|| {
+            format!(
+                "cannot bind {}:{} (HOST, PORT)",
+                cfg.http.host, cfg.http.port
+            )
+        })?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, relay = cfg.relay, "listening for /health and /metrics");
+    tracing::info!(%addr, relay = cfg.relay.enabled, "listening for /health and /metrics");
     let (stop_http, stopped) = watch::channel(false);
-    let server = tokio::spawn(serve(listener, state.clone(), cfg.http_limits, stopped));
+    let server = tokio::spawn(serve(listener, state.clone(), cfg.http.limits, stopped));
 
     let started = Instant::now();
     let opening = tokio::task::spawn_blocking({
@@ -69,8 +74,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } = opened.start(&cfg, started)?;
     state.ready(store.clone(), persistence.status.clone());
     let sm = sm_config(&cfg, &state);
-    let rtc = cfg.rtc_enabled.then(|| {
-        let (rtc, events) = room::start(&cfg, cfg.host, addr.port(), state.clone());
+    let rtc = cfg.rtc.enabled.then(|| {
+        let (rtc, events) = room::start(&cfg, cfg.http.host, addr.port(), state.clone());
         let peers = state.clone();
         let sync = crate::sync::service::start(
             rtc.room.clone(),
@@ -78,19 +83,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             store.clone(),
             SyncConfig {
                 sm,
-                max_value_bytes: cfg.max_value_bytes,
-                forward: cfg.forward,
+                max_value_bytes: cfg.rtc.max_value_bytes,
+                forward: cfg.rtc.forward,
                 ..SyncConfig::default()
             },
             move |n, _| peers.peers.store(n, Ordering::Relaxed),
         );
         state.set_sync_stats(sync.stats.clone());
         state.set_sm_stats(sync.sm_stats.clone());
-        if let (Some(signer), false) = (&cfg.sm_signer, cfg.sm_rules.is_empty()) {
+        if let (Some(signer), false) = (&cfg.sm.signer, cfg.sm.rules.is_empty()) {
             Governor::new(
-                cfg.sm_rules.clone(),
+                cfg.sm.rules.clone(),
                 signer.address().to_owned(),
-                &cfg.super_admins,
+                &cfg.sm.super_admins,
             )
             .start(store.clone(), sync.clone(), sync.sm_stats.clone());
         }
@@ -125,26 +130,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// The Security Manager's settings for the sync layer, logged once.
 fn sm_config(cfg: &Config, state: &AppState) -> SmConfig {
-    if let Some(signer) = &cfg.sm_signer {
+    if let Some(signer) = &cfg.sm.signer {
         let address = signer.address();
         tracing::info!(%address, "SM: signing as {address}");
         let _ = state.signing_as.set(address.to_owned());
     }
-    if cfg.sm_strict && !cfg.sm_enabled {
+    if cfg.sm.strict && !cfg.sm.enabled {
         tracing::warn!("SM_STRICT has no effect without SM_ENABLED=true");
     }
-    if cfg.sm_enabled {
+    if cfg.sm.enabled {
         tracing::info!(
-            super_admins = cfg.super_admins.len(),
-            strict = cfg.sm_strict,
+            super_admins = cfg.sm.super_admins.len(),
+            strict = cfg.sm.strict,
             "SM: verifying signed ops as browsers do"
         );
     }
     SmConfig {
         verify: cfg
-            .sm_enabled
-            .then(|| Policy::new(cfg.super_admins.clone(), cfg.sm_strict)),
-        signer: cfg.sm_signer.clone(),
+            .sm
+            .enabled
+            .then(|| Policy::new(cfg.sm.super_admins.clone(), cfg.sm.strict)),
+        signer: cfg.sm.signer.clone(),
     }
 }
 
@@ -186,47 +192,47 @@ fn log_config(cfg: &Config) {
         version = http::VERSION,
         db_name = %cfg.db_name,
         room = %cfg.sync_room(),
-        data_dir = %cfg.data_dir.display(),
-        database = cfg.database.as_ref().map(|t| t.redacted()),
-        host = %cfg.host,
-        port = cfg.port,
-        rtc_enabled = cfg.rtc_enabled,
-        relay = cfg.relay,
-        room_presence = cfg.room_presence,
-        cell_size = cfg.cells,
-        forward_ms = cfg.forward.map(|d| d.as_millis() as u64),
-        relay_max_connections = cfg.relay_limits.max_connections,
-        relay_max_per_ip = cfg.relay_limits.max_per_ip,
-        relay_max_message_bytes = cfg.relay_limits.max_message_bytes,
-        relay_events_per_sec = cfg.relay_limits.events_per_sec,
-        relay_event_burst = cfg.relay_limits.event_burst,
-        relay_max_subs = cfg.relay_limits.max_subscriptions,
-        relay_messages_per_sec = cfg.relay_limits.messages_per_sec,
-        relay_queue_bytes = cfg.relay_limits.queue_bytes,
-        relay_memory_bytes = cfg.relay_limits.memory_bytes,
-        relay_max_filter_bytes = cfg.relay_limits.max_filter_bytes,
-        http_max_connections = cfg.http_limits.max_connections,
-        http_header_timeout_secs = cfg.http_limits.header_timeout.as_secs(),
-        max_peers = cfg.peer_limits.max_peers,
-        peer_msg_rate = cfg.peer_limits.msg_rate,
-        peer_msg_burst = cfg.peer_limits.msg_burst,
-        peer_bytes_rate = cfg.peer_limits.bytes_rate,
-        peer_bytes_burst = cfg.peer_limits.bytes_burst,
-        max_message_bytes = cfg.max_message_bytes,
-        max_value_bytes = cfg.max_value_bytes,
-        relays = %crate::redact::urls(&cfg.relay_urls).join(","),
-        password_set = !cfg.password.0.is_empty(),
-        stun = %crate::redact::urls(&cfg.ice.stun).join(","),
-        turn = %crate::redact::urls(&cfg.ice.turn).join(","),
-        turn_credentials_set = !cfg.ice.turn_username.is_empty(),
-        sm_enabled = cfg.sm_enabled,
-        super_admins = %cfg.super_admins.join(","),
-        sm_strict = cfg.sm_strict,
-        sm_key_set = cfg.sm_signer.is_some(),
-        sm_rules = cfg.sm_rules.len(),
-        flush_ms = cfg.flush_every.as_millis() as u64,
-        oplog_size = cfg.oplog_size,
-        compact_bytes = cfg.compact_bytes,
+        data_dir = %cfg.storage.data_dir.display(),
+        database = cfg.storage.database.as_ref().map(|t| t.redacted()),
+        host = %cfg.http.host,
+        port = cfg.http.port,
+        rtc_enabled = cfg.rtc.enabled,
+        relay = cfg.relay.enabled,
+        room_presence = cfg.rtc.room_presence,
+        cell_size = cfg.rtc.cells,
+        forward_ms = cfg.rtc.forward.map(|d| d.as_millis() as u64),
+        relay_max_connections = cfg.relay.limits.max_connections,
+        relay_max_per_ip = cfg.relay.limits.max_per_ip,
+        relay_max_message_bytes = cfg.relay.limits.max_message_bytes,
+        relay_events_per_sec = cfg.relay.limits.events_per_sec,
+        relay_event_burst = cfg.relay.limits.event_burst,
+        relay_max_subs = cfg.relay.limits.max_subscriptions,
+        relay_messages_per_sec = cfg.relay.limits.messages_per_sec,
+        relay_queue_bytes = cfg.relay.limits.queue_bytes,
+        relay_memory_bytes = cfg.relay.limits.memory_bytes,
+        relay_max_filter_bytes = cfg.relay.limits.max_filter_bytes,
+        http_max_connections = cfg.http.limits.max_connections,
+        http_header_timeout_secs = cfg.http.limits.header_timeout.as_secs(),
+        max_peers = cfg.rtc.peer_limits.max_peers,
+        peer_msg_rate = cfg.rtc.peer_limits.msg_rate,
+        peer_msg_burst = cfg.rtc.peer_limits.msg_burst,
+        peer_bytes_rate = cfg.rtc.peer_limits.bytes_rate,
+        peer_bytes_burst = cfg.rtc.peer_limits.bytes_burst,
+        max_message_bytes = cfg.rtc.max_message_bytes,
+        max_value_bytes = cfg.rtc.max_value_bytes,
+        relays = %crate::redact::urls(&cfg.rtc.relay_urls).join(","),
+        password_set = !cfg.rtc.password.0.is_empty(),
+        stun = %crate::redact::urls(&cfg.rtc.ice.stun).join(","),
+        turn = %crate::redact::urls(&cfg.rtc.ice.turn).join(","),
+        turn_credentials_set = !cfg.rtc.ice.turn_username.is_empty(),
+        sm_enabled = cfg.sm.enabled,
+        super_admins = %cfg.sm.super_admins.join(","),
+        sm_strict = cfg.sm.strict,
+        sm_key_set = cfg.sm.signer.is_some(),
+        sm_rules = cfg.sm.rules.len(),
+        flush_ms = cfg.storage.flush_every.as_millis() as u64,
+        oplog_size = cfg.storage.oplog_size,
+        compact_bytes = cfg.storage.compact_bytes,
         "starting genosdb-fallback"
     );
 }

@@ -26,10 +26,11 @@ pub struct Opened {
 /// Postgres that cannot be read is kept in [`Opened::loaded`].
 pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
     let persist = cfg.persist();
-    match &cfg.database {
+    match &cfg.storage.database {
         None => {
-            let (lock, loaded, writer) = files::open_for_daemon(&persist.layout, cfg.oplog_size)
-                .context("cannot open the store")?;
+            let (lock, loaded, writer) =
+                files::open_for_daemon(&persist.layout, cfg.storage.oplog_size)
+                    .context("cannot open the store")?;
             Ok(Opened {
                 next_seq: writer.next_seq(),
                 backend: Box::new(FilesBackend::new(&persist, writer)),
@@ -66,12 +67,11 @@ pub fn open_for_daemon(cfg: &Config) -> anyhow::Result<Opened> {
 /// Reads the whole store without its lock (export, backup): from DATA_DIR the read
 /// retries until it sees one consistent state; from Postgres it is one transaction.
 pub fn read(cfg: &Config) -> anyhow::Result<Loaded> {
-    match &cfg.database {
-        Some(target) => pg::load_readonly(target, &cfg.db_name, cfg.oplog_size)
+    match &cfg.storage.database {
+        Some(target) => pg::load_readonly(target, &cfg.db_name, cfg.storage.oplog_size)
             .context("cannot read the store from postgres"),
-        None => {
-            files::load_consistent(&cfg.layout(), cfg.oplog_size).context("cannot read the store")
-        }
+        None => files::load_consistent(&cfg.layout(), cfg.storage.oplog_size)
+            .context("cannot read the store"),
     }
 }
 
@@ -97,7 +97,7 @@ impl Opened {
                     error = %e,
                     "cannot load the store from {storage}; serving from memory (degraded) and retrying; nothing is written until it is loaded and merged"
                 );
-                (Store::new(cfg.oplog_size), Some(e))
+                (Store::new(cfg.storage.oplog_size), Some(e))
             }
         };
         store.start_clock(unix_ms());
@@ -118,8 +118,8 @@ impl Opened {
 fn log_loaded(cfg: &Config, storage: &str, loaded: &Loaded, started: Instant) {
     tracing::info!(
         storage,
-        dir = %cfg.data_dir.display(),
-        database = cfg.database.as_ref().map(|t| t.redacted()),
+        dir = %cfg.storage.data_dir.display(),
+        database = cfg.storage.database.as_ref().map(|t| t.redacted()),
         nodes = loaded.store.len(),
         oplog = loaded.store.oplog().len(),
         snapshot_bytes = loaded.snapshot_bytes,

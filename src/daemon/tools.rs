@@ -51,7 +51,7 @@ pub fn backup(cfg: &Config, file: &Path) -> anyhow::Result<(usize, u64)> {
 /// the store's lock, so it refuses to run beside a daemon; on Postgres it is one more
 /// writer beside the daemons, as their equal.
 pub fn import(cfg: &Config, input: impl std::io::BufRead) -> anyhow::Result<ImportReport> {
-    let nodes = read_node_lines(input, cfg.max_value_bytes)?;
+    let nodes = read_node_lines(input, cfg.rtc.max_value_bytes)?;
     let opened = super::storage::open(cfg)?;
     let (backend, next_seq, lock) = (opened.backend, opened.next_seq, opened.lock);
     let loaded = opened.loaded.context("cannot open the store in postgres")?;
@@ -102,7 +102,7 @@ pub struct MigrateReport {
 /// the compaction lock). DATA_DIR is locked as a daemon locks it; a target that
 /// already holds anything for DB_NAME is refused.
 pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
-    let target: &PgTarget = cfg.database.as_ref().context(
+    let target: &PgTarget = cfg.storage.database.as_ref().context(
         "migrate needs DATABASE_URL (postgres://user:pass@host:port/db) as well as DATA_DIR",
     )?;
     let layout = cfg.layout();
@@ -116,10 +116,11 @@ pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
                     db: cfg.db_name.clone(),
                 });
             }
-            files::load(&layout, cfg.oplog_size).context("cannot read DATA_DIR")?
+            files::load(&layout, cfg.storage.oplog_size).context("cannot read DATA_DIR")?
         }
         StorageKind::Files => {
-            let here = files::load(&layout, cfg.oplog_size).context("cannot read DATA_DIR")?;
+            let here =
+                files::load(&layout, cfg.storage.oplog_size).context("cannot read DATA_DIR")?;
             if here.next_seq > 0 || !here.store.is_empty() || here.snapshot_bytes > 0 {
                 anyhow::bail!(
                     "{} already holds a store for {}; refusing to overwrite it",
@@ -128,7 +129,7 @@ pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
                 );
             }
             owner
-                .load(&cfg.db_name, cfg.oplog_size)
+                .load(&cfg.db_name, cfg.storage.oplog_size)
                 .context("cannot read the store from postgres")?
                 .0
         }
@@ -139,7 +140,7 @@ pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
         StorageKind::Postgres => {
             owner.compact(
                 &cfg.db_name,
-                cfg.oplog_size,
+                cfg.storage.oplog_size,
                 Some(&loaded.store),
                 true,
                 pg::RETAIN,

@@ -58,8 +58,8 @@ fn module_of(rel: &Path) -> Vec<String> {
     parts
 }
 
-/// The source without its test modules: a `#[cfg(test)]` module runs to the file's end
-/// by this crate's convention, and `tests.rs` files are test modules whole.
+/// The source without comments and test modules (`#[cfg(test)] mod x { ... }`, matched
+/// by braces; `tests.rs` files are test modules whole).
 fn without_tests(path: &Path, text: &str) -> String {
     if path.file_name().is_some_and(|n| n == "tests.rs") {
         return String::new();
@@ -69,10 +69,37 @@ fn without_tests(path: &Path, text: &str) -> String {
         .filter(|l| !l.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
         .join("\n");
-    match code.find("#[cfg(test)]\nmod ") {
-        Some(i) => code[..i].to_owned(),
-        None => code,
+    let mut out = String::new();
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("#[cfg(test)]\nmod ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        let Some(open) = after.find(['{', ';']) else {
+            return out;
+        };
+        if after.as_bytes()[open] == b';' {
+            rest = &after[open + 1..];
+            continue;
+        }
+        let mut depth = 0usize;
+        let mut end = after.len();
+        for (j, c) in after[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + j + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &after[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 /// Every module path the code names, resolved from `crate::` or `super::`, with the
@@ -286,6 +313,15 @@ fn no_submodules_import_each_other_in_a_loop() {
 
 #[test]
 fn the_reader_sees_what_it_should() {
+    let code = without_tests(
+        Path::new("x.rs"),
+        "use crate::a;\n#[cfg(test)]\nmod tests {\n    fn f() { crate::b::c(); }\n}\nuse crate::d;",
+    );
+    assert!(
+        code.contains("crate::a") && code.contains("crate::d"),
+        "{code}"
+    );
+    assert!(!code.contains("crate::b"), "{code}");
     let module = vec!["persist".to_owned(), "pg".to_owned(), "backend".to_owned()];
     let found = paths(
         &module,

@@ -74,33 +74,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } = opened.start(&cfg, started)?;
     state.ready(store.clone(), persistence.status.clone());
     let sm = sm_config(&cfg, &state);
-    let rtc = cfg.rtc.enabled.then(|| {
-        let (rtc, events) = room::start(&cfg, cfg.http.host, addr.port(), state.clone());
-        let peers = state.clone();
-        let sync = crate::sync::service::start(
-            rtc.room.clone(),
-            events,
-            store.clone(),
-            SyncConfig {
-                sm,
-                max_value_bytes: cfg.rtc.max_value_bytes,
-                forward: cfg.rtc.forward,
-                ..SyncConfig::default()
-            },
-            move |n, _| peers.peers.store(n, Ordering::Relaxed),
-        );
-        state.set_sync_stats(sync.stats.clone());
-        state.set_sm_stats(sync.sm_stats.clone());
-        if let (Some(signer), false) = (&cfg.sm.signer, cfg.sm.rules.is_empty()) {
-            Governor::new(
-                cfg.sm.rules.clone(),
-                signer.address().to_owned(),
-                &cfg.sm.super_admins,
-            )
-            .start(store.clone(), sync.clone(), sync.sm_stats.clone());
-        }
-        rtc
-    });
+    let rtc = cfg
+        .rtc
+        .enabled
+        .then(|| start_rtc(&cfg, addr.port(), &state, &store, sm));
     tracing::info!("ready");
 
     let signal = signals.recv().await;
@@ -126,6 +103,41 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::mem::forget(store);
     std::mem::forget(state);
     Ok(())
+}
+
+/// Joins the room and runs sync (and the SM_RULES governor) on it.
+fn start_rtc(
+    cfg: &Config,
+    port: u16,
+    state: &Arc<AppState>,
+    store: &Arc<std::sync::Mutex<crate::store::Store>>,
+    sm: SmConfig,
+) -> room::Rtc {
+    let (rtc, events) = room::start(cfg, cfg.http.host, port, state.clone());
+    let peers = state.clone();
+    let sync = crate::sync::service::start(
+        rtc.room.clone(),
+        events,
+        store.clone(),
+        SyncConfig {
+            sm,
+            max_value_bytes: cfg.rtc.max_value_bytes,
+            forward: cfg.rtc.forward,
+            ..SyncConfig::default()
+        },
+        move |n, _| peers.peers.store(n, Ordering::Relaxed),
+    );
+    state.set_sync_stats(sync.stats.clone());
+    state.set_sm_stats(sync.sm_stats.clone());
+    if let (Some(signer), false) = (&cfg.sm.signer, cfg.sm.rules.is_empty()) {
+        Governor::new(
+            cfg.sm.rules.clone(),
+            signer.address().to_owned(),
+            &cfg.sm.super_admins,
+        )
+        .start(store.clone(), sync.clone(), sync.sm_stats.clone());
+    }
+    rtc
 }
 
 /// The Security Manager's settings for the sync layer, logged once.

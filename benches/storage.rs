@@ -108,8 +108,7 @@ fn ops_persisted(backend: &Backend, ops: Vec<Op>) -> (f64, u64) {
             let loaded = b.load_now().unwrap();
             let next = loaded.next_seq;
             let store = Arc::new(Mutex::new(loaded.store));
-            let p =
-                Persistence::start_with(cfg, store.clone(), Box::new(b), next, "postgres").unwrap();
+            let p = Persistence::start_with(cfg, store.clone(), Box::new(b), next).unwrap();
             (store, p, None)
         }
     };
@@ -202,8 +201,7 @@ fn ops_persisted_shared(target: &PgTarget, ops: &[Op], daemons: usize) -> f64 {
             let mut b = PgBackend::new(target.clone(), &cfg);
             let loaded = b.load_now().unwrap();
             let store = Arc::new(Mutex::new(loaded.store));
-            let p =
-                Persistence::start_with(cfg, store.clone(), Box::new(b), 0, "postgres").unwrap();
+            let p = Persistence::start_with(cfg, store.clone(), Box::new(b), 0).unwrap();
             (store, p)
         })
         .collect();

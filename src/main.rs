@@ -2,8 +2,8 @@ use clap::{CommandFactory, FromArgMatches};
 use genosdb_fallback::config::{
     Cli, Command, Config, DEFAULT_FORWARD_MS, LogFormat, RawSettings, StorageKind,
 };
+use genosdb_fallback::daemon::{self, tools};
 use genosdb_fallback::redact::{self, Scrub};
-use genosdb_fallback::{daemon, tools};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             tracing::info!(nodes = n, "exported");
         }),
         Command::Import { file } => import(&cfg, &file),
-        Command::SmAddress => match &cfg.sm_signer {
+        Command::SmAddress => match &cfg.sm.signer {
             Some(signer) => {
                 use std::io::Write;
                 writeln!(std::io::stdout(), "{}", signer.address()).map_err(anyhow::Error::from)
@@ -170,53 +170,53 @@ fn shown_default(c: &Config, env: &str) -> Option<String> {
     let on = |b: bool| if b { "true" } else { "false" }.to_owned();
     Some(match env {
         "DB_NAME" => c.db_name.clone(),
-        "RTC_ENABLED" => on(c.rtc_enabled),
+        "RTC_ENABLED" => on(c.rtc.enabled),
         "RELAY_URLS" => "GenosDB's 8 public relays; set but empty: none".into(),
         "ICE_SERVERS" => "GenosDB's 4 STUN servers; set but empty: none".into(),
-        "ROOM_PRESENCE" => on(c.room_presence),
-        "RELAY" => on(c.relay),
-        "RELAY_MAX_CONNECTIONS" => c.relay_limits.max_connections.to_string(),
-        "RELAY_MAX_PER_IP" => c.relay_limits.max_per_ip.to_string(),
-        "RELAY_MAX_MESSAGE_BYTES" => c.relay_limits.max_message_bytes.to_string(),
-        "RELAY_EVENTS_PER_SEC" => num(c.relay_limits.events_per_sec),
-        "RELAY_EVENT_BURST" => num(c.relay_limits.event_burst),
-        "RELAY_MAX_SUBS" => c.relay_limits.max_subscriptions.to_string(),
-        "MAX_PEERS" => c.peer_limits.max_peers.to_string(),
-        "PEER_MSG_RATE" => num(c.peer_limits.msg_rate),
-        "PEER_MSG_BURST" => num(c.peer_limits.msg_burst),
-        "PEER_BYTES_RATE" => num(c.peer_limits.bytes_rate),
-        "PEER_BYTES_BURST" => num(c.peer_limits.bytes_burst),
-        "MAX_MESSAGE_BYTES" => c.max_message_bytes.to_string(),
-        "MAX_VALUE_BYTES" => c.max_value_bytes.to_string(),
-        "HOST" => c.host.to_string(),
-        "PORT" => c.port.to_string(),
-        "SM_ENABLED" => on(c.sm_enabled),
-        "CELLS" => on(c.cells.is_some()),
+        "ROOM_PRESENCE" => on(c.rtc.room_presence),
+        "RELAY" => on(c.relay.enabled),
+        "RELAY_MAX_CONNECTIONS" => c.relay.limits.max_connections.to_string(),
+        "RELAY_MAX_PER_IP" => c.relay.limits.max_per_ip.to_string(),
+        "RELAY_MAX_MESSAGE_BYTES" => c.relay.limits.max_message_bytes.to_string(),
+        "RELAY_EVENTS_PER_SEC" => num(c.relay.limits.events_per_sec),
+        "RELAY_EVENT_BURST" => num(c.relay.limits.event_burst),
+        "RELAY_MAX_SUBS" => c.relay.limits.max_subscriptions.to_string(),
+        "MAX_PEERS" => c.rtc.peer_limits.max_peers.to_string(),
+        "PEER_MSG_RATE" => num(c.rtc.peer_limits.msg_rate),
+        "PEER_MSG_BURST" => num(c.rtc.peer_limits.msg_burst),
+        "PEER_BYTES_RATE" => num(c.rtc.peer_limits.bytes_rate),
+        "PEER_BYTES_BURST" => num(c.rtc.peer_limits.bytes_burst),
+        "MAX_MESSAGE_BYTES" => c.rtc.max_message_bytes.to_string(),
+        "MAX_VALUE_BYTES" => c.rtc.max_value_bytes.to_string(),
+        "HOST" => c.http.host.to_string(),
+        "PORT" => c.http.port.to_string(),
+        "SM_ENABLED" => on(c.sm.enabled),
+        "CELLS" => on(c.rtc.cells.is_some()),
         "CELL_SIZE" => genosdb_fallback::rtc::cells::DEFAULT_CELL_SIZE.to_string(),
-        "FORWARD_OPS" => on(c.forward.is_some()),
+        "FORWARD_OPS" => on(c.rtc.forward.is_some()),
         "FORWARD_MS" => DEFAULT_FORWARD_MS.to_string(),
-        "SM_STRICT" => on(c.sm_strict),
-        "DATA_DIR" => c.data_dir.display().to_string(),
+        "SM_STRICT" => on(c.sm.strict),
+        "DATA_DIR" => c.storage.data_dir.display().to_string(),
         "DATABASE_URL" => "unset: the graph lives in DATA_DIR".into(),
-        "FLUSH_MS" => c.flush_every.as_millis().to_string(),
-        "OPLOG_SIZE" => c.oplog_size.to_string(),
-        "COMPACT_BYTES" => c.compact_bytes.to_string(),
-        "LOG_FORMAT" => match c.log_format {
+        "FLUSH_MS" => c.storage.flush_every.as_millis().to_string(),
+        "OPLOG_SIZE" => c.storage.oplog_size.to_string(),
+        "COMPACT_BYTES" => c.storage.compact_bytes.to_string(),
+        "LOG_FORMAT" => match c.log.format {
             LogFormat::Text => "text",
             LogFormat::Json => "json",
         }
         .into(),
-        "RUST_LOG" => c.log_filter.clone(),
+        "RUST_LOG" => c.log.filter.clone(),
         _ => return None,
     })
 }
 
 /// Logs go to stderr so that `export` can own stdout.
 fn init_logs(cfg: &Config, secrets: Vec<String>) {
-    let mut filter = tracing_subscriber::EnvFilter::new(&cfg.log_filter);
+    let mut filter = tracing_subscriber::EnvFilter::new(&cfg.log.filter);
     // nostr-sdk's relay pool logs a relay's messages whole, even at ERROR when they are
     // invalid: a hostile relay would write our logs. The pool logs what matters itself.
-    if !cfg.log_filter.contains("nostr_relay_pool")
+    if !cfg.log.filter.contains("nostr_relay_pool")
         && let Ok(quiet) = "nostr_relay_pool=off".parse()
     {
         filter = filter.add_directive(quiet);
@@ -228,7 +228,7 @@ fn init_logs(cfg: &Config, secrets: Vec<String>) {
         // stderr is a closed pipe: logging must never take the daemon down.
         .log_internal_errors(false)
         .with_writer(Scrub::new(|| LossyStderr, secrets));
-    match cfg.log_format {
+    match cfg.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }

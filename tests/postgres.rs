@@ -8,7 +8,8 @@
 mod common;
 
 use common::{Daemon, wait_until};
-use genosdb_fallback::persist::files::{self, DirLock, Layout, Loaded};
+use genosdb_fallback::persist::Loaded;
+use genosdb_fallback::persist::files::{self, DirLock, Layout};
 use genosdb_fallback::persist::pg::{self, PgBackend, PgTarget};
 use genosdb_fallback::persist::{MAX_UNWRITTEN_BYTES, PersistConfig, Persistence};
 use genosdb_fallback::store::{Hlc, Op, RawJson, RemoveOp, Store, UpsertOp};
@@ -182,14 +183,8 @@ impl Case {
                 let loaded = backend.load_now().unwrap();
                 let next_seq = loaded.next_seq;
                 let store = Arc::new(Mutex::new(loaded.store));
-                let p = Persistence::start_with(
-                    cfg,
-                    store.clone(),
-                    Box::new(backend),
-                    next_seq,
-                    "postgres",
-                )
-                .unwrap();
+                let p = Persistence::start_with(cfg, store.clone(), Box::new(backend), next_seq)
+                    .unwrap();
                 Open {
                     store,
                     p,
@@ -751,7 +746,7 @@ fn unreachable_at_start_then_loaded_and_merged() {
     let mut backend = PgBackend::new(PgTarget::parse(late_url).unwrap(), &cfg);
     assert!(backend.load_now().is_err());
     let store = Arc::new(Mutex::new(Store::new(1000)));
-    let p = Persistence::start_with(cfg, store.clone(), Box::new(backend), 0, "postgres").unwrap();
+    let p = Persistence::start_with(cfg, store.clone(), Box::new(backend), 0).unwrap();
     // Memory meanwhile: n0..n49 older than the database's, n50..n99 newer, m0..m49 new.
     for k in 0..150u64 {
         let (id, ts) = match k {
@@ -983,8 +978,7 @@ fn two_writers_compacting_at_once_lose_nothing() {
         b.set_retain(Duration::from_millis(1500));
         let loaded = b.load_now().unwrap();
         let store = Arc::new(Mutex::new(loaded.store));
-        let p = Persistence::start_with(cfg.clone(), store.clone(), Box::new(b), 0, "postgres")
-            .unwrap();
+        let p = Persistence::start_with(cfg.clone(), store.clone(), Box::new(b), 0).unwrap();
         (store, p)
     };
     let (sa, pa) = open();

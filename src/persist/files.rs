@@ -12,50 +12,14 @@
 //! A file that cannot be read is reported and left untouched, never overwritten.
 
 use super::codec::{self, CodecError, JOURNAL_HEADER_LEN};
+use super::compactor::{Compactor, Reaped};
+use super::error::{CompactReport, Loaded, StoreError};
 use crate::store::Store;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{path}: {source}; the file is left untouched")]
-    Unreadable {
-        path: PathBuf,
-        #[source]
-        source: CodecError,
-    },
-    #[error(
-        "{path}: starts at journal seq {base}, but the snapshot and earlier segments only reach {expected}; the files are left untouched"
-    )]
-    Gap {
-        path: PathBuf,
-        base: u64,
-        expected: u64,
-    },
-    #[error("{0} is locked by another genosdb-fallback process")]
-    Locked(PathBuf),
-    #[error("the store kept changing while it was read; try again")]
-    Unstable,
-    #[error(transparent)]
-    Postgres(Box<super::pg::PgError>),
-}
-
-impl From<super::pg::PgError> for StoreError {
-    fn from(e: super::pg::PgError) -> Self {
-        Self::Postgres(Box::new(e))
-    }
-}
+use std::time::Duration;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
@@ -151,18 +115,6 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
         dir
     };
     File::open(dir)?.sync_all()
-}
-
-/// What a load found.
-pub struct Loaded {
-    pub store: Store,
-    /// The seq the next journal record gets.
-    pub next_seq: u64,
-    pub snapshot_bytes: u64,
-    pub journal_records: u64,
-    pub torn_bytes: u64,
-    /// The live segment: its base, and whether it holds anything (records or a tear).
-    pub live: Option<(u64, bool)>,
 }
 
 /// Reads the snapshot alone.
@@ -467,14 +419,6 @@ pub fn compact(
     }))
 }
 
-#[derive(Debug, Clone)]
-pub struct CompactReport {
-    pub segments: usize,
-    pub nodes: usize,
-    pub snapshot_bytes: u64,
-    pub took: Duration,
-}
-
 /// Replaces every file with one snapshot of `store` at `next_seq` and an empty live
 /// segment: the way back after records could not be journaled (disk full for long).
 pub fn rewrite_from_memory(
@@ -491,8 +435,6 @@ pub fn rewrite_from_memory(
     Ok(writer)
 }
 
-const COMPACT_RETRY: Duration = Duration::from_secs(30);
-
 /// The file backend of the flusher: the live journal segment, its rotation, and the
 /// compactor thread that folds sealed segments into the snapshot.
 pub struct FilesBackend {
@@ -500,9 +442,7 @@ pub struct FilesBackend {
     oplog_size: usize,
     compact_bytes: u64,
     writer: Option<JournalWriter>,
-    compactor: Option<JoinHandle<Result<Option<CompactReport>, StoreError>>>,
-    cancel: Arc<AtomicBool>,
-    last_compact_fail: Option<Instant>,
+    compactor: Compactor,
     /// Sealed segments left by an earlier run are folded in at the first maintenance.
     checked_sealed: bool,
 }
@@ -514,9 +454,7 @@ impl FilesBackend {
             oplog_size: cfg.oplog_size,
             compact_bytes: cfg.compact_bytes,
             writer: Some(writer),
-            compactor: None,
-            cancel: Arc::new(AtomicBool::new(false)),
-            last_compact_fail: None,
+            compactor: Compactor::new("compactor"),
             checked_sealed: false,
         }
     }
@@ -526,7 +464,7 @@ impl FilesBackend {
             .writer
             .as_ref()
             .is_some_and(|w| w.len() > self.compact_bytes && !w.is_empty());
-        if !large || self.compactor.is_some() {
+        if !large || self.compactor.is_running() {
             return;
         }
         let Some(writer) = self.writer.take() else {
@@ -557,7 +495,7 @@ impl FilesBackend {
             Ok(w) => {
                 self.writer = Some(w);
                 tracing::info!("the live journal segment exists again");
-                if self.last_compact_fail.is_none() {
+                if !self.compactor.has_failed() {
                     status.recovered();
                 }
             }
@@ -566,11 +504,7 @@ impl FilesBackend {
     }
 
     fn start_compaction_if_sealed(&mut self) {
-        if self.compactor.is_some()
-            || self
-                .last_compact_fail
-                .is_some_and(|t| t.elapsed() < COMPACT_RETRY)
-        {
+        if !self.compactor.may_start() {
             return;
         }
         let has_sealed = self.layout.sealed_segments().is_ok_and(|s| !s.is_empty());
@@ -579,47 +513,32 @@ impl FilesBackend {
         }
         let layout = self.layout.clone();
         let oplog_size = self.oplog_size;
-        let cancel = self.cancel.clone();
-        let spawned = std::thread::Builder::new()
-            .name("compactor".into())
-            .spawn(move || compact(&layout, oplog_size, &cancel));
-        match spawned {
-            Ok(handle) => self.compactor = Some(handle),
-            Err(e) => tracing::error!(error = %e, "could not start the compactor thread"),
-        }
+        self.compactor
+            .start(move |cancel| compact(&layout, oplog_size, cancel));
     }
 
     fn reap_compactor(&mut self, status: &super::PersistStatus) {
-        if !self.compactor.as_ref().is_some_and(|c| c.is_finished()) {
-            if self.compactor.is_none() && self.last_compact_fail.is_some() {
+        let Some(reaped) = self.compactor.reap(status) else {
+            if !self.compactor.is_running() && self.compactor.has_failed() {
                 self.start_compaction_if_sealed();
             }
             return;
-        }
-        let Some(handle) = self.compactor.take() else {
-            return;
         };
-        match handle.join() {
-            Ok(Ok(Some(r))) => {
-                self.last_compact_fail = None;
-                status.compactions.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    segments = r.segments,
-                    nodes = r.nodes,
-                    snapshot_bytes = r.snapshot_bytes,
-                    took_ms = r.took.as_millis() as u64,
-                    "compacted the journal into a new snapshot"
-                );
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                self.last_compact_fail = Some(Instant::now());
+        match reaped {
+            Reaped::Compacted(r) => tracing::info!(
+                segments = r.segments,
+                nodes = r.nodes,
+                snapshot_bytes = r.snapshot_bytes,
+                took_ms = r.took.as_millis() as u64,
+                "compacted the journal into a new snapshot"
+            ),
+            Reaped::Nothing => {}
+            Reaped::Failed(e) => {
                 status.failed(&e);
                 tracing::error!(error = %e, "compaction failed; the journal segments are kept");
             }
-            Err(_) => {
-                self.last_compact_fail = Some(Instant::now());
-                tracing::error!("the compactor thread panicked; the journal segments are kept");
+            Reaped::Panicked => {
+                tracing::error!("the compactor thread panicked; the journal segments are kept")
             }
         }
     }
@@ -639,9 +558,7 @@ impl super::Backend for FilesBackend {
     }
 
     fn rewrite(&mut self, snapshot: &[u8], next_seq: u64, _nodes: usize) -> Result<(), StoreError> {
-        if let Some(c) = self.compactor.take() {
-            let _ = c.join();
-        }
+        self.compactor.wait();
         self.writer = None;
         self.writer = Some(rewrite_from_memory(&self.layout, snapshot, next_seq)?);
         Ok(())
@@ -659,10 +576,11 @@ impl super::Backend for FilesBackend {
         self.reap_compactor(status);
     }
 
+    fn name(&self) -> &'static str {
+        "files"
+    }
+
     fn stop(&mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
-        if let Some(c) = self.compactor.take() {
-            let _ = c.join();
-        }
+        self.compactor.cancel_and_wait();
     }
 }

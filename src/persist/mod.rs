@@ -7,11 +7,17 @@
 //! thread, its group commit, its bounded queue and its degraded mode are shared.
 
 pub mod codec;
+pub mod compactor;
+pub mod error;
 pub mod files;
+mod merge;
 pub mod pg;
 
-use crate::store::{Effect, EffectSink, EntryKind, FullState, RemoveOp, Store};
-use files::{JournalWriter, Layout, Loaded, StoreError};
+pub use error::{CompactReport, Loaded, StoreError};
+pub use merge::{merge_effect, merge_into};
+
+use crate::store::{Effect, EffectSink, Store};
+use files::{JournalWriter, Layout};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -174,6 +180,9 @@ impl PersistStatus {
 /// Where the flusher writes. Every call comes from the flusher thread; a backend may
 /// run its own background work (compaction) between calls.
 pub trait Backend: Send {
+    /// What /health and /metrics call it: "files", "postgres".
+    fn name(&self) -> &'static str;
+
     /// True while the store in memory does not yet hold what the backend holds: the
     /// daemon started without reading it (Postgres unreachable). Nothing is written then.
     fn needs_load(&self) -> bool {
@@ -257,7 +266,7 @@ impl Persistence {
     ) -> std::io::Result<Self> {
         let next_seq = writer.next_seq();
         let backend = files::FilesBackend::new(&cfg, writer);
-        Self::start_with(cfg, store, Box::new(backend), next_seq, "files")
+        Self::start_with(cfg, store, Box::new(backend), next_seq)
     }
 
     /// Attaches `backend` to `store` and starts flushing; `next_seq` is the seq of the
@@ -267,7 +276,6 @@ impl Persistence {
         store: Arc<Mutex<Store>>,
         backend: Box<dyn Backend>,
         next_seq: u64,
-        backend_name: &'static str,
     ) -> std::io::Result<Self> {
         let pending = PendingJournal::new(cfg.max_unwritten_bytes);
         store
@@ -275,7 +283,7 @@ impl Persistence {
             .unwrap_or_else(|p| p.into_inner())
             .set_sink(Box::new(pending.clone()));
         let status = Arc::new(PersistStatus {
-            backend: backend_name,
+            backend: backend.name(),
             ..PersistStatus::default()
         });
         let (stop, stopped) = std::sync::mpsc::channel();
@@ -582,72 +590,6 @@ fn next_tick(due: Instant, period: Duration, now: Instant) -> Instant {
     (due + period).max(now)
 }
 
-/// Merges `memory` into `base` with the full-state rules: a node is taken when it is
-/// newer than what `base` holds, and the removals in memory's oplog apply when they
-/// are newer than the node. `base` keeps its own oplog, plus entries for what it took.
-pub fn merge_into(base: &mut Store, memory: &Store) {
-    let nodes = memory
-        .nodes()
-        .iter()
-        .map(|(id, n)| (id.to_string(), n.clone()))
-        .collect();
-    let removals = memory
-        .oplog()
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EntryKind::Remove { id } => Some(RemoveOp {
-                id: id.to_string(),
-                ts: e.ts,
-            }),
-            _ => None,
-        })
-        .collect();
-    base.full_state(FullState {
-        nodes,
-        removals,
-        ts: memory.global_ts(),
-    });
-}
-
-/// Applies an effect another writer journaled, by the merge rules rather than blindly:
-/// several daemons append to one Postgres journal, so two rows can disagree, and the
-/// newer write wins whatever order they are read in (a replay of one writer's rows
-/// from the state they were decided on gives what replaying them blindly gives).
-/// Nothing reaches the store's sink: the record is already stored.
-pub fn merge_effect(store: &mut Store, effect: Effect) -> bool {
-    let newer = |store: &Store, id: &str, ts| match store.get(id) {
-        Some(n) => n.timestamp < Some(ts),
-        None => store.oplog().tombstone(id).is_none_or(|t| t < ts),
-    };
-    let apply = match &effect {
-        Effect::Upsert { id, value, ts } => value.is_some() && newer(store, id, *ts),
-        Effect::Adopt { id, node } => match store.get(id) {
-            Some(n) => n.timestamp < node.timestamp,
-            None => store
-                .oplog()
-                .tombstone(id)
-                .is_none_or(|t| node.timestamp.is_some_and(|n| t < n)),
-        },
-        Effect::Remove { id, ts } => match store.get(id) {
-            Some(n) => n.timestamp < Some(*ts),
-            None => store.oplog().tombstone(id).is_none_or(|t| t < *ts),
-        },
-        Effect::Link {
-            source, target, ts, ..
-        } => {
-            store.get(target).is_some()
-                && store
-                    .get(source)
-                    .is_some_and(|s| s.timestamp < Some(*ts) && !s.has_edge(target))
-        }
-        Effect::GlobalTs(ts) => store.global_ts() < Some(*ts),
-    };
-    if apply {
-        store.apply_effect(effect);
-    }
-    apply
-}
-
 #[cfg(test)]
 mod schedule_tests {
     use super::next_tick;
@@ -665,60 +607,5 @@ mod schedule_tests {
         // One that overran the period is followed at once, without a burst to catch up.
         let late = t0 + Duration::from_millis(70);
         assert_eq!(next_tick(t0, period, late), late);
-    }
-}
-
-#[cfg(test)]
-mod merge_tests {
-    use super::{Effect, Store, merge_effect};
-    use crate::store::{Hlc, RawJson};
-
-    fn up(id: &str, v: u64, t: u64) -> Effect {
-        Effect::Upsert {
-            id: id.into(),
-            value: Some(RawJson::parse(format!("{v}")).unwrap()),
-            ts: Hlc::new(t, 0),
-        }
-    }
-
-    /// Two writers' records, read in either order, give the same graph: the newer
-    /// write wins, and a remove holds against an older upsert.
-    #[test]
-    fn records_of_two_writers_merge_in_any_order() {
-        let a = vec![
-            up("x", 1, 10),
-            up("y", 1, 30),
-            Effect::Remove {
-                id: "z".into(),
-                ts: Hlc::new(50, 0),
-            },
-        ];
-        let b = vec![
-            up("x", 2, 20),
-            up("y", 2, 25),
-            up("z", 2, 40),
-            up("w", 2, 5),
-        ];
-        let run = |first: &[Effect], second: &[Effect]| {
-            let mut s = Store::new(100);
-            for e in first.iter().chain(second) {
-                merge_effect(&mut s, e.clone());
-            }
-            let mut out: Vec<String> = s.nodes().iter().map(|(k, n)| n.to_json(k)).collect();
-            out.sort();
-            out
-        };
-        let ab = run(&a, &b);
-        assert_eq!(ab, run(&b, &a));
-        assert_eq!(ab.len(), 3, "{ab:?}");
-        assert!(
-            ab.iter()
-                .any(|n| n.contains("\"x\"") && n.contains("\"value\":2"))
-        );
-        assert!(
-            ab.iter()
-                .any(|n| n.contains("\"y\"") && n.contains("\"value\":1"))
-        );
-        assert!(!ab.iter().any(|n| n.contains("\"z\"")));
     }
 }

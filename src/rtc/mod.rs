@@ -3,7 +3,6 @@
 //! peer connections and the room API build on them.
 
 pub mod cells;
-pub mod daemon_room;
 pub mod frame;
 pub mod nostr;
 pub mod peer;

@@ -5,18 +5,17 @@ use super::client::{PgClient, Tail};
 use super::target::PgTarget;
 use super::{PgError, RETAIN, writer_id};
 use crate::persist::codec;
-use crate::persist::files::{CompactReport, Loaded, StoreError};
+use crate::persist::compactor::{Compactor, Reaped};
+use crate::persist::error::{Loaded, StoreError};
 use crate::persist::{Backend, PersistConfig, PersistStatus, Remote};
 use crate::rate::Backoff;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-const COMPACT_RETRY: Duration = Duration::from_secs(30);
 /// An idle session is checked this often, so that an unreachable database shows as
 /// degraded without writes.
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -44,8 +43,7 @@ pub struct PgBackend {
     next_try: Option<Instant>,
     last_error: String,
     journal_bytes: u64,
-    compactor: Option<JoinHandle<Result<Option<CompactReport>, StoreError>>>,
-    last_compact_fail: Option<Instant>,
+    compactor: Compactor,
     /// The last time the session answered.
     last_answer: Instant,
 }
@@ -67,8 +65,7 @@ impl PgBackend {
             next_try: None,
             last_error: String::new(),
             journal_bytes: 0,
-            compactor: None,
-            last_compact_fail: None,
+            compactor: Compactor::new("pg-compactor"),
             last_answer: Instant::now(),
         }
     }
@@ -164,39 +161,31 @@ impl PgBackend {
     }
 
     fn reap_compactor(&mut self, status: &PersistStatus) {
-        if !self.compactor.as_ref().is_some_and(|c| c.is_finished()) {
-            return;
-        }
-        let Some(handle) = self.compactor.take() else {
-            return;
-        };
-        match handle.join() {
-            Ok(Ok(Some(r))) => {
-                self.last_compact_fail = None;
-                status.compactions.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    rows = r.segments,
-                    nodes = r.nodes,
-                    snapshot_bytes = r.snapshot_bytes,
-                    took_ms = r.took.as_millis() as u64,
-                    "compacted the postgres journal into a new snapshot"
-                );
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                self.last_compact_fail = Some(Instant::now());
+        match self.compactor.reap(status) {
+            None | Some(Reaped::Nothing) => {}
+            Some(Reaped::Compacted(r)) => tracing::info!(
+                rows = r.segments,
+                nodes = r.nodes,
+                snapshot_bytes = r.snapshot_bytes,
+                took_ms = r.took.as_millis() as u64,
+                "compacted the postgres journal into a new snapshot"
+            ),
+            Some(Reaped::Failed(e)) => {
                 self.journal_bytes = self.journal_bytes.max(self.compact_bytes);
                 tracing::error!(error = %e, "postgres compaction failed; the journal rows are kept");
             }
-            Err(_) => {
-                self.last_compact_fail = Some(Instant::now());
-                tracing::error!("the compactor thread panicked; the journal rows are kept");
+            Some(Reaped::Panicked) => {
+                tracing::error!("the compactor thread panicked; the journal rows are kept")
             }
         }
     }
 }
 
 impl Backend for PgBackend {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
     fn needs_load(&self) -> bool {
         !self.loaded
     }
@@ -253,36 +242,26 @@ impl Backend for PgBackend {
                 }
             }
         }
-        let due = self.journal_bytes >= self.compact_bytes
-            && self.compactor.is_none()
-            && self
-                .last_compact_fail
-                .is_none_or(|t| t.elapsed() >= COMPACT_RETRY);
+        let due = self.journal_bytes >= self.compact_bytes && self.compactor.may_start();
         if !due {
             return;
         }
         let target = self.target.clone();
         let db = self.db.clone();
         let (oplog_size, retain) = (self.oplog_size, self.retain);
-        let spawned = std::thread::Builder::new()
-            .name("pg-compactor".into())
-            .spawn(move || {
-                let mut c = PgClient::connect(&target)?;
-                Ok(c.compact(&db, oplog_size, None, false, retain)?)
-            });
-        match spawned {
-            Ok(h) => {
-                self.compactor = Some(h);
-                self.journal_bytes = 0;
-            }
-            Err(e) => tracing::error!(error = %e, "could not start the compactor thread"),
+        let started = self.compactor.start(move |_| {
+            let mut c = PgClient::connect(&target)?;
+            Ok(c.compact(&db, oplog_size, None, false, retain)?)
+        });
+        if started {
+            self.journal_bytes = 0;
         }
     }
 
     /// A compaction still running is left to finish on its own: it writes only what
     /// is already stored, in one transaction, which rolls back if the process exits.
     fn stop(&mut self) {
-        self.compactor = None;
+        self.compactor.detach();
         if let Some(t) = self.tailer.take() {
             t.stop.store(true, Ordering::Relaxed);
         }

@@ -8,7 +8,7 @@ use super::{
     PART_BYTES, PgError, SCHEMA_VERSION,
 };
 use crate::persist::codec::{self, CodecError};
-use crate::persist::files::{CompactReport, Loaded};
+use crate::persist::error::{CompactReport, Loaded};
 use crate::persist::merge_effect;
 use crate::store::{Effect, Store};
 use std::time::{Duration, Instant};
@@ -538,47 +538,12 @@ impl PgClient {
                     .store
             };
             drop(parts);
-            let mut ids = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let mut framed = Vec::with_capacity(codec::JOURNAL_HEADER_LEN + row.bytes.len());
-                framed.extend_from_slice(&codec::journal_header(0));
-                framed.extend_from_slice(&row.bytes);
-                let scan = codec::scan_journal(&framed).map_err(unreadable)?;
-                if scan.torn_bytes > 0 || scan.records.len() as u64 != row.records as u64 {
-                    return Err(unreadable(CodecError::Corrupt(format!(
-                        "journal row {} does not decode whole",
-                        row.id
-                    ))));
-                }
-                for effect in scan.records {
-                    merge_effect(&mut store, effect);
-                }
-                ids.push(row.id);
-            }
+            let ids = fold_rows(&mut store, &rows).map_err(unreadable)?;
             if let Some(memory) = extra {
                 crate::persist::merge_into(&mut store, memory);
             }
             let bytes = codec::encode_snapshot(&store, 0);
-            tx.execute("DELETE FROM gdbf_snapshot WHERE db = $1", &[&dbname])
-                .await?;
-            let insert = tx
-                .prepare("INSERT INTO gdbf_snapshot (db, part, bytes) VALUES ($1, $2, $3)")
-                .await?;
-            for (i, part) in bytes.chunks(PART_BYTES).enumerate() {
-                let i = i as i32;
-                tx.execute(&insert, &[&dbname, &i, &part]).await?;
-            }
-            let nodes = store.len() as i64;
-            let size = bytes.len() as i64;
-            tx.execute(
-                "INSERT INTO gdbf_store (db, format, next_seq, nodes, snapshot_bytes)
-                 VALUES ($1, $2, 0, $3, $4)
-                 ON CONFLICT (db) DO UPDATE SET format = EXCLUDED.format,
-                    next_seq = 0, nodes = EXCLUDED.nodes,
-                    snapshot_bytes = EXCLUDED.snapshot_bytes, updated_at = now()",
-                &[&dbname, &(codec::VERSION as i32), &nodes, &size],
-            )
-            .await?;
+            write_snapshot(&tx, &dbname, &bytes, store.len()).await?;
             // The rows folded are marked, not deleted: the other daemons' tails may not
             // have read them yet. Folded rows older than `retain` go.
             tx.execute(
@@ -601,4 +566,57 @@ impl PgClient {
             }))
         })
     }
+}
+
+/// Applies journal rows to `store` by the merge rules; the ids folded, in order. A row
+/// that does not decode whole refuses the lot.
+fn fold_rows(store: &mut Store, rows: &[Row]) -> Result<Vec<i64>, CodecError> {
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut framed = Vec::with_capacity(codec::JOURNAL_HEADER_LEN + row.bytes.len());
+        framed.extend_from_slice(&codec::journal_header(0));
+        framed.extend_from_slice(&row.bytes);
+        let scan = codec::scan_journal(&framed)?;
+        if scan.torn_bytes > 0 || scan.records.len() as u64 != row.records as u64 {
+            return Err(CodecError::Corrupt(format!(
+                "journal row {} does not decode whole",
+                row.id
+            )));
+        }
+        for effect in scan.records {
+            merge_effect(store, effect);
+        }
+        ids.push(row.id);
+    }
+    Ok(ids)
+}
+
+/// Replaces the snapshot of `db` with `bytes` (of `nodes` nodes), inside `tx`.
+async fn write_snapshot(
+    tx: &tokio_postgres::Transaction<'_>,
+    db: &str,
+    bytes: &[u8],
+    nodes: usize,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute("DELETE FROM gdbf_snapshot WHERE db = $1", &[&db])
+        .await?;
+    let insert = tx
+        .prepare("INSERT INTO gdbf_snapshot (db, part, bytes) VALUES ($1, $2, $3)")
+        .await?;
+    for (i, part) in bytes.chunks(PART_BYTES).enumerate() {
+        let i = i as i32;
+        tx.execute(&insert, &[&db, &i, &part]).await?;
+    }
+    let nodes = nodes as i64;
+    let size = bytes.len() as i64;
+    tx.execute(
+        "INSERT INTO gdbf_store (db, format, next_seq, nodes, snapshot_bytes)
+         VALUES ($1, $2, 0, $3, $4)
+         ON CONFLICT (db) DO UPDATE SET format = EXCLUDED.format,
+            next_seq = 0, nodes = EXCLUDED.nodes,
+            snapshot_bytes = EXCLUDED.snapshot_bytes, updated_at = now()",
+        &[&db, &(codec::VERSION as i32), &nodes, &size],
+    )
+    .await?;
+    Ok(())
 }

@@ -33,7 +33,7 @@ pub use client::{PgClient, Tail};
 pub use target::{EXPECTED_FORMS, PgTarget};
 
 use super::codec::CodecError;
-use super::files::Loaded;
+use super::error::{Loaded, StoreError};
 use std::time::Duration;
 
 pub const SCHEMA_VERSION: i32 = 2;
@@ -133,6 +133,13 @@ impl PgError {
             self,
             PgError::Unreadable { .. } | PgError::NewerSchema { .. }
         )
+    }
+}
+
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> Self {
+        let transient = e.is_transient();
+        StoreError::backend(e, transient)
     }
 }
 

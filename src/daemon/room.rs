@@ -1,10 +1,10 @@
 //! Joins the daemon's sync room and keeps /health in step with it.
 
-use super::nostr::{LocalRelay, PoolConfig, RelayPool};
-use super::peer::PeerConfig;
-use super::room::{Room, RoomConfig, RoomEvent};
 use crate::config::Config;
 use crate::http::AppState;
+use crate::rtc::nostr::{LocalRelay, PoolConfig, RelayPool};
+use crate::rtc::peer::PeerConfig;
+use crate::rtc::room::{Room, RoomConfig, RoomEvent};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,7 +34,7 @@ impl Rtc {
 
 /// Relays to use: RELAY_URLS, plus our own embedded relay when RELAY=1.
 pub fn relay_urls(cfg: &Config, host: IpAddr, port: u16) -> Vec<String> {
-    let mut urls = cfg.relay_urls.clone();
+    let mut urls = cfg.rtc.relay_urls.clone();
     if let Some(own) = own_relay_url(cfg, host, port)
         && !urls.contains(&own)
     {
@@ -45,7 +45,7 @@ pub fn relay_urls(cfg: &Config, host: IpAddr, port: u16) -> Vec<String> {
 
 /// The embedded relay's URL as the daemon reaches it (RELAY=1).
 fn own_relay_url(cfg: &Config, host: IpAddr, port: u16) -> Option<String> {
-    if !cfg.relay {
+    if !cfg.relay.enabled {
         return None;
     }
     let host = if host.is_unspecified() {
@@ -74,6 +74,7 @@ fn own_relay(cfg: &Config, host: IpAddr, port: u16, state: &Arc<AppState>) -> Op
 
 pub fn ice_servers(cfg: &Config) -> Vec<RTCIceServer> {
     let mut servers: Vec<RTCIceServer> = cfg
+        .rtc
         .ice
         .stun
         .iter()
@@ -82,11 +83,11 @@ pub fn ice_servers(cfg: &Config) -> Vec<RTCIceServer> {
             ..Default::default()
         })
         .collect();
-    if !cfg.ice.turn.is_empty() {
+    if !cfg.rtc.ice.turn.is_empty() {
         servers.push(RTCIceServer {
-            urls: cfg.ice.turn.clone(),
-            username: cfg.ice.turn_username.clone(),
-            credential: cfg.ice.turn_credential.clone(),
+            urls: cfg.rtc.ice.turn.clone(),
+            username: cfg.rtc.ice.turn_username.clone(),
+            credential: cfg.rtc.ice.turn_credential.clone(),
         });
     }
     servers
@@ -112,13 +113,14 @@ pub fn start(
     let (pool, inbound) = RelayPool::start(pool_cfg);
     let pool = Arc::new(pool);
     let mut sync_cfg = room_config(cfg, &cfg.sync_room());
-    sync_cfg.cells = cfg.cells;
+    sync_cfg.cells = cfg.rtc.cells;
     let (room, events) = Room::join(sync_cfg, pool.clone(), inbound);
-    tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), cell_size = cfg.cells, "joined the sync room");
+    tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), cell_size = cfg.rtc.cells, "joined the sync room");
     let room = Arc::new(room);
     let _ = state.sync_room.set(room.clone());
     state.set_room_stats(room.shared_stats());
     let presence = cfg
+        .rtc
         .room_presence
         .then(|| join_presence(cfg, urls, own, state.clone()));
     tokio::spawn(watch_relays(pool.clone(), state));
@@ -134,14 +136,14 @@ pub fn start(
 
 fn room_config(cfg: &Config, room: &str) -> RoomConfig {
     let mut room_cfg = RoomConfig::new(room);
-    room_cfg.password = cfg.password.0.clone();
-    room_cfg.limits = cfg.peer_limits;
-    room_cfg.frames.max_bytes = cfg.max_message_bytes;
+    room_cfg.password = cfg.rtc.password.0.clone();
+    room_cfg.limits = cfg.rtc.peer_limits;
+    room_cfg.frames.max_bytes = cfg.rtc.max_message_bytes;
     room_cfg.peer = PeerConfig {
         ice_servers: ice_servers(cfg),
         // Loopback candidates too: single-host setups and loopback-only sandboxes need them.
         include_loopback: true,
-        send_buffer_limit: cfg.send_window,
+        send_buffer_limit: cfg.rtc.send_window,
         ..PeerConfig::default()
     };
     room_cfg

@@ -6,24 +6,14 @@
 use crate::config::{Config, StorageKind};
 use crate::persist::codec;
 use crate::persist::files;
-use crate::persist::pg::{self, PgBackend, PgTarget};
+use crate::persist::pg::{self, PgTarget};
 use anyhow::Context;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-fn load(cfg: &Config) -> anyhow::Result<files::Loaded> {
-    match &cfg.database {
-        Some(target) => pg::load_readonly(target, &cfg.db_name, cfg.oplog_size)
-            .context("cannot read the store from postgres"),
-        None => {
-            files::load_consistent(&cfg.layout(), cfg.oplog_size).context("cannot read the store")
-        }
-    }
-}
-
 /// Every node as one JSON line, sorted by id.
 pub fn export(cfg: &Config, out: impl Write) -> anyhow::Result<usize> {
-    let loaded = load(cfg)?;
+    let loaded = super::storage::read(cfg)?;
     let store = loaded.store;
     let mut ids: Vec<&str> = store.nodes().keys().map(|k| k.as_ref()).collect();
     ids.sort_unstable();
@@ -48,7 +38,7 @@ pub fn export(cfg: &Config, out: impl Write) -> anyhow::Result<usize> {
 
 /// One compacted snapshot of the whole store, written atomically to `file`.
 pub fn backup(cfg: &Config, file: &Path) -> anyhow::Result<(usize, u64)> {
-    let loaded = load(cfg)?;
+    let loaded = super::storage::read(cfg)?;
     let bytes = codec::encode_snapshot(&loaded.store, loaded.next_seq);
     files::write_atomic(file, &bytes)
         .with_context(|| format!("cannot write {}", file.display()))?;
@@ -61,32 +51,13 @@ pub fn backup(cfg: &Config, file: &Path) -> anyhow::Result<(usize, u64)> {
 /// the store's lock, so it refuses to run beside a daemon; on Postgres it is one more
 /// writer beside the daemons, as their equal.
 pub fn import(cfg: &Config, input: impl std::io::BufRead) -> anyhow::Result<ImportReport> {
-    let nodes = read_node_lines(input, cfg.max_value_bytes)?;
-    let (lock, store, persistence) = match &cfg.database {
-        None => {
-            let (lock, loaded, writer) = files::open_for_daemon(&cfg.layout(), cfg.oplog_size)
-                .context("cannot open the store")?;
-            let store = std::sync::Arc::new(std::sync::Mutex::new(loaded.store));
-            let p = crate::persist::Persistence::start(cfg.persist(), store.clone(), writer)?;
-            (Some(lock), store, p)
-        }
-        Some(target) => {
-            let mut backend = PgBackend::new(target.clone(), &cfg.persist());
-            let loaded = backend
-                .load_now()
-                .context("cannot open the store in postgres")?;
-            let next_seq = loaded.next_seq;
-            let store = std::sync::Arc::new(std::sync::Mutex::new(loaded.store));
-            let p = crate::persist::Persistence::start_with(
-                cfg.persist(),
-                store.clone(),
-                Box::new(backend),
-                next_seq,
-                "postgres",
-            )?;
-            (None, store, p)
-        }
-    };
+    let nodes = read_node_lines(input, cfg.rtc.max_value_bytes)?;
+    let opened = super::storage::open(cfg)?;
+    let (backend, next_seq, lock) = (opened.backend, opened.next_seq, opened.lock);
+    let loaded = opened.loaded.context("cannot open the store in postgres")?;
+    let store = std::sync::Arc::new(std::sync::Mutex::new(loaded.store));
+    let persistence =
+        crate::persist::Persistence::start_with(cfg.persist(), store.clone(), backend, next_seq)?;
     let mut report = ImportReport {
         read: nodes.len(),
         adopted: 0,
@@ -131,7 +102,7 @@ pub struct MigrateReport {
 /// the compaction lock). DATA_DIR is locked as a daemon locks it; a target that
 /// already holds anything for DB_NAME is refused.
 pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
-    let target: &PgTarget = cfg.database.as_ref().context(
+    let target: &PgTarget = cfg.storage.database.as_ref().context(
         "migrate needs DATABASE_URL (postgres://user:pass@host:port/db) as well as DATA_DIR",
     )?;
     let layout = cfg.layout();
@@ -145,10 +116,11 @@ pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
                     db: cfg.db_name.clone(),
                 });
             }
-            files::load(&layout, cfg.oplog_size).context("cannot read DATA_DIR")?
+            files::load(&layout, cfg.storage.oplog_size).context("cannot read DATA_DIR")?
         }
         StorageKind::Files => {
-            let here = files::load(&layout, cfg.oplog_size).context("cannot read DATA_DIR")?;
+            let here =
+                files::load(&layout, cfg.storage.oplog_size).context("cannot read DATA_DIR")?;
             if here.next_seq > 0 || !here.store.is_empty() || here.snapshot_bytes > 0 {
                 anyhow::bail!(
                     "{} already holds a store for {}; refusing to overwrite it",
@@ -157,7 +129,7 @@ pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
                 );
             }
             owner
-                .load(&cfg.db_name, cfg.oplog_size)
+                .load(&cfg.db_name, cfg.storage.oplog_size)
                 .context("cannot read the store from postgres")?
                 .0
         }
@@ -168,7 +140,7 @@ pub fn migrate(cfg: &Config, to: StorageKind) -> anyhow::Result<MigrateReport> {
         StorageKind::Postgres => {
             owner.compact(
                 &cfg.db_name,
-                cfg.oplog_size,
+                cfg.storage.oplog_size,
                 Some(&loaded.store),
                 true,
                 pg::RETAIN,

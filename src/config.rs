@@ -196,6 +196,9 @@ pub struct RawSettings {
     /// Refuse user nodes that name an unlisted address superadmin, even in deltas.
     #[arg(long, env = "SM_STRICT", global = true)]
     pub sm_strict: Option<String>,
+    /// Token for the console's read-only look at the graph (secret; unset: off).
+    #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Signing key: a BIP39 mnemonic or a 0x private key. Never logged.
     #[arg(long, env = "SM_KEY", global = true, hide_env_values = true)]
     pub sm_key: Option<String>,
@@ -256,6 +259,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub max_value_bytes: usize,
     pub password: Secret,
+    /// ADMIN_TOKEN (empty: the admin look is off).
+    pub admin_token: Secret,
     pub ice: IceConfig,
     pub host: IpAddr,
     pub port: u16,
@@ -318,6 +323,7 @@ impl RawSettings {
                 "a byte count from 1 to 1073741824",
             )? as usize,
             password: Secret(self.password.clone().unwrap_or_default()),
+            admin_token: admin_token(self.admin_token.as_deref())?,
             ice: self.ice()?,
             host: parse_host(self.host.as_deref().unwrap_or("0.0.0.0"))?,
             port: number(
@@ -827,6 +833,21 @@ fn super_admins(v: &str) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(out)
+}
+
+/// ADMIN_TOKEN is never echoed: 16 to 512 visible ASCII characters, or unset.
+fn admin_token(v: Option<&str>) -> Result<Secret, ConfigError> {
+    let v = v.unwrap_or("");
+    if v.is_empty() || crate::http::console::admin::token_ok(v) {
+        return Ok(Secret(v.to_owned()));
+    }
+    Err(ConfigError {
+        var: "ADMIN_TOKEN",
+        value: "<hidden>".into(),
+        expected:
+            "16 to 512 visible ASCII characters (no spaces), or unset to turn the admin look off"
+                .into(),
+    })
 }
 
 /// SM_KEY is never echoed: a refusal shows `<hidden>` for its value.

@@ -39,6 +39,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         false => None,
     };
     let state = AppState::new(&cfg.db_name, relays, relay);
+    state.console.admin.set_token(&cfg.admin_token.0);
 
     let listener = TcpListener::bind((cfg.host, cfg.port))
         .await

@@ -263,6 +263,7 @@ fn log_secrets(raw: &RawSettings) -> Vec<String> {
     let field = |v: &Option<String>| v.as_deref().unwrap_or("").trim().to_owned();
     let mut secrets = vec![
         field(&raw.password),
+        field(&raw.admin_token),
         field(&raw.turn_credential),
         field(&raw.sm_key),
         field(&raw.sm_key).trim_start_matches("0x").to_owned(),

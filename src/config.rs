@@ -72,6 +72,10 @@ pub enum Command {
         #[arg(long, value_enum)]
         to: StorageKind,
     },
+    /// Read-only look at the graph, as JSON lines: nodes matching QUERY (a GenosDB query,
+    /// e.g. '{"type":"todo"}'), or --node ID, or --oplog. Reads a stopped store, or a
+    /// running daemon with --url (then ADMIN_TOKEN must be its token).
+    Query(crate::query_cmd::QueryArgs),
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,6 +32,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod loadgen;
 pub mod persist;
+pub mod query_cmd;
 pub mod rate;
 pub mod redact;
 pub mod relay;

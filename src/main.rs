@@ -67,6 +67,9 @@ fn main() -> ExitCode {
             tracing::info!(nodes = n, "exported");
         }),
         Command::Import { file } => import(&cfg, &file),
+        Command::Query(args) => {
+            genosdb_fallback::query_cmd::run(&cfg, &args, std::io::stdout().lock())
+        }
         Command::SmAddress => match &cfg.sm_signer {
             Some(signer) => {
                 use std::io::Write;

@@ -11,7 +11,7 @@ use anyhow::Context;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-fn load(cfg: &Config) -> anyhow::Result<files::Loaded> {
+pub(crate) fn load(cfg: &Config) -> anyhow::Result<files::Loaded> {
     match &cfg.database {
         Some(target) => pg::load_readonly(target, &cfg.db_name, cfg.oplog_size)
             .context("cannot read the store from postgres"),

@@ -240,6 +240,30 @@ async fn the_console_shows_peers_and_events_and_nothing_secret() {
     );
     assert_eq!(code, 400, "{text}");
 
+    // The query subcommand, through the running daemon's token.
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = data_dir(&tmp);
+    let out = common::run(
+        &dir,
+        &["query", "--url", &url, r#"{"secret":{"$regex":"^graph"}}"#],
+        &[("ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["id"], "console-probe");
+    let out = common::run(
+        &dir,
+        &["query", "--url", &url, "--node", "console-probe"],
+        &[("ADMIN_TOKEN", "wrong-but-well-formed-token")],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+
     // Attempts are rate-limited: a burst of wrong tokens ends in 429s.
     let mut limited = 0;
     for _ in 0..40 {

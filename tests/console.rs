@@ -217,8 +217,8 @@ async fn the_console_shows_peers_and_events_and_nothing_secret() {
     let (code, _, text) = request(port, "POST", "/admin/node", &[auth.as_str()], body);
     assert_eq!(code, 200, "{text}");
     assert!(text.contains(GRAPH_MARKER), "{text}");
-    let q = format!(r#"{{"query":{{"secret":{{"$startsWith":"graph-content"}}}},"limit":5}}"#);
-    let (code, _, text) = request(port, "POST", "/admin/query", &[auth.as_str()], &q);
+    let q = r#"{"query":{"secret":{"$startsWith":"graph-content"}},"limit":5}"#;
+    let (code, _, text) = request(port, "POST", "/admin/query", &[auth.as_str()], q);
     assert_eq!(code, 200, "{text}");
     let found: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(found["nodes"][0]["id"], "console-probe", "{text}");

@@ -62,15 +62,11 @@ fn json_error(code: StatusCode, msg: &str) -> Response {
     (code, Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
-/// Ok when the request carries the token; otherwise the answer to give.
-fn check(
-    state: &AppState,
-    headers: &HeaderMap,
-    from: std::net::SocketAddr,
-) -> Result<(), Response> {
+/// None when the request carries the token; otherwise the answer to give.
+fn refusal(state: &AppState, headers: &HeaderMap, from: std::net::SocketAddr) -> Option<Response> {
     let admin = &state.console.admin;
     let Some(want) = admin.token.get() else {
-        return Err(json_error(
+        return Some(json_error(
             StatusCode::NOT_FOUND,
             "the graph is not served: ADMIN_TOKEN is not set",
         ));
@@ -81,7 +77,7 @@ fn check(
         .unwrap_or_else(|p| p.into_inner())
         .take()
     {
-        return Err(json_error(
+        return Some(json_error(
             StatusCode::TOO_MANY_REQUESTS,
             "too many admin requests; try again in a few seconds",
         ));
@@ -92,14 +88,14 @@ fn check(
         .and_then(|v| v.strip_prefix("Bearer "));
     let ok = given.is_some_and(|g| bool::from(digest(g.trim()).ct_eq(want)));
     if ok {
-        return Ok(());
+        return None;
     }
     tracing::warn!(
         %from,
         reason = if given.is_none() { "missing" } else { "wrong" },
         "admin request refused: missing or wrong ADMIN_TOKEN"
     );
-    Err(json_error(
+    Some(json_error(
         StatusCode::UNAUTHORIZED,
         "missing or wrong ADMIN_TOKEN (Authorization: Bearer <token>)",
     ))
@@ -151,7 +147,7 @@ pub async fn node(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = check(&state, &headers, from) {
+    if let Some(r) = refusal(&state, &headers, from) {
         return r;
     }
     let Ok(req) = serde_json::from_slice::<NodeReq>(&body) else {
@@ -174,7 +170,7 @@ pub async fn query(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = check(&state, &headers, from) {
+    if let Some(r) = refusal(&state, &headers, from) {
         return r;
     }
     let Ok(req) = serde_json::from_slice::<QueryReq>(&body) else {
@@ -214,7 +210,7 @@ pub async fn oplog(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = check(&state, &headers, from) {
+    if let Some(r) = refusal(&state, &headers, from) {
         return r;
     }
     let limit = if body.is_empty() {

@@ -67,6 +67,9 @@ fn main() -> ExitCode {
             tracing::info!(nodes = n, "exported");
         }),
         Command::Import { file } => import(&cfg, &file),
+        Command::Query(args) => {
+            genosdb_fallback::daemon::query::run(&cfg, &args, std::io::stdout().lock())
+        }
         Command::SmAddress => match &cfg.sm.signer {
             Some(signer) => {
                 use std::io::Write;
@@ -263,6 +266,7 @@ fn log_secrets(raw: &RawSettings) -> Vec<String> {
     let field = |v: &Option<String>| v.as_deref().unwrap_or("").trim().to_owned();
     let mut secrets = vec![
         field(&raw.password),
+        field(&raw.admin_token),
         field(&raw.turn_credential),
         field(&raw.sm_key),
         field(&raw.sm_key).trim_start_matches("0x").to_owned(),

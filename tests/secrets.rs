@@ -63,7 +63,7 @@ async fn secrets_stay_hidden_with_log_format(format: &'static str) {
         d.get("/metrics").1.contains("genosdb_sync_merged_total 1")
     });
 
-    for path in ["/health", "/metrics", "/"] {
+    for path in ["/health", "/metrics", "/", "/console/status"] {
         let (code, body) = d.get(path);
         assert_eq!(code, 200, "{path}");
         assert_no_secret(path, &body);
@@ -221,7 +221,7 @@ async fn credentials_in_relay_and_turn_urls_never_show() {
         cfg.password = PASSWORD.into();
     });
     peer.wait_superpeers(1).await;
-    for path in ["/health", "/metrics", "/"] {
+    for path in ["/health", "/metrics", "/", "/console/status"] {
         let (code, body) = d.get(path);
         assert_eq!(code, 200, "{path}");
         assert_no_url_secret(path, &body);

@@ -80,6 +80,10 @@ pub enum Command {
         #[arg(long, value_enum)]
         to: StorageKind,
     },
+    /// Read-only look at the graph, as JSON lines: nodes matching QUERY (a GenosDB query,
+    /// e.g. '{"type":"todo"}'), or --node ID, or --oplog. Reads a stopped store, or a
+    /// running daemon with --url (then ADMIN_TOKEN must be its token).
+    Query(crate::daemon::query::QueryArgs),
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +150,8 @@ pub struct HttpSettings {
     pub port: u16,
     /// HTTP_MAX_CONNECTIONS and HTTP_HEADER_TIMEOUT.
     pub limits: HttpLimits,
+    /// ADMIN_TOKEN: the console's read-only look at the graph (empty: off).
+    pub admin_token: Secret,
 }
 
 /// The Security Manager.

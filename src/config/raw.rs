@@ -120,6 +120,9 @@ pub struct RawSettings {
     /// Refuse user nodes that name an unlisted address superadmin, even in deltas.
     #[arg(long, env = "SM_STRICT", global = true)]
     pub sm_strict: Option<String>,
+    /// Token for the console's read-only look at the graph (secret; unset: off).
+    #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Signing key: a BIP39 mnemonic or a 0x private key. Never logged.
     #[arg(long, env = "SM_KEY", global = true, hide_env_values = true)]
     pub sm_key: Option<String>,

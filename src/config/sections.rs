@@ -286,6 +286,7 @@ impl RawSettings {
                     HTTP_HEADER_TIMEOUT.parse(self.http_header_timeout.as_deref(), 10)?,
                 ),
             },
+            admin_token: admin_token(self.admin_token.as_deref())?,
         })
     }
 
@@ -387,6 +388,22 @@ fn super_admins(v: &str) -> Result<Vec<String>, ConfigError> {
 }
 
 /// SM_KEY is never echoed: a refusal shows `<hidden>` for its value.
+/// ADMIN_TOKEN is never echoed: 16 to 512 visible ASCII characters, or unset.
+fn admin_token(v: Option<&str>) -> Result<Secret, ConfigError> {
+    let v = v.unwrap_or("");
+    let ok = (16..=512).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic());
+    if v.is_empty() || ok {
+        return Ok(Secret(v.to_owned()));
+    }
+    Err(ConfigError {
+        var: "ADMIN_TOKEN",
+        value: "<hidden>".into(),
+        expected:
+            "16 to 512 visible ASCII characters (no spaces), or unset to turn the admin look off"
+                .into(),
+    })
+}
+
 fn sm_key(v: Option<&str>) -> Result<Option<Signer>, ConfigError> {
     let Some(v) = v.filter(|v| !v.trim().is_empty()) else {
         return Ok(None);

@@ -2,6 +2,7 @@
 //! waiting for SIGTERM/SIGINT, then a clean flush. The composition root: the only
 //! module that reads [`Config`].
 
+pub mod query;
 pub mod room;
 pub mod storage;
 pub mod tools;
@@ -40,6 +41,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         false => None,
     };
     let state = AppState::new(&cfg.db_name, relays, relay);
+    state.console.admin.set_token(&cfg.http.admin_token.0);
 
     let listener = TcpListener::bind((cfg.http.host, cfg.http.port))
         .await

@@ -112,6 +112,7 @@ pub fn start(
     pool_cfg.local = own.clone();
     let (pool, inbound) = RelayPool::start(pool_cfg);
     let pool = Arc::new(pool);
+    let _ = state.relay_pool.set(pool.clone());
     let mut sync_cfg = room_config(cfg, &cfg.sync_room());
     sync_cfg.cells = cfg.rtc.cells;
     let (room, events) = Room::join(sync_cfg, pool.clone(), inbound);

@@ -4,6 +4,7 @@
 //! that has not bound its port within 60 s; until the store is loaded `/health` answers
 //! 503 with `"status":"starting"`.
 
+pub mod console;
 pub mod metrics;
 pub mod serve;
 
@@ -50,6 +51,10 @@ pub struct AppState {
     pub sync_room: OnceLock<Arc<crate::rtc::room::Room>>,
     /// The HTTP listener's connection counters.
     pub http: Arc<serve::HttpStats>,
+    /// The operator's console: its events, charts and ADMIN_TOKEN.
+    pub console: console::Console,
+    /// The sync room's relay pool, for the console's relay list.
+    pub relay_pool: OnceLock<Arc<crate::rtc::nostr::RelayPool>>,
 }
 
 impl AppState {
@@ -72,6 +77,8 @@ impl AppState {
             signing_as: OnceLock::new(),
             sync_room: OnceLock::new(),
             http: Arc::default(),
+            console: console::Console::default(),
+            relay_pool: OnceLock::new(),
         })
     }
 
@@ -144,8 +151,10 @@ pub fn local_connector(state: Arc<AppState>) -> serve::LocalConnector {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let registry = Arc::new(metrics::registry(state.clone()));
+    console::start(&state);
     Router::new()
         .route("/", get(root))
+        .merge(console::routes())
         .route("/health", get(health))
         .route(
             "/metrics",
@@ -222,6 +231,12 @@ struct Relays {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let (code, body) = health_body(&state);
+    (code, Json(body)).into_response()
+}
+
+/// What `/health` says, for it and the console.
+fn health_body(state: &AppState) -> (StatusCode, Health) {
     let cut_off = state.cut_off();
     let (status, nodes, oplog) = match state.store() {
         None => ("starting", None, None),
@@ -281,11 +296,12 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     } else {
         StatusCode::OK
     };
-    (code, Json(body)).into_response()
+    (code, body)
 }
 
-/// `/`: a WebSocket upgrade is a relay connection (RELAY=1); anything else gets the
-/// health JSON, as genossrv's embedded relay answers.
+/// `/`: a WebSocket upgrade is a relay connection (RELAY=1); a browser (`Accept:
+/// text/html`) gets the operator's console; anything else gets the health JSON, as
+/// genossrv's embedded relay answers.
 async fn root(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -296,6 +312,9 @@ async fn root(
         .get(header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if !wants_upgrade {
+        if console::wants_html(req.headers()) {
+            return console::page();
+        }
         return health(State(state)).await;
     }
     let Some(relay) = state.relay.clone() else {

@@ -169,6 +169,17 @@ pub struct ConnSlot(#[allow(dead_code)] Arc<SlotGuard>);
 #[derive(Debug)]
 struct SlotGuard(Arc<HttpStats>, u64);
 
+impl ConnSlot {
+    /// Closes this connection now (a client too slow to read its event stream).
+    pub fn close(&self) {
+        let guard = &self.0;
+        let open = guard.0.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = open.get(&guard.1) {
+            o.abort.abort();
+        }
+    }
+}
+
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);

@@ -234,6 +234,32 @@ struct Writer {
     dropped: Arc<AtomicBool>,
     /// The link's connection, to ask what the remote has acknowledged.
     peer: Arc<Peer>,
+    /// Bytes and age of this link, for the console's peer table.
+    info: Arc<LinkInfo>,
+}
+
+/// Per-link counters for [`Room::peer_table`].
+#[derive(Debug)]
+struct LinkInfo {
+    since: std::time::SystemTime,
+    kind: std::sync::OnceLock<String>,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// One connected peer, as the operator's console shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerRow {
+    pub id: String,
+    /// `browser` or `superpeer` (what its announce said), or null.
+    pub kind: Option<String>,
+    /// Unix milliseconds when its link was made.
+    pub since: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Its cell, in cells mode.
+    pub cell: Option<usize>,
 }
 
 impl Writer {
@@ -376,6 +402,9 @@ impl Room {
         for (id, w) in targets {
             for f in &frames {
                 self.count_out(f);
+                w.info
+                    .bytes_out
+                    .fetch_add(f.len() as u64, Ordering::Relaxed);
                 if w.frames.try_send(f.clone()).is_err() {
                     self.drop_slow(&id, &w);
                     break;
@@ -407,6 +436,10 @@ impl Room {
             .ok_or(SendError::Gone)?;
         for f in frames {
             self.count_out(&f);
+            writer
+                .info
+                .bytes_out
+                .fetch_add(f.len() as u64, Ordering::Relaxed);
             match writer.frames.send_timeout(f, SEND_STALL).await {
                 Ok(()) => {}
                 Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
@@ -575,6 +608,27 @@ impl Room {
         }
     }
 
+    /// Connected peers with their link's age and bytes, for the operator's console.
+    pub fn peer_table(&self) -> Vec<PeerRow> {
+        let cells = self.cell_state().map(|(_, cells, _, _)| cells);
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links
+            .iter()
+            .map(|(id, w)| PeerRow {
+                id: id.clone(),
+                kind: w.info.kind.get().cloned(),
+                since: w
+                    .info
+                    .since
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                bytes_in: w.info.bytes_in.load(Ordering::Relaxed),
+                bytes_out: w.info.bytes_out.load(Ordering::Relaxed),
+                cell: cells.map(|n| cells::cell_of(id, n)),
+            })
+            .collect()
+    }
+
     /// Connected peers.
     pub fn peers(&self) -> Vec<String> {
         self.links
@@ -654,6 +708,9 @@ impl Overlay {
                 for f in &frames {
                     self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
                     self.stats
+                        .bytes_out
+                        .fetch_add(f.len() as u64, Ordering::Relaxed);
+                    w.info
                         .bytes_out
                         .fetch_add(f.len() as u64, Ordering::Relaxed);
                     if w.frames.try_send(f.clone()).is_err() {
@@ -1406,6 +1463,9 @@ impl Actor {
                         .insert(x.clone(), w.clone());
                 }
                 let kind = self.types.get(&x).cloned();
+                if let (Some(w), Some(k)) = (&writer, &kind) {
+                    let _ = w.info.kind.set(k.clone());
+                }
                 let _ = self.events.send(RoomEvent::Joined { peer: x, kind }).await;
                 // Only now may the link hand on messages: the sync layer must see the
                 // join before anything the peer sent, which its first frames often are.
@@ -1477,6 +1537,12 @@ impl Actor {
             attach: Arc::default(),
             dropped: Arc::new(AtomicBool::new(false)),
             peer: peer.clone(),
+            info: Arc::new(LinkInfo {
+                since: std::time::SystemTime::now(),
+                kind: std::sync::OnceLock::new(),
+                bytes_in: AtomicU64::new(0),
+                bytes_out: AtomicU64::new(0),
+            }),
         };
         self.writers.insert(link, writer.clone());
         let task = LinkTask {
@@ -1652,6 +1718,7 @@ impl LinkTask {
                         ping_sent = None;
                         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                         self.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        self.writer.info.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                         if !budget.bytes.take_n(bytes.len() as f64) {
                             self.over_rate(Rate::Bytes);
                             break;

@@ -1,0 +1,232 @@
+//! `/admin/*`: a read-only look at the graph, behind ADMIN_TOKEN (`Authorization:
+//! Bearer <token>`). Unset, it is off (404). A missing or wrong token gets 401 and a
+//! log line; every attempt takes a token from one bucket ([`ATTEMPTS_PER_SEC`],
+//! [`ATTEMPT_BURST`]), and an empty bucket answers 429 without looking at the token.
+//! The token is compared in constant time (SHA-256 of both, then `subtle`).
+
+use super::super::AppState;
+use super::look;
+use crate::rate::TokenBucket;
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex, OnceLock};
+use subtle::ConstantTimeEq;
+
+/// Bytes an admin request body may have.
+pub const MAX_BODY: usize = 64 << 10;
+pub const ATTEMPTS_PER_SEC: f64 = 5.0;
+pub const ATTEMPT_BURST: f64 = 20.0;
+
+/// ADMIN_TOKEN, kept only as its SHA-256.
+pub struct Admin {
+    token: OnceLock<[u8; 32]>,
+    attempts: Mutex<TokenBucket>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            token: OnceLock::new(),
+            attempts: Mutex::new(TokenBucket::new(ATTEMPTS_PER_SEC, ATTEMPT_BURST)),
+        }
+    }
+}
+
+impl Admin {
+    /// Turns the admin look on with this token (empty: stays off).
+    pub fn set_token(&self, token: &str) {
+        if !token.is_empty() {
+            let _ = self.token.set(digest(token));
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.token.get().is_some()
+    }
+}
+
+/// What ADMIN_TOKEN may be: 16 to 512 visible ASCII characters.
+pub fn token_ok(v: &str) -> bool {
+    (16..=512).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+fn json_error(code: StatusCode, msg: &str) -> Response {
+    (code, Json(serde_json::json!({ "error": msg }))).into_response()
+}
+
+/// None when the request carries the token; otherwise the answer to give.
+fn refusal(state: &AppState, headers: &HeaderMap, from: std::net::SocketAddr) -> Option<Response> {
+    let admin = &state.console.admin;
+    let Some(want) = admin.token.get() else {
+        return Some(json_error(
+            StatusCode::NOT_FOUND,
+            "the graph is not served: ADMIN_TOKEN is not set",
+        ));
+    };
+    if !admin
+        .attempts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        return Some(json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many admin requests; try again in a few seconds",
+        ));
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let ok = given.is_some_and(|g| bool::from(digest(g.trim()).ct_eq(want)));
+    if ok {
+        return None;
+    }
+    tracing::warn!(
+        %from,
+        reason = if given.is_none() { "missing" } else { "wrong" },
+        "admin request refused: missing or wrong ADMIN_TOKEN"
+    );
+    Some(json_error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong ADMIN_TOKEN (Authorization: Bearer <token>)",
+    ))
+}
+
+fn json_text(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn list(items: &[String]) -> String {
+    let mut s = String::from("[");
+    for (i, t) in items.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(t);
+    }
+    s.push(']');
+    s
+}
+
+#[derive(Deserialize)]
+pub struct NodeReq {
+    id: String,
+}
+
+#[derive(Deserialize)]
+pub struct QueryReq {
+    query: serde_json::Value,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+pub struct OplogReq {
+    limit: Option<usize>,
+}
+
+/// `POST /admin/node {"id": …}` → `{"node": {…} | null}`.
+pub async fn node(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(from): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = refusal(&state, &headers, from) {
+        return r;
+    }
+    let Ok(req) = serde_json::from_slice::<NodeReq>(&body) else {
+        return json_error(StatusCode::BAD_REQUEST, "expected {\"id\": \"<node id>\"}");
+    };
+    let Some(store) = state.store() else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "the store is loading");
+    };
+    let found = look::node(&store.lock().unwrap_or_else(|p| p.into_inner()), &req.id);
+    json_text(format!(
+        "{{\"node\":{}}}",
+        found.as_deref().unwrap_or("null")
+    ))
+}
+
+/// `POST /admin/query {"query": {…}, "limit": n}` → `{"nodes": […], "scanned", "truncated"}`.
+pub async fn query(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(from): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = refusal(&state, &headers, from) {
+        return r;
+    }
+    let Ok(req) = serde_json::from_slice::<QueryReq>(&body) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"query\": {<GenosDB query>}, \"limit\": <n>}",
+        );
+    };
+    let q = match look::compile(&req.query.to_string()) {
+        Ok(q) => q,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let Some(store) = state.store().cloned() else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "the store is loading");
+    };
+    let limit = req.limit.unwrap_or(look::DEFAULT_LIMIT);
+    let found = tokio::task::spawn_blocking(move || {
+        look::query(&store.lock().unwrap_or_else(|p| p.into_inner()), &q, limit)
+    })
+    .await;
+    match found {
+        Ok(Ok(f)) => json_text(format!(
+            "{{\"nodes\":{},\"scanned\":{},\"truncated\":{}}}",
+            list(&f.nodes),
+            f.scanned,
+            f.truncated
+        )),
+        Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "the query failed"),
+    }
+}
+
+/// `POST /admin/oplog {"limit": n}` → `{"oplog": […]}`, oldest first.
+pub async fn oplog(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(from): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = refusal(&state, &headers, from) {
+        return r;
+    }
+    let limit = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<OplogReq>(&body) {
+            Ok(r) => r.limit,
+            Err(_) => return json_error(StatusCode::BAD_REQUEST, "expected {\"limit\": <n>}"),
+        }
+    };
+    let Some(store) = state.store() else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "the store is loading");
+    };
+    let entries = look::oplog(
+        &store.lock().unwrap_or_else(|p| p.into_inner()),
+        limit.unwrap_or(look::DEFAULT_LIMIT),
+    );
+    json_text(format!("{{\"oplog\":{}}}", list(&entries)))
+}

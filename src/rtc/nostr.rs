@@ -26,8 +26,8 @@ mod transport;
 use crate::rate::Backoff;
 use nostr_sdk::pool::RelayLimits;
 use nostr_sdk::prelude::{
-    Alphabet, ClientMessage, Event, Filter, Keys, MachineReadablePrefix, RelayMessage,
-    SingleLetterTag, SubscriptionId, Timestamp,
+    Alphabet, ClientMessage, Event, Filter, Keys, MachineReadablePrefix, MemoryDatabase,
+    MemoryDatabaseOptions, RelayMessage, SingleLetterTag, SubscriptionId, Timestamp,
 };
 use nostr_sdk::{Client, ClientOptions, Relay, RelayOptions};
 use nostr_sdk::{RelayStatus as SdkStatus, pool::RelayNotification};
@@ -160,8 +160,17 @@ impl RelayPool {
         let origins: Vec<Arc<transport::Origins>> =
             cfg.urls.iter().map(|_| Arc::default()).collect();
         let transport = transport::Bounded::new(&cfg, &statuses, &origins);
+        // nostr-sdk's default database tracks the last 35,000 event ids (to drop an
+        // event a second relay brings again); a second copy arrives within
+        // milliseconds, and a thousand peers announcing are 400 events/s, so a few
+        // seconds' worth is enough and the rest was resident memory for nothing.
+        let seen = MemoryDatabase::with_opts(MemoryDatabaseOptions {
+            events: false,
+            max_events: Some(SEEN_EVENT_IDS),
+        });
         let client = Client::builder()
             .signer(cfg.keys.clone())
+            .database(seen)
             .websocket_transport(transport)
             .opts(ClientOptions::new().automatic_authentication(true))
             .build();
@@ -312,6 +321,9 @@ pub fn demands_pow(msg: &str) -> bool {
     let after = rest[digits.len()..].trim_start();
     digits.parse::<u32>().is_ok_and(|n| n > 0) && after.starts_with("bits needed")
 }
+
+/// Event ids remembered to drop the copy of an event that another relay brings.
+const SEEN_EVENT_IDS: usize = 4096;
 
 /// How long a relay that answered `CLOSED rate-limited:` is left alone before the
 /// subscription is asked for again: the first pause, and the most it grows to when the

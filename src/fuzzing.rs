@@ -206,7 +206,7 @@ pub fn check_damaged_journal(written: &[crate::store::Effect], clean: &[u8], dam
 
 /// Nostr events and filters as relays and clients send them.
 pub fn nostr(data: &[u8]) {
-    use crate::relay::event::Event;
+    use crate::relay::event::Relayed;
     use crate::relay::filter::Filter;
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -215,12 +215,10 @@ pub fn nostr(data: &[u8]) {
         return;
     };
     for item in &items {
-        if let Ok(ev) = Event::parse(item) {
+        if let Ok(ev) = Relayed::parse(item) {
             let _ = ev.verify();
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(item.get())
-                && let Some(f) = Filter::parse(&v)
-            {
-                let _ = f.matches(&crate::relay::filter::Relayed::new(ev.clone()));
+            if let Some(f) = Filter::parse(item.get()) {
+                let _ = f.matches(&ev);
             }
         }
     }

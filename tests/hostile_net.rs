@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::{Daemon, data_dir, metric, nostr_key, unix_now};
+use common::{Daemon, data_dir, metric, nostr_keys, sign, unix_now};
 use futures_util::{SinkExt, StreamExt};
-use genosdb_fallback::relay::event::sign;
 use genosdb_fallback::rtc::topic;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -184,7 +183,7 @@ async fn clients_that_never_read_hold_a_bounded_amount_of_memory() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss(d.port);
     let mut publisher = connect(d.port).await;
-    let key = nostr_key(3);
+    let key = nostr_keys(3);
     let body = "x".repeat(30_000);
     let n = 500;
     for i in 0..n {
@@ -194,7 +193,6 @@ async fn clients_that_never_read_hold_a_bounded_amount_of_memory() {
             kind,
             vec![vec!["x".into(), t.clone()]],
             &format!("{i}{body}"),
-            &[1; 32],
         );
         send(&mut publisher, format!("[\"EVENT\",{ev}]")).await;
     }
@@ -245,7 +243,7 @@ async fn replaying_the_daemon_s_announce_does_not_lift_the_rate_limit() {
         }
     };
     let t = topic::root_topic(topic::APP_ID, "elsewhere");
-    let key = nostr_key(5);
+    let key = nostr_keys(5);
     let n = 300;
     // Signed first, so that they go out at once.
     let events: Vec<String> = (0..n)
@@ -256,7 +254,6 @@ async fn replaying_the_daemon_s_announce_does_not_lift_the_rate_limit() {
                 topic::kind_of(&t) as u64,
                 vec![vec!["x".into(), t.clone()]],
                 &format!("{i}"),
-                &[1; 32],
             )
         })
         .collect();
@@ -330,7 +327,7 @@ async fn filters_are_bounded_and_large_ones_slow_nobody() {
         "EOSE"
     );
     let mut publisher = connect(d.port).await;
-    let key = nostr_key(7);
+    let key = nostr_keys(7);
     let mut tags: Vec<Vec<String>> = (0..63)
         .map(|i| vec!["p".to_owned(), format!("{:0>900}", 100 + i)])
         .collect();
@@ -343,7 +340,6 @@ async fn filters_are_bounded_and_large_ones_slow_nobody() {
             topic::kind_of(&t) as u64,
             tags.clone(),
             &format!("{i}"),
-            &[1; 32],
         );
         send(&mut publisher, format!("[\"EVENT\",{ev}]")).await;
         // The allowed rate (20/s): a pace, not a measurement.
@@ -588,12 +584,11 @@ async fn replayed_offers_cannot_fill_max_peers() {
         let content =
             json!({"peerId": format!("replay{i:0>14}"), "offer": {"type": "offer", "sdp": sealed}});
         sign(
-            &nostr_key(10 + i as u8),
+            &nostr_keys(10 + i as u8),
             unix_now(),
             topic::kind_of(&to) as u64,
             vec![vec!["x".into(), to.clone()]],
             &content.to_string(),
-            &[2; 32],
         )
     };
 

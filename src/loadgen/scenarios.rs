@@ -258,6 +258,10 @@ async fn idle_phase(daemon: &Daemon, figures: &mut Figures, secs: f64) {
         figures.add("daemon_rss_idle_mb", mb(b.rss_bytes), "MB");
         figures.add("daemon_cpu_idle_pct", b.cpu_pct_since(&a), "%");
     }
+    // What the embedded relay holds for clients that read slowly: part of that RSS.
+    if let Some(q) = daemon.metric("genosdb_relay_queued_bytes").await {
+        figures.add("relay_queued_idle_mb", q / (1024.0 * 1024.0), "MB");
+    }
 }
 
 /// What one load window measured.

@@ -1,187 +1,87 @@
-//! NIP-01 subscription filters, matched the way genossrv's relay matches them.
+//! NIP-01 subscription filters: the `nostr` crate's [`nostr_sdk::Filter`] and its
+//! `match_event`, with what the relay adds around it:
+//! - `since` has [`SINCE_SLACK_SECS`] of slack (clock skew between peers), as
+//!   genossrv's relay gives;
+//! - every list (`ids`, `authors`, `kinds`, each `#<letter>`) holds at most
+//!   [`MAX_VALUES`] values, and what a connection's filters hold in total is bounded by
+//!   the relay (RELAY_MAX_FILTER_BYTES, see [`Filter::size`]);
+//! - `search` (NIP-50) is dropped: this relay does not search.
 //!
-//! Matching costs the same whatever a filter's size: an event's tag values are hashed
-//! once when it is published ([`Relayed`]), and each filter looks those hashes up in a
-//! set of its own values' hashes (a string is compared only on a hit). `ids` and
-//! `authors` prefixes are at most 64 characters (a full id). What a connection's
-//! filters hold in total is bounded by the relay (RELAY_MAX_FILTER_BYTES, see
-//! [`Filter::size`]).
+//! Ids and authors are full 64-character hex, as NIP-01 now requires: a filter with a
+//! prefix (the old NIP-01 form, which genossrv's relay matched) is refused as invalid.
+//! GenosRTC never sends either. An event's `#<letter>` index is built once per event
+//! (`Tags::indexes`) and shared by every filter that looks at it.
 
-use super::event::Event;
-use serde_json::Value;
-use std::collections::HashSet;
-use std::sync::OnceLock;
-
-/// The process's keyed hash of a tag value (keys drawn at random once).
-pub fn value_hash(v: &str) -> u64 {
-    static STATE: OnceLock<ahash::RandomState> = OnceLock::new();
-    STATE.get_or_init(ahash::RandomState::new).hash_one(v)
-}
-
-/// An event as the relay hands it on: with each tag's value hashed once.
-#[derive(Debug)]
-pub struct Relayed {
-    pub event: Event,
-    /// [`value_hash`] of each tag's value (its second item), by tag.
-    hashes: Vec<Option<u64>>,
-}
-
-impl Relayed {
-    pub fn new(event: Event) -> Self {
-        let hashes = event
-            .tags
-            .iter()
-            .map(|t| t.get(1).map(|v| value_hash(v)))
-            .collect();
-        Self { event, hashes }
-    }
-}
-
-impl std::ops::Deref for Relayed {
-    type Target = Event;
-    fn deref(&self) -> &Event {
-        &self.event
-    }
-}
-
-/// A `#<letter>` filter's values, and their hashes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TagValues {
-    pub values: HashSet<String>,
-    hashes: HashSet<u64>,
-}
-
-impl TagValues {
-    fn new(values: Vec<String>) -> Self {
-        Self {
-            hashes: values.iter().map(|v| value_hash(v)).collect(),
-            values: values.into_iter().collect(),
-        }
-    }
-
-    /// Whether the tag `t`, whose value hashes to `h`, has one of these values.
-    fn holds(&self, t: &[String], h: Option<u64>) -> bool {
-        h.is_some_and(|h| self.hashes.contains(&h))
-            && t.get(1).is_some_and(|v| self.values.contains(v))
-    }
-}
+use super::event::{Relayed, X};
+use nostr_sdk::prelude::{JsonUtil, MatchEventOptions, Timestamp};
 
 /// `since` accepts events up to this much older than it (clock skew between peers).
 pub const SINCE_SLACK_SECS: u64 = 60;
-const MAX_VALUES: usize = 64;
-/// An `ids` or `authors` prefix longer than a full hex id can match nothing.
-const MAX_PREFIX: usize = 64;
+pub const MAX_VALUES: usize = 64;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    pub ids: Option<Vec<String>>,
-    pub authors: Option<Vec<String>>,
-    pub kinds: Option<Vec<u64>>,
-    pub since: Option<u64>,
-    pub until: Option<u64>,
-    /// `#<letter>` filters: the tag name and the values one of which must be present.
-    pub tags: Vec<(String, TagValues)>,
-}
+pub struct Filter(pub nostr_sdk::Filter);
 
 impl Filter {
-    /// Reads a filter object; unknown members are ignored, malformed ones refused.
-    pub fn parse(v: &Value) -> Option<Self> {
-        let obj = v.as_object()?;
-        let mut f = Filter::default();
-        for (key, value) in obj {
-            match key.as_str() {
-                "ids" => f.ids = Some(prefixes(value)?),
-                "authors" => f.authors = Some(prefixes(value)?),
-                "kinds" => {
-                    let list = value.as_array()?;
-                    if list.len() > MAX_VALUES {
-                        return None;
-                    }
-                    f.kinds = Some(list.iter().map(Value::as_u64).collect::<Option<_>>()?);
-                }
-                "since" => f.since = value.as_u64(),
-                "until" => f.until = value.as_u64(),
-                tag if tag.len() == 2 && tag.starts_with('#') => {
-                    f.tags
-                        .push((tag[1..].to_owned(), TagValues::new(strings(value)?)));
-                }
-                _ => {}
-            }
+    /// Reads a filter object; unknown members are ignored, malformed or oversized ones
+    /// refused.
+    pub fn parse(json: &str) -> Option<Self> {
+        let mut f = nostr_sdk::Filter::from_json(json).ok()?;
+        let over = |n: Option<usize>| n.is_some_and(|n| n > MAX_VALUES);
+        if over(f.ids.as_ref().map(|s| s.len()))
+            || over(f.authors.as_ref().map(|s| s.len()))
+            || over(f.kinds.as_ref().map(|s| s.len()))
+            || f.generic_tags.values().any(|v| v.len() > MAX_VALUES)
+        {
+            return None;
         }
-        Some(f)
+        f.search = None;
+        f.since = f
+            .since
+            .map(|s| Timestamp::from(s.as_secs().saturating_sub(SINCE_SLACK_SECS)));
+        Some(Self(f))
     }
 
     pub fn matches(&self, ev: &Relayed) -> bool {
-        if let Some(kinds) = &self.kinds
-            && !kinds.contains(&ev.kind)
-        {
-            return false;
-        }
-        if let Some(since) = self.since
-            && ev.created_at + SINCE_SLACK_SECS < since
-        {
-            return false;
-        }
-        if let Some(until) = self.until
-            && ev.created_at > until
-        {
-            return false;
-        }
-        if let Some(ids) = &self.ids
-            && !ids.iter().any(|i| ev.id.starts_with(i.as_str()))
-        {
-            return false;
-        }
-        if let Some(authors) = &self.authors
-            && !authors.iter().any(|a| ev.pubkey.starts_with(a.as_str()))
-        {
-            return false;
-        }
-        self.tags.iter().all(|(name, values)| {
-            ev.tags
-                .iter()
-                .zip(&ev.hashes)
-                .any(|(t, h)| t.first().is_some_and(|n| n == name) && values.holds(t, *h))
-        })
+        self.0.match_event(&ev.event, MatchEventOptions::new())
     }
 
-    /// What the filter holds, in bytes of its strings (and 8 per kind).
+    /// The values of its `#x` list, if it has one.
+    pub fn topics(&self) -> Option<impl Iterator<Item = &str>> {
+        self.0
+            .generic_tags
+            .get(&X)
+            .map(|v| v.iter().map(String::as_str))
+    }
+
+    /// What the filter holds, in bytes of its strings (32 per id or author, 8 per kind).
     pub fn size(&self) -> usize {
-        let list = |l: &Option<Vec<String>>| l.iter().flatten().map(String::len).sum::<usize>();
-        list(&self.ids)
-            + list(&self.authors)
-            + self.kinds.as_ref().map_or(0, |k| 8 * k.len())
-            + self
-                .tags
-                .iter()
-                .map(|(n, v)| n.len() + v.values.iter().map(String::len).sum::<usize>())
+        let f = &self.0;
+        32 * f.ids.as_ref().map_or(0, |s| s.len())
+            + 32 * f.authors.as_ref().map_or(0, |s| s.len())
+            + 8 * f.kinds.as_ref().map_or(0, |k| k.len())
+            + f.generic_tags
+                .values()
+                .map(|v| 2 + v.iter().map(String::len).sum::<usize>())
                 .sum::<usize>()
     }
-}
-
-fn prefixes(v: &Value) -> Option<Vec<String>> {
-    let list = strings(v)?;
-    list.iter().all(|p| p.len() <= MAX_PREFIX).then_some(list)
-}
-
-fn strings(v: &Value) -> Option<Vec<String>> {
-    let list = v.as_array()?;
-    if list.len() > MAX_VALUES {
-        return None;
-    }
-    list.iter().map(|s| s.as_str().map(str::to_owned)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::event::sign;
+    use nostr_sdk::prelude::{EventBuilder, Keys, Kind, SecretKey, Tag};
     use serde_json::json;
 
-    fn relayed(tags: Vec<Vec<String>>) -> Relayed {
-        let key = k256::schnorr::SigningKey::from_slice(&[9u8; 32]).unwrap();
-        let raw = sign(&key, 1_800_000_000, 20_001, tags, "{}", &[0u8; 32]);
-        Relayed::new(Event::parse(&serde_json::value::RawValue::from_string(raw).unwrap()).unwrap())
+    fn relayed(tags: Vec<Vec<String>>, created_at: u64) -> Relayed {
+        let keys = Keys::new(SecretKey::from_slice(&[9u8; 32]).unwrap());
+        let ev = EventBuilder::new(Kind::Custom(20_001), "{}")
+            .tags(tags.into_iter().map(|t| Tag::parse(t).unwrap()))
+            .custom_created_at(Timestamp::from(created_at))
+            .sign_with_keys(&keys)
+            .unwrap();
+        let raw = serde_json::value::RawValue::from_string(ev.as_json()).unwrap();
+        Relayed::parse(&raw).unwrap()
     }
 
     fn tag(n: &str, v: &str) -> Vec<String> {
@@ -189,37 +89,39 @@ mod tests {
     }
 
     #[test]
-    fn tag_filters_match_by_value_whatever_their_size() {
+    fn tag_filters_match_by_name_and_value_and_are_sized() {
         let many: Vec<String> = (0..64).map(|i| format!("{i:0>900}")).collect();
-        let f = Filter::parse(&json!({"#p": many, "#x": ["room"]})).unwrap();
-        assert_eq!(f.size(), 64 * 900 + 4 + 2);
-        let hit = relayed(vec![tag("x", "room"), tag("p", &format!("{:0>900}", 63))]);
-        let wrong_name = relayed(vec![tag("x", "room"), tag("q", &format!("{:0>900}", 63))]);
-        let no_x = relayed(vec![tag("p", &format!("{:0>900}", 1))]);
+        let f = Filter::parse(&json!({"#p": many, "#x": ["room"]}).to_string()).unwrap();
+        assert_eq!(f.size(), 64 * 900 + 2 + 4 + 2);
+        let hit = relayed(
+            vec![tag("x", "room"), tag("p", &format!("{:0>900}", 63))],
+            1,
+        );
+        let wrong_name = relayed(
+            vec![tag("x", "room"), tag("q", &format!("{:0>900}", 63))],
+            1,
+        );
+        let no_x = relayed(vec![tag("p", &format!("{:0>900}", 1))], 1);
         assert!(f.matches(&hit));
         assert!(!f.matches(&wrong_name));
         assert!(!f.matches(&no_x));
         // A tag without a value matches nothing.
-        assert!(!f.matches(&relayed(vec![vec!["x".into()], tag("p", "0")])));
+        assert!(!f.matches(&relayed(vec![vec!["x".into()], tag("p", "0")], 1)));
     }
 
     #[test]
-    fn id_and_author_prefixes_are_at_most_a_full_id() {
-        let long = "a".repeat(65);
-        assert!(Filter::parse(&json!({"ids": [long]})).is_none());
-        assert!(Filter::parse(&json!({"authors": [long]})).is_none());
-        let ev = relayed(Vec::new());
-        let prefix = &ev.pubkey[..10];
-        assert!(
-            Filter::parse(&json!({"authors": [prefix]}))
-                .unwrap()
-                .matches(&ev)
-        );
-        assert!(
-            !Filter::parse(&json!({"authors": ["00"]}))
-                .unwrap()
-                .matches(&ev)
-                || ev.pubkey.starts_with("00")
-        );
+    fn lists_are_bounded_prefixes_refused_search_dropped_and_since_slack() {
+        let too_many: Vec<u64> = (0..65).collect();
+        assert!(Filter::parse(&json!({"kinds": too_many}).to_string()).is_none());
+        assert!(Filter::parse(&json!({"authors": ["abcdef"]}).to_string()).is_none());
+        assert!(Filter::parse("not json").is_none());
+        let ev = relayed(Vec::new(), 1_800_000_000);
+        let author = ev.pubkey.to_hex();
+        let f = |v: serde_json::Value| Filter::parse(&v.to_string()).unwrap();
+        assert!(f(json!({"authors": [author], "search": "nothing like it"})).matches(&ev));
+        assert!(!f(json!({"authors": ["00".repeat(32)]})).matches(&ev));
+        assert!(f(json!({"since": 1_800_000_000 + SINCE_SLACK_SECS})).matches(&ev));
+        assert!(!f(json!({"since": 1_800_000_001 + SINCE_SLACK_SECS})).matches(&ev));
+        assert!(f(json!({"#x": ["a"], "unknown": 1})).topics().is_some());
     }
 }

@@ -20,7 +20,7 @@ use crate::rate::{LogEvery, TokenBucket};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use event::Event;
+use event::Relayed;
 use filter::Filter;
 use futures_util::{SinkExt, StreamExt};
 use router::{Interest, Router};
@@ -450,31 +450,32 @@ impl Relay {
             );
             return ok(&claimed_id, false, "rate-limited: slow down");
         }
-        let mut ev = match Event::parse(raw) {
+        let mut ev = match Relayed::parse(raw) {
             Ok(ev) => ev,
             Err(e) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 return ok(&claimed_id, false, &e.to_string());
             }
         };
-        if !EPHEMERAL_KINDS.contains(&ev.kind) {
+        let id = ev.id.to_hex();
+        if !EPHEMERAL_KINDS.contains(&u64::from(ev.kind.as_u16())) {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return ok(
-                &ev.id,
+                &id,
                 false,
                 "blocked: only ephemeral events (kinds 20000-29999) are relayed",
             );
         }
         if let Err(e) = ev.verify() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return ok(&ev.id, false, &e.to_string());
+            return ok(&id, false, &e.to_string());
         }
         self.stats.events.fetch_add(1, Ordering::Relaxed);
-        let reply = ok(&ev.id, true, "");
+        let reply = ok(&id, true, "");
         // Relayed as received (`raw`): the parsed content is not needed any more, and
         // would hold the event's bytes twice while it waits.
-        ev.content = String::new();
-        let routed = self.router.route(&Arc::new(filter::Relayed::new(ev)), from);
+        ev.event.content = String::new();
+        let routed = self.router.route(&Arc::new(ev), from);
         self.stats.lagged.fetch_add(routed.lost, Ordering::Relaxed);
         if routed.lost > 0 {
             let over_total = routed.over_total;
@@ -546,9 +547,7 @@ impl Connection {
                 "invalid: subscription id must be 1-64 characters",
             )];
         }
-        let filter = filter
-            .and_then(|f| serde_json::from_str::<Value>(f.get()).ok())
-            .and_then(|v| Filter::parse(&v));
+        let filter = filter.and_then(|f| Filter::parse(f.get()));
         let Some(filter) = filter else {
             return vec![closed(&id, "invalid: filter")];
         };
@@ -582,7 +581,7 @@ impl Connection {
         vec![format!("[\"EOSE\",{}]", json_str(&id))]
     }
 
-    fn first_match(&self, ev: &filter::Relayed) -> Option<&str> {
+    fn first_match(&self, ev: &Relayed) -> Option<&str> {
         self.subs
             .iter()
             .find(|(_, f)| f.matches(ev))
@@ -605,22 +604,18 @@ fn closed(id: &str, message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::event::sign;
-    use k256::schnorr::SigningKey;
+    use nostr_sdk::prelude::{EventBuilder, JsonUtil, Keys, Kind, SecretKey, Timestamp};
 
-    fn key(b: u8) -> SigningKey {
-        SigningKey::from_slice(&[b; 32]).unwrap()
+    fn key(b: u8) -> Keys {
+        Keys::new(SecretKey::from_slice(&[b; 32]).unwrap())
     }
 
-    fn event(k: &SigningKey, i: usize) -> String {
-        sign(
-            k,
-            1_795_000_000,
-            20_001,
-            Vec::new(),
-            &format!("e{i}"),
-            &[7; 32],
-        )
+    fn event(k: &Keys, i: usize) -> String {
+        EventBuilder::new(Kind::Custom(20_001), format!("e{i}"))
+            .custom_created_at(Timestamp::from(1_795_000_000))
+            .sign_with_keys(k)
+            .unwrap()
+            .as_json()
     }
 
     fn accepted(relay: &Relay, conn: &mut Connection, events: &[String]) -> usize {

@@ -13,8 +13,8 @@
 //! bounded however many such clients there are. The daemon's own connection is
 //! charged to itself only, so strangers cannot starve it.
 
+pub use super::event::Relayed;
 use super::filter::Filter;
-pub use super::filter::Relayed;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,8 +23,11 @@ use tokio::sync::mpsc;
 /// Events a connection may have waiting: one that does not read loses the rest.
 pub const MAILBOX: usize = 1024;
 
-/// What an event costs a mailbox beyond its JSON: the parsed fields and the `Arc`.
+/// What an event costs a mailbox beyond its JSON and its tags' strings: the parsed
+/// fields, the tags' index, and the `Arc`.
 const EVENT_OVERHEAD: usize = 384;
+/// What each tag costs beyond its strings (`nostr::Tag` holds its standardized form).
+const TAG_OVERHEAD: usize = std::mem::size_of::<nostr_sdk::Tag>() + 16;
 
 /// Bytes of events queued or being written, per connection and for the whole relay.
 #[derive(Debug)]
@@ -66,9 +69,13 @@ impl Default for Budget {
 /// What one event costs while it waits or is written.
 pub fn cost(ev: &Relayed) -> usize {
     ev.raw.get().len()
-        + 16 * ev.tags.len()
+        + TAG_OVERHEAD * ev.tags.len()
         + ev.content.len()
-        + ev.tags.iter().flatten().map(String::len).sum::<usize>()
+        + ev.tags
+            .iter()
+            .flat_map(|t| t.as_slice())
+            .map(|s| 24 + s.len())
+            .sum::<usize>()
         + EVENT_OVERHEAD
 }
 
@@ -117,8 +124,8 @@ impl Interest {
     pub fn of<'a>(filters: impl IntoIterator<Item = &'a Filter>) -> Self {
         let mut interest = Self::default();
         for f in filters {
-            match f.tags.iter().find(|(name, _)| name == "x") {
-                Some((_, values)) => interest.topics.extend(values.values.iter().cloned()),
+            match f.topics() {
+                Some(values) => interest.topics.extend(values.map(str::to_owned)),
                 None => interest.everything = true,
             }
         }
@@ -250,7 +257,7 @@ impl Router {
         let cost = cost(ev);
         let r = self.lock();
         let mut targets: HashSet<u64> = r.everything.clone();
-        for topic in ev.tag_values("x") {
+        for topic in ev.topics() {
             if let Some(ids) = r.by_topic.get(topic) {
                 targets.extend(ids);
             }
@@ -308,22 +315,22 @@ impl std::fmt::Debug for Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::event::{Event, sign};
+    use nostr_sdk::prelude::{EventBuilder, JsonUtil, Keys, Kind, SecretKey, Tag};
     use serde_json::json;
 
     fn event(topic: Option<&str>) -> Arc<Relayed> {
-        let key = k256::schnorr::SigningKey::from_slice(&[7u8; 32]).unwrap();
-        let tags: Vec<Vec<String>> = topic
-            .map(|t| vec![vec!["x".to_owned(), t.to_owned()]])
-            .unwrap_or_default();
-        let raw = sign(&key, 1_800_000_000, 20_001, tags, "{}", &[0u8; 32]);
-        Arc::new(Relayed::new(
-            Event::parse(&serde_json::value::RawValue::from_string(raw).unwrap()).unwrap(),
-        ))
+        let keys = Keys::new(SecretKey::from_slice(&[7u8; 32]).unwrap());
+        let tags = topic.map(|t| Tag::parse(["x", t]).unwrap());
+        let ev = EventBuilder::new(Kind::Custom(20_001), "{}")
+            .tags(tags)
+            .sign_with_keys(&keys)
+            .unwrap();
+        let raw = serde_json::value::RawValue::from_string(ev.as_json()).unwrap();
+        Arc::new(Relayed::parse(&raw).unwrap())
     }
 
     fn filter(v: serde_json::Value) -> Filter {
-        Filter::parse(&v).unwrap()
+        Filter::parse(&v.to_string()).unwrap()
     }
 
     impl Router {
@@ -393,7 +400,9 @@ mod tests {
 
     #[test]
     fn a_connection_that_does_not_read_loses_events_and_holds_nobody_back() {
-        let router = Router::default();
+        // Bytes to spare: the mailbox's count is what this bounds.
+        let one = cost(&event(Some("t")));
+        let router = Router::new(Arc::new(Budget::new(2 * MAILBOX * one, 4 * MAILBOX * one)));
         let (slow, _kept) = router.register(false);
         let (fast, mut rx) = router.register(false);
         for id in [slow, fast] {
@@ -406,5 +415,6 @@ mod tests {
             assert!(rx.try_recv().is_some(), "the reader gets every event");
         }
         assert_eq!(lost, 10);
+        assert!(one < 2048, "a one-tag event costs {one} bytes");
     }
 }

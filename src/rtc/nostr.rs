@@ -11,6 +11,7 @@
 //!   that stores ephemeral events replay stale offers (GenosDB issue #36 was a peer that
 //!   could announce but no longer hear);
 //! - a relay that answers `CLOSED` with `rate-limited:` is asked again after a pause
+//!   that doubles (2 s to 60 s, jittered) while it keeps refusing
 //!   (nostr-sdk only marks such a subscription closed);
 //! - a relay that demands proof of work is dropped for the life of the process (§4.9);
 //!   nostr-sdk only drops the subscription;
@@ -22,10 +23,11 @@
 
 mod transport;
 
+use crate::rate::Backoff;
 use nostr_sdk::pool::RelayLimits;
 use nostr_sdk::prelude::{
-    Alphabet, ClientMessage, Event, Filter, Keys, MachineReadablePrefix, RelayMessage,
-    SingleLetterTag, SubscriptionId, Timestamp,
+    Alphabet, ClientMessage, Event, Filter, Keys, MachineReadablePrefix, MemoryDatabase,
+    MemoryDatabaseOptions, RelayMessage, SingleLetterTag, SubscriptionId, Timestamp,
 };
 use nostr_sdk::{Client, ClientOptions, Relay, RelayOptions};
 use nostr_sdk::{RelayStatus as SdkStatus, pool::RelayNotification};
@@ -158,8 +160,17 @@ impl RelayPool {
         let origins: Vec<Arc<transport::Origins>> =
             cfg.urls.iter().map(|_| Arc::default()).collect();
         let transport = transport::Bounded::new(&cfg, &statuses, &origins);
+        // nostr-sdk's default database tracks the last 35,000 event ids (to drop an
+        // event a second relay brings again); a second copy arrives within
+        // milliseconds, and a thousand peers announcing are 400 events/s, so a few
+        // seconds' worth is enough and the rest was resident memory for nothing.
+        let seen = MemoryDatabase::with_opts(MemoryDatabaseOptions {
+            events: false,
+            max_events: Some(SEEN_EVENT_IDS),
+        });
         let client = Client::builder()
             .signer(cfg.keys.clone())
+            .database(seen)
             .websocket_transport(transport)
             .opts(ClientOptions::new().automatic_authentication(true))
             .build();
@@ -311,9 +322,47 @@ pub fn demands_pow(msg: &str) -> bool {
     digits.parse::<u32>().is_ok_and(|n| n > 0) && after.starts_with("bits needed")
 }
 
+/// Event ids remembered to drop the copy of an event that another relay brings.
+const SEEN_EVENT_IDS: usize = 4096;
+
 /// How long a relay that answered `CLOSED rate-limited:` is left alone before the
-/// subscription is asked for again.
+/// subscription is asked for again: the first pause, and the most it grows to when the
+/// relay keeps refusing (doubling, ±25 % jitter so that many peers do not retry in step).
 const RATE_LIMITED_RETRY: Duration = Duration::from_secs(2);
+const RATE_LIMITED_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Per subscription: its retry pause after `CLOSED rate-limited:`, and whether a retry
+/// is already waiting (a relay that repeats `CLOSED` does not stack retries). Keyed by
+/// our own subscription ids, so it holds a handful of entries.
+#[derive(Default)]
+struct Retries(std::collections::HashMap<String, (Backoff, bool)>);
+
+impl Retries {
+    /// The pause before asking for `sub` again, or None when a retry already waits.
+    fn schedule(&mut self, sub: &str) -> Option<Duration> {
+        let (backoff, pending) = self.0.entry(sub.to_owned()).or_insert_with(|| {
+            (
+                Backoff::new(RATE_LIMITED_RETRY, RATE_LIMITED_RETRY_MAX).jittered(),
+                false,
+            )
+        });
+        (!std::mem::replace(pending, true)).then(|| backoff.next_delay())
+    }
+
+    /// The retry of `sub` was sent.
+    fn sent(&mut self, sub: &str) {
+        if let Some((_, pending)) = self.0.get_mut(sub) {
+            *pending = false;
+        }
+    }
+
+    /// The relay accepted `sub` (`EOSE`): the next refusal waits the first pause again.
+    fn accepted(&mut self, sub: &str) {
+        if let Some((backoff, _)) = self.0.get_mut(sub) {
+            backoff.reset();
+        }
+    }
+}
 
 struct RelayTask {
     id: usize,
@@ -353,10 +402,12 @@ impl RelayTask {
         let _ = self.relay.set(relay.clone());
         relay.connect();
         let (retry_tx, mut retry_rx) = mpsc::channel::<String>(16);
+        let mut retries = Retries::default();
         loop {
             let note = tokio::select! {
                 note = notes.recv() => note,
                 Some(sub) = retry_rx.recv() => {
+                    retries.sent(&sub);
                     self.resend(&relay, Some(&sub));
                     continue;
                 }
@@ -425,7 +476,7 @@ impl RelayTask {
                     }
                 }
                 Ok(RelayNotification::Message { message }) => {
-                    if self.on_message(&relay, message, &retry_tx) {
+                    if self.on_message(&relay, message, &retry_tx, &mut retries) {
                         return;
                     }
                 }
@@ -456,8 +507,13 @@ impl RelayTask {
         relay: &Relay,
         message: RelayMessage<'static>,
         retry: &mpsc::Sender<String>,
+        retries: &mut Retries,
     ) -> bool {
         let text = match &message {
+            RelayMessage::EndOfStoredEvents(sub) => {
+                retries.accepted(sub.as_str());
+                return false;
+            }
             RelayMessage::Ok {
                 status: false,
                 message,
@@ -469,11 +525,12 @@ impl RelayTask {
                 message,
             } => {
                 if MachineReadablePrefix::parse(message) == Some(MachineReadablePrefix::RateLimited)
+                    && let Some(pause) = retries.schedule(subscription_id.as_str())
                 {
                     let (retry, sub) = (retry.clone(), subscription_id.to_string());
-                    tracing::debug!(relay = %self.shown, %sub, "subscription rate-limited; asking again soon");
+                    tracing::debug!(relay = %self.shown, %sub, pause_ms = pause.as_millis() as u64, "subscription rate-limited; asking again after a pause");
                     tokio::spawn(async move {
-                        tokio::time::sleep(RATE_LIMITED_RETRY).await;
+                        tokio::time::sleep(pause).await;
                         let _ = retry.send(sub).await;
                     });
                 }
@@ -509,6 +566,31 @@ mod tests {
         assert!(!demands_pow("pow: 0 bits needed"));
         assert!(!demands_pow("rate-limited: slow down"));
         assert!(!demands_pow("pow: lots"));
+    }
+
+    #[test]
+    fn rate_limited_retries_back_off_with_jitter_to_a_cap_and_do_not_stack() {
+        let mut r = Retries::default();
+        let first = r.schedule("s").unwrap();
+        assert!(
+            first >= RATE_LIMITED_RETRY.mul_f64(0.75) && first <= RATE_LIMITED_RETRY.mul_f64(1.25)
+        );
+        // A second CLOSED while the retry waits schedules nothing more.
+        assert_eq!(r.schedule("s"), None);
+        let mut last = first;
+        for _ in 0..10 {
+            r.sent("s");
+            last = r.schedule("s").unwrap();
+        }
+        assert!(
+            last >= RATE_LIMITED_RETRY_MAX.mul_f64(0.75)
+                && last <= RATE_LIMITED_RETRY_MAX.mul_f64(1.25)
+        );
+        // Accepted (EOSE): the next refusal waits the first pause again; others are apart.
+        r.sent("s");
+        r.accepted("s");
+        assert!(r.schedule("s").unwrap() <= RATE_LIMITED_RETRY.mul_f64(1.25));
+        assert!(r.schedule("other").unwrap() <= RATE_LIMITED_RETRY.mul_f64(1.25));
     }
 
     #[test]

@@ -277,11 +277,23 @@ pub fn stored_ids<C: FromIterator<String>>(dir: &Path) -> C {
         .collect()
 }
 
-/// A deterministic Nostr key for tests: the scalar `n`.
-pub fn nostr_key(n: u8) -> k256::schnorr::SigningKey {
-    let mut b = [0u8; 32];
-    b[31] = n;
-    k256::schnorr::SigningKey::from_slice(&b).unwrap()
+/// A signed Nostr event as JSON, built with the `nostr` crate (tags as lists of
+/// strings, any kind).
+#[allow(dead_code)]
+pub fn sign(
+    keys: &nostr_sdk::Keys,
+    created_at: u64,
+    kind: u64,
+    tags: Vec<Vec<String>>,
+    content: &str,
+) -> String {
+    use nostr_sdk::prelude::{EventBuilder, JsonUtil, Kind, Tag, Timestamp};
+    EventBuilder::new(Kind::Custom(kind as u16), content)
+        .tags(tags.into_iter().map(|t| Tag::parse(t).unwrap()))
+        .custom_created_at(Timestamp::from(created_at))
+        .sign_with_keys(keys)
+        .unwrap()
+        .as_json()
 }
 
 pub fn unix_now() -> u64 {
@@ -332,7 +344,7 @@ pub fn health(port: u16) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_default()
 }
 
-/// The same deterministic key as [`nostr_key`], as nostr-sdk keys.
+/// A deterministic Nostr key for tests: the scalar `n`.
 #[allow(dead_code)]
 pub fn nostr_keys(n: u8) -> nostr_sdk::Keys {
     let mut b = [0u8; 32];

@@ -38,6 +38,11 @@ const MAX_OWED: usize = 4096;
 const COMPLETE_FOR: Duration = Duration::from_secs(24 * 3600);
 const MAX_COMPLETE: usize = 16_384;
 
+/// A full state whose text and frames take up to this many bytes is kept, framed, until the
+/// graph changes, and sent as it is to every peer that asks: writing and compressing
+/// it costs far more than sending it. A bigger one is written part by part as it goes.
+const FULL_CACHE_BYTES: usize = 64 << 20;
+
 /// Refused live ops remembered so their replays inside deltas are refused too.
 const REFUSED_OPS_KEPT: usize = 65_536;
 
@@ -217,6 +222,7 @@ pub fn start(
             refused: Mutex::new(sm::Refused::new(REFUSED_OPS_KEPT)),
             owed: Mutex::new(PeerMemo::new(OWED_FOR, MAX_OWED)),
             complete: Mutex::new(PeerMemo::new(COMPLETE_FOR, MAX_COMPLETE)),
+            full_cache: tokio::sync::Mutex::default(),
         }),
         engine: Engine::default(),
         outboxes: HashMap::new(),
@@ -254,6 +260,26 @@ struct Shared {
     /// byte, or their own full state held every id we hold. Only these get a delta
     /// when the delta would not carry every node (see [`Shared::reply_to_sync`]).
     complete: Mutex<PeerMemo>,
+    /// The full state last written, framed, for every peer that asks before the graph
+    /// changes (see [`Drain::cached_full`]). Locked while one is written, so peers that
+    /// ask at once wait for it rather than each writing their own.
+    full_cache: tokio::sync::Mutex<FullCache>,
+}
+
+/// A full state written and framed once, at one store version.
+struct CachedFull {
+    version: u64,
+    nodes: usize,
+    parts: Vec<(String, Vec<Vec<u8>>)>,
+}
+
+#[derive(Default)]
+enum FullCache {
+    #[default]
+    Empty,
+    Ready(Arc<CachedFull>),
+    /// The full state at this version was over FULL_CACHE_BYTES: served streaming.
+    TooBig(u64),
 }
 
 impl Shared {
@@ -1030,17 +1056,97 @@ impl Drain {
             .is_ok()
     }
 
-    /// Writes and frames one part at a time off the runtime, with the store locked
-    /// only while a part is written, and sends it as fast as the peer takes it.
+    /// The full state at the store's current version, framed: the cached one, or one
+    /// written now and cached. `None` when the SM signs what we send (each message is
+    /// signed afresh), or when it is too big to keep.
+    async fn cached_full(&self) -> Option<Arc<CachedFull>> {
+        if self.shared.cfg.sm.signer.is_some() {
+            return None;
+        }
+        let mut cache = self.shared.full_cache.lock().await;
+        let version = self.shared.store().version();
+        match &*cache {
+            FullCache::Ready(c) if c.version == version => return Some(c.clone()),
+            FullCache::TooBig(v) if *v == version => return None,
+            _ => {}
+        }
+        let shared = self.shared.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let (mut cursor, version) = {
+                let store = shared.store();
+                (store.full_state_cursor(), store.version())
+            };
+            let nodes = cursor.len();
+            let mut budget = shared.cfg.full_part_budget;
+            let (mut parts, mut bytes) = (Vec::new(), 0usize);
+            while let Some(part) = next_full_part(&shared, &mut cursor, &mut budget) {
+                match part {
+                    Ok((text, frames)) => {
+                        bytes += text.len() + frames.iter().map(Vec::len).sum::<usize>();
+                        if bytes > FULL_CACHE_BYTES {
+                            return FullCache::TooBig(version);
+                        }
+                        parts.push((text, frames));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "a full-state part cannot be framed; skipped")
+                    }
+                }
+            }
+            // Stamped with the version it started at: a change while it was written
+            // makes the next peer write a new one.
+            FullCache::Ready(Arc::new(CachedFull {
+                version,
+                nodes,
+                parts,
+            }))
+        })
+        .await
+        .ok()?;
+        *cache = built;
+        match &*cache {
+            FullCache::Ready(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Sends the cached full state, or writes and frames one part at a time off the
+    /// runtime, with the store locked only while a part is written, and sends it as
+    /// fast as the peer takes it; then waits until the peer acknowledged every byte.
     async fn send_full(&self) -> bool {
+        let started = Instant::now();
+        let (parts, nodes) = match self.cached_full().await {
+            Some(full) => {
+                self.shared.owe_full(&self.peer);
+                for (text, frames) in &full.parts {
+                    let mut frames = frames.clone();
+                    self.shared.room.restamp(CHANNEL, &mut frames);
+                    bump(&self.shared.stats.full_parts, 1);
+                    if !self.send_frames(text, frames).await {
+                        return false;
+                    }
+                }
+                (full.parts.len(), full.nodes)
+            }
+            None => match self.stream_full().await {
+                Some(sent) => sent,
+                None => return false,
+            },
+        };
+        self.await_full_delivery(started, nodes, parts).await
+    }
+
+    /// Writes, frames and sends one part at a time. Returns (parts, nodes), or `None`
+    /// when the link went.
+    async fn stream_full(&self) -> Option<(usize, usize)> {
         let shared = self.shared.clone();
         let Ok(mut cursor) =
             tokio::task::spawn_blocking(move || shared.store().full_state_cursor()).await
         else {
-            return false;
+            return None;
         };
         self.shared.owe_full(&self.peer);
-        let (mut parts, nodes, started) = (0, cursor.len(), Instant::now());
+        let (mut parts, nodes) = (0, cursor.len());
         let mut budget = self.shared.cfg.full_part_budget;
         loop {
             let shared = self.shared.clone();
@@ -1050,7 +1156,7 @@ impl Drain {
             })
             .await;
             let Ok((frames, back, fitted)) = next else {
-                return false;
+                return None;
             };
             (cursor, budget) = (back, fitted);
             match frames {
@@ -1059,7 +1165,7 @@ impl Drain {
                     parts += 1;
                     bump(&self.shared.stats.full_parts, 1);
                     if !self.send_frames(&text, frames).await {
-                        return false;
+                        return None;
                     }
                 }
                 Some(Err(e)) => {
@@ -1067,6 +1173,10 @@ impl Drain {
                 }
             }
         }
+        Some((parts, nodes))
+    }
+
+    async fn await_full_delivery(&self, started: Instant, nodes: usize, parts: usize) -> bool {
         let took_ms = started.elapsed().as_millis() as u64;
         match self
             .shared

@@ -25,7 +25,8 @@ impl PeerMemo {
     /// Notes `peer` at `now`, forgetting expired entries and, when full, the oldest.
     pub fn note(&mut self, peer: &str, now: Instant) {
         let ttl = self.ttl;
-        self.at.retain(|_, at| now.saturating_duration_since(*at) < ttl);
+        self.at
+            .retain(|_, at| now.saturating_duration_since(*at) < ttl);
         if !self.at.contains_key(peer)
             && self.at.len() >= self.max
             && let Some(oldest) = self

@@ -89,10 +89,15 @@ impl Store {
         self.nodes.keys().all(|id| upserted.contains(id.as_ref()))
     }
 
-    /// Starts serving the whole graph: every node, then the oplog's removals.
+    /// Starts serving the whole graph: every node, oldest timestamp first (the order
+    /// genossrv's table gives them, the order they were written in), then the oplog's
+    /// removals.
     pub fn full_state_cursor(&self) -> FullStateCursor {
+        let mut by_ts: Vec<(Option<Hlc>, &Box<str>)> =
+            self.nodes.iter().map(|(id, n)| (n.timestamp, id)).collect();
+        by_ts.sort_unstable();
         FullStateCursor {
-            ids: self.nodes.keys().cloned().collect(),
+            ids: by_ts.into_iter().map(|(_, id)| id.clone()).collect(),
             next_id: 0,
             removals: self
                 .oplog

@@ -20,8 +20,14 @@
 // CATCHUP_CONCURRENT=1 (the readers open at once instead of one after another),
 // CATCHUP_VARIANTS (e.g. `w64k:SEND_WINDOW_BYTES=65536,w2m:SEND_WINDOW_BYTES=2097152`:
 // the server under test once per variant, with those env settings, `;` between two),
-// CATCHUP_SERVERS (genossrv,under-test: leave one out to skip it).
+// CATCHUP_SERVERS (genossrv,under-test: leave one out to skip it),
+// CATCHUP_IMPORT_FROM (e.g. 100000: graphs of at least that many nodes are seeded into
+// the server under test through its `import` tool before it starts, from a generated
+// file with the same nodes a seeding browser writes, binary from SUPERPEER_CMD `exec
+// <bin>`; genossrv has no import and is skipped at those sizes).
 import path from 'node:path'
+import fs from 'node:fs'
+import { execFileSync } from 'node:child_process'
 import { launchPeer } from './lib/browser.mjs'
 import { runProbe, startSuperpeer, emit, mem, log, runId, env, st, relayUrls, OUT_DIR, sleep, GENOSSRV, UNDER_TEST } from './probe-kit.mjs'
 
@@ -40,6 +46,24 @@ function servers () {
     out.push({ ...UNDER_TEST, name: `${UNDER_TEST.name}-${name}`, cmd: `export ${settings.join(':').split(';').join(' ')}; ${UNDER_TEST.cmd}` })
   }
   return out
+}
+
+const IMPORT_FROM = Number(env.CATCHUP_IMPORT_FROM || Infinity)
+
+// The nodes `seed` writes, as an import file, imported with the server's own tool.
+function seedByImport (server, db, dataDir, k) {
+  const bin = /exec\s+(\S+)/.exec(server.cmd || env.SUPERPEER_CMD || '')?.[1]
+  if (!bin) throw new Error('CATCHUP_IMPORT_FROM: the server command must be `exec <genosdb-fallback binary>`')
+  fs.mkdirSync(dataDir, { recursive: true })
+  const t0 = Date.now()
+  const lines = []
+  for (let i = 0; i < k; i++) {
+    lines.push(JSON.stringify({ id: `bulk-${i}`, value: { kind: 'bulk', i, text: `node ${i} lorem ipsum dolor sit amet` }, edges: [], timestamp: { physical: t0 + i, logical: 0 } }))
+  }
+  const file = path.join(dataDir, 'seed.jsonl')
+  fs.writeFileSync(file, lines.join('\n') + '\n')
+  execFileSync(bin, ['import', file], { env: { ...env, DATA_DIR: dataDir, DB_NAME: db }, stdio: ['ignore', 'ignore', 'inherit'] })
+  return Date.now() - t0
 }
 
 async function seed (db, k) {
@@ -112,9 +136,16 @@ async function probeCatchup () {
     const summary = {}
     for (const server of servers()) {
       const db = `catchup-${runId}-${server.name}-${k}`
-      const sp = await startSuperpeer(db, path.join(OUT_DIR, `sp-${server.name}-${k}`), server)
+      const dataDir = path.join(OUT_DIR, `sp-${server.name}-${k}`)
+      const imported = k >= IMPORT_FROM
+      if (imported && server === GENOSSRV) {
+        emit({ probe: 'catchup', server: server.name, nodes: k, skipped: 'no import tool; a seeding browser cannot write this many nodes', ...mem() })
+        continue
+      }
+      const importMs = imported ? seedByImport(server, db, dataDir, k) : null
+      const sp = await startSuperpeer(db, dataDir, server)
       try {
-        const seedMs = await seed(db, k)
+        const seedMs = imported ? importMs : await seed(db, k)
         let reads = []
         const label = (i) => `${server.name}-${k}-r${i}`
         if (CONCURRENT) reads = await Promise.all([...Array(READERS)].map((_, i) => read(db, k, label(i + 1))))

@@ -9,6 +9,10 @@
 //   drained  the writer closes as soon as its data channels have sent everything, and
 //            the reader opens at once: the superpeer still holds the writer's stale
 //            link (the page is gone) while it serves the reader.
+//   imported the superpeer's store is seeded before it starts through its `import` tool
+//            (genosdb-fallback only: the binary is taken from SUPERPEER_CMD `exec <bin>`),
+//            from a file this probe generates; no writer browser. For graphs a
+//            seeding browser cannot write in reasonable time (100,000 nodes).
 // Values: `<bytes>` characters of random base64 (barely compressible), in
 // {kind, i, blob}; ids `<kind>-00000`...
 //
@@ -19,6 +23,9 @@
 // FS_T_MS (reader deadline; default 30 s + 3 ms per node), PAGE_DEBUG=1 (reader console
 // in the probe log).
 import path from 'node:path'
+import fs from 'node:fs'
+import crypto from 'node:crypto'
+import { execFileSync } from 'node:child_process'
 import { launchPeer } from './lib/browser.mjs'
 import { runProbe, startSuperpeer, emit, mem, log, runId, env, st, relayUrls, OUT_DIR, sleep } from './probe-kit.mjs'
 
@@ -38,12 +45,41 @@ const DIGEST = async (kind) => {
   return { count: rows.length, digest: [...new Uint8Array(buf)].map((b) => b.toString(16).padStart(2, '0')).join('') }
 }
 
+// Writes k nodes as an import file, imports them into the superpeer's data dir with its
+// own `import` tool, and returns the digest DIGEST would compute over them.
+function seedByImport (db, dataDir, kind, k, bytes) {
+  const bin = /exec\s+(\S+)/.exec(env.SUPERPEER_CMD || '')?.[1]
+  if (!bin) throw new Error('imported: SUPERPEER_CMD must be `exec <genosdb-fallback binary>`')
+  fs.mkdirSync(dataDir, { recursive: true })
+  const t0 = Date.now()
+  const lines = []
+  const rows = []
+  for (let i = 0; i < k; i++) {
+    const blob = crypto.randomBytes(Math.ceil(bytes * 3 / 4) + 3).toString('base64').slice(0, bytes)
+    const id = `${kind}-${String(i).padStart(5, '0')}`
+    lines.push(JSON.stringify({ id, value: { kind, i, blob }, edges: [], timestamp: { physical: t0 + i, logical: 0 } }))
+    rows.push(`${id}\n${kind}\n${i}\n${blob}\n`)
+  }
+  const file = path.join(dataDir, 'seed.jsonl')
+  fs.writeFileSync(file, lines.join('\n') + '\n')
+  execFileSync(bin, ['import', file], { env: { ...env, DATA_DIR: dataDir, DB_NAME: db }, stdio: ['ignore', 'ignore', 'inherit'] })
+  rows.sort()
+  const digest = crypto.createHash('sha256').update(rows.join('')).digest('hex')
+  return { digest, ms: Date.now() - t0 }
+}
+
 async function oneCase ({ nodes: k, bytes, timing }, n) {
   const kind = `fs${n}n${k}x${bytes}${timing[0]}`
   const db = `fs-${runId}-${kind}`
-  const sp = await startSuperpeer(db, path.join(OUT_DIR, `sp-${kind}`))
+  const dataDir = path.join(OUT_DIR, `sp-${kind}`)
+  const imported = timing === 'imported' ? seedByImport(db, dataDir, kind, k, bytes) : null
+  const sp = await startSuperpeer(db, dataDir)
   const out = { probe: 'fullstate', nodes: k, value_bytes: bytes, timing }
   try {
+    if (imported) {
+      out.seed_ms = imported.ms
+      out.writer_digest = imported.digest
+    } else {
     const w = await launchPeer({ baseUrl: st.url, dbName: db, relayUrls, label: `${kind}-writer`, log })
     const linked = await w.waitConnected(1, 20000)
     if (!linked.ok) throw new Error('the writer never linked to the superpeer')
@@ -93,6 +129,7 @@ async function oneCase ({ nodes: k, bytes, timing }, n) {
     }
     out.writer_digest = wrote.digest
     await w.close()
+    }
     const t1 = Date.now()
     const r = await launchPeer({ baseUrl: st.url, dbName: db, relayUrls, label: `${kind}-reader`, log, debug: true })
     const seen = { full: 0, delta: 0, saved: 0, errors: [] }
@@ -113,7 +150,7 @@ async function oneCase ({ nodes: k, bytes, timing }, n) {
     const held = await r.eval(DIGEST, kind)
     out.reader_count = held.count
     out.reader_digest = held.digest
-    out.pass = held.count === k && held.digest === wrote.digest
+    out.pass = held.count === k && held.digest === out.writer_digest
     out.reader = { ready_ms: r.readyMs, console: seen, rtc: await r.rtc() }
     await r.close()
   } catch (e) {

@@ -265,6 +265,11 @@ impl Collector for Daemon {
                     "Full states whose delivery stalled: the link was dropped and the full state owed to the next one",
                     &ss.full_stalled,
                 ),
+                (
+                    "sync_full_for_delta",
+                    "Full states sent where a delta would not have carried every node to a peer not known to hold them",
+                    &ss.full_for_delta,
+                ),
                 ("sync_delta_replies", "Deltas served", &ss.delta_replies),
                 (
                     "sync_counter_replies",

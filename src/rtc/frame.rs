@@ -121,6 +121,16 @@ pub fn encode(
     Ok(frames)
 }
 
+/// Gives already encoded frames of one message a new nonce, so a message encoded
+/// once can be sent again as a new message (a cached full state to the next peer).
+pub fn set_nonce(frames: &mut [Vec<u8>], nonce: u8) {
+    for f in frames {
+        if let Some(b) = f.get_mut(NAME_LEN) {
+            *b = nonce;
+        }
+    }
+}
+
 /// A 15-byte frame with an empty string payload: ping, pong and leave.
 pub fn control(channel: &str) -> Vec<u8> {
     let mut frame = channel_bytes(channel)

@@ -583,6 +583,12 @@ impl Room {
         }
     }
 
+    /// Gives the frames of a message encoded earlier for `channel` the channel's next
+    /// nonce, as [`Room::encode`] would.
+    pub fn restamp(&self, channel: &str, frames: &mut [Vec<u8>]) {
+        frame::set_nonce(frames, self.next_nonce(channel));
+    }
+
     fn next_nonce(&self, channel: &str) -> u8 {
         let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
         let n = nonces.entry(channel.to_owned()).or_insert(0);

@@ -100,6 +100,8 @@ pub struct Store {
     clock: Clock,
     sink: Option<Box<dyn EffectSink>>,
     merged: MergeCounts,
+    /// Bumped by every change to what a full state holds (see [`Store::version`]).
+    version: u64,
 }
 
 impl Store {
@@ -112,7 +114,14 @@ impl Store {
             clock: Clock::default(),
             sink: None,
             merged: MergeCounts::default(),
+            version: 0,
         }
+    }
+
+    /// Changes whenever the graph, the oplog or the global timestamp may have changed:
+    /// a full state written at one version is the full state at that version.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Rebuilds a store from persisted parts.
@@ -388,6 +397,7 @@ impl Store {
 
     /// Applies an effect unconditionally: the live path after its decision, and replay.
     pub fn apply_effect(&mut self, effect: Effect) {
+        self.version = self.version.wrapping_add(1);
         match effect {
             Effect::Upsert { id, value, ts } => {
                 self.oplog.push(Entry::upsert(&id, ts));
@@ -452,6 +462,7 @@ impl Store {
         self.clock.update(ts);
         if Some(ts) > self.global_ts {
             self.global_ts = Some(ts);
+            self.version = self.version.wrapping_add(1);
         }
     }
 

@@ -71,10 +71,33 @@ fn push_within(
 }
 
 impl Store {
-    /// Starts serving the whole graph: every node, then the oplog's removals.
+    /// Whether a delta (the whole oplog window, hydrated) carries every node we hold:
+    /// each node has an upsert entry in the window. When it does not, a peer that
+    /// holds only part of the graph cannot get the rest from a delta.
+    pub fn delta_covers_graph(&self) -> bool {
+        if self.nodes.len() > self.oplog.len() {
+            return false;
+        }
+        let upserted: std::collections::HashSet<&str> = self
+            .oplog
+            .iter()
+            .filter_map(|e| match &e.kind {
+                super::EntryKind::Upsert { id } => Some(id.as_ref()),
+                _ => None,
+            })
+            .collect();
+        self.nodes.keys().all(|id| upserted.contains(id.as_ref()))
+    }
+
+    /// Starts serving the whole graph: every node, oldest timestamp first (the order
+    /// genossrv's table gives them, the order they were written in), then the oplog's
+    /// removals.
     pub fn full_state_cursor(&self) -> FullStateCursor {
+        let mut by_ts: Vec<(Option<Hlc>, &Box<str>)> =
+            self.nodes.iter().map(|(id, n)| (n.timestamp, id)).collect();
+        by_ts.sort_unstable();
         FullStateCursor {
-            ids: self.nodes.keys().cloned().collect(),
+            ids: by_ts.into_iter().map(|(_, id)| id.clone()).collect(),
             next_id: 0,
             removals: self
                 .oplog

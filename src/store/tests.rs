@@ -296,3 +296,32 @@ proptest! {
         prop_assert_eq!(fingerprint(&live), fingerprint(&replayed));
     }
 }
+
+#[test]
+fn a_delta_covers_the_graph_only_while_every_node_is_in_the_window() {
+    let mut s = Store::new(3);
+    assert!(s.delta_covers_graph(), "an empty graph");
+    let v0 = s.version();
+    s.apply(up("a", "1", NOW, 0), NOW);
+    s.apply(up("b", "1", NOW + 1, 0), NOW);
+    assert_ne!(s.version(), v0, "a change moves the version");
+    assert!(s.delta_covers_graph());
+    // Three entries for "b" push "a" out of the window: a delta no longer carries it.
+    s.apply(up("b", "2", NOW + 2, 0), NOW);
+    s.apply(up("b", "3", NOW + 3, 0), NOW);
+    assert!(!s.delta_covers_graph());
+    // A full state lists "a" again as an adopted node: back in the window.
+    let v = s.version();
+    s.apply(up("b", "3", NOW + 3, 0), NOW);
+    assert_eq!(
+        s.version(),
+        v,
+        "an op that changes nothing keeps the version"
+    );
+    s.apply(up("a", "2", NOW + 4, 0), NOW);
+    assert!(s.delta_covers_graph());
+    // More nodes than entries can never be covered.
+    s.apply(up("c", "1", NOW + 5, 0), NOW);
+    s.apply(up("d", "1", NOW + 6, 0), NOW);
+    assert!(!s.delta_covers_graph());
+}

@@ -40,6 +40,8 @@ pub struct Applied {
     pub answered: bool,
     /// A full state from the peer lacked ids we hold (§7.5).
     pub counter_reply: bool,
+    /// A full state from the peer held every id we hold: the peer has the whole graph.
+    pub holds_all: bool,
     /// The global timestamp the peer's last delta or full state carried.
     pub peer_ts: Option<Option<Hlc>>,
     /// Live ops, delta ops and adopted nodes that changed the store.
@@ -77,6 +79,7 @@ pub fn apply_batch(store: &mut Store, batch: Batch, now_ms: u64) -> Applied {
                 let outcome = store.full_state(state);
                 applied.merged += outcome.adopted + outcome.removed;
                 applied.counter_reply |= outcome.counter_reply;
+                applied.holds_all |= !outcome.counter_reply;
             }
             Message::Unknown(_) => applied.unknown += 1,
         }

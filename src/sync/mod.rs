@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod governor;
 pub mod local;
+pub mod memo;
 pub mod message;
 pub mod service;
 

@@ -4,6 +4,7 @@
 
 use super::engine::{self, Applied, Engine};
 use super::local::{self, LocalError};
+use super::memo::PeerMemo;
 use super::message::{self, Batch, Message, ParseError};
 use crate::persist::unix_ms;
 use crate::rtc::frame::{self, Payload};
@@ -31,6 +32,16 @@ pub const DELIVERY_STALL: Duration = Duration::from_millis(2500);
 /// Peers owed a full state are remembered this long, and at most this many.
 const OWED_FOR: Duration = Duration::from_secs(600);
 const MAX_OWED: usize = 4096;
+
+/// Peers known to hold the whole graph are remembered this long, and at most this
+/// many; a peer forgotten gets a full state where a delta would not carry every node.
+const COMPLETE_FOR: Duration = Duration::from_secs(24 * 3600);
+const MAX_COMPLETE: usize = 16_384;
+
+/// A full state whose text and frames take up to this many bytes is kept, framed, until the
+/// graph changes, and sent as it is to every peer that asks: writing and compressing
+/// it costs far more than sending it. A bigger one is written part by part as it goes.
+const FULL_CACHE_BYTES: usize = 64 << 20;
 
 /// Refused live ops remembered so their replays inside deltas are refused too.
 const REFUSED_OPS_KEPT: usize = 65_536;
@@ -99,6 +110,9 @@ pub struct SyncStats {
     pub full_delivered: AtomicU64,
     /// Full states whose delivery stalled (the link was dropped, the full state owed).
     pub full_stalled: AtomicU64,
+    /// Full states sent where the protocol asks for a delta: the delta would not carry
+    /// every node and the peer was not known to hold them.
+    pub full_for_delta: AtomicU64,
     pub delta_replies: AtomicU64,
     pub counter_replies: AtomicU64,
     pub unasked_replies: AtomicU64,
@@ -206,7 +220,9 @@ pub fn start(
             sm_log: LogLimiter::new(SM_LOG_EVERY),
             value_log: LogLimiter::new(SM_LOG_EVERY),
             refused: Mutex::new(sm::Refused::new(REFUSED_OPS_KEPT)),
-            owed: Mutex::default(),
+            owed: Mutex::new(PeerMemo::new(OWED_FOR, MAX_OWED)),
+            complete: Mutex::new(PeerMemo::new(COMPLETE_FOR, MAX_COMPLETE)),
+            full_cache: tokio::sync::Mutex::default(),
         }),
         engine: Engine::default(),
         outboxes: HashMap::new(),
@@ -239,38 +255,84 @@ struct Shared {
     /// last byte (the link closed, or delivery stalled). Kept across their links: the
     /// next `sync` from them gets a full state even where a delta would do, because a
     /// delta covers only the oplog window and the missing nodes may be older.
-    owed: Mutex<HashMap<String, Instant>>,
+    owed: Mutex<PeerMemo>,
+    /// Peers known to hold the whole graph: our full state reached them to the last
+    /// byte, or their own full state held every id we hold. Only these get a delta
+    /// when the delta would not carry every node (see [`Shared::reply_to_sync`]).
+    complete: Mutex<PeerMemo>,
+    /// The full state last written, framed, for every peer that asks before the graph
+    /// changes (see [`Drain::cached_full`]). Locked while one is written, so peers that
+    /// ask at once wait for it rather than each writing their own.
+    full_cache: tokio::sync::Mutex<FullCache>,
+}
+
+/// A full state written and framed once, at one store version.
+struct CachedFull {
+    version: u64,
+    nodes: usize,
+    parts: Vec<(String, Vec<Vec<u8>>)>,
+}
+
+#[derive(Default)]
+enum FullCache {
+    #[default]
+    Empty,
+    Ready(Arc<CachedFull>),
+    /// The full state at this version was over FULL_CACHE_BYTES: served streaming.
+    TooBig(u64),
 }
 
 impl Shared {
-    fn owed(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+    fn owed(&self) -> MutexGuard<'_, PeerMemo> {
         self.owed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn complete(&self) -> MutexGuard<'_, PeerMemo> {
+        self.complete.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A full state is going out to `peer`: owed until it is acknowledged.
     fn owe_full(&self, peer: &str) {
-        let mut owed = self.owed();
-        let now = Instant::now();
-        owed.retain(|_, at| now.duration_since(*at) < OWED_FOR);
-        if owed.len() >= MAX_OWED
-            && let Some(oldest) = owed
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(p, _)| p.clone())
-        {
-            owed.remove(&oldest);
-        }
-        owed.insert(peer.to_owned(), now);
+        self.owed().note(peer, Instant::now());
     }
 
     fn full_delivered(&self, peer: &str) {
-        self.owed().remove(peer);
+        self.owed().forget(peer);
+        self.holds_all(peer);
+    }
+
+    /// `peer` holds every node we hold.
+    fn holds_all(&self, peer: &str) {
+        self.complete().note(peer, Instant::now());
     }
 
     fn owes_full(&self, peer: &str) -> bool {
-        self.owed()
-            .get(peer)
-            .is_some_and(|at| at.elapsed() < OWED_FOR)
+        self.owed().holds(peer, Instant::now())
+    }
+
+    /// Upgrades a delta reply to a full state when the delta may leave `peer` short.
+    ///
+    /// A `sync` timestamp inside our oplog window earns a delta by the protocol (§8),
+    /// but the timestamp only says what the peer saw last, not that it holds what came
+    /// before: a fresh browser that got part of a full state from another peer which
+    /// then vanished (or a live op from one) carries a recent timestamp and a partial
+    /// graph. A delta is the oplog window only, so such a peer would never get the
+    /// older nodes. It therefore gets a full state, unless the delta carries every node
+    /// anyway, or the peer is known to hold the whole graph.
+    fn reply_to_sync(&self, peer: &str, reply: Option<SyncReply>) -> Option<SyncReply> {
+        if reply != Some(SyncReply::Delta) {
+            return reply;
+        }
+        if self.owes_full(peer) {
+            tracing::debug!(%peer, "a full state is owed to this peer; sent instead of a delta");
+            return Some(SyncReply::Full);
+        }
+        if self.complete().holds(peer, Instant::now()) || self.store().delta_covers_graph() {
+            return reply;
+        }
+        tracing::debug!(%peer, "a delta would not carry every node and this peer is not known to hold them; a full state instead");
+        bump(&self.stats.full_for_delta, 1);
+        Some(SyncReply::Full)
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
@@ -733,11 +795,11 @@ impl Service {
             }
         };
         self.count(&peer, &applied);
-        let mut reply = self.engine.replies(&peer, &applied, Instant::now());
-        if reply == Some(SyncReply::Delta) && self.shared.owes_full(&peer) {
-            tracing::debug!(%peer, "a full state is owed to this peer; sent instead of a delta");
-            reply = Some(SyncReply::Full);
+        if applied.holds_all {
+            self.shared.holds_all(&peer);
         }
+        let reply = self.engine.replies(&peer, &applied, Instant::now());
+        let reply = self.shared.reply_to_sync(&peer, reply);
         tracing::debug!(
             %peer,
             requests = applied.requests.len(),
@@ -994,17 +1056,97 @@ impl Drain {
             .is_ok()
     }
 
-    /// Writes and frames one part at a time off the runtime, with the store locked
-    /// only while a part is written, and sends it as fast as the peer takes it.
+    /// The full state at the store's current version, framed: the cached one, or one
+    /// written now and cached. `None` when the SM signs what we send (each message is
+    /// signed afresh), or when it is too big to keep.
+    async fn cached_full(&self) -> Option<Arc<CachedFull>> {
+        if self.shared.cfg.sm.signer.is_some() {
+            return None;
+        }
+        let mut cache = self.shared.full_cache.lock().await;
+        let version = self.shared.store().version();
+        match &*cache {
+            FullCache::Ready(c) if c.version == version => return Some(c.clone()),
+            FullCache::TooBig(v) if *v == version => return None,
+            _ => {}
+        }
+        let shared = self.shared.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let (mut cursor, version) = {
+                let store = shared.store();
+                (store.full_state_cursor(), store.version())
+            };
+            let nodes = cursor.len();
+            let mut budget = shared.cfg.full_part_budget;
+            let (mut parts, mut bytes) = (Vec::new(), 0usize);
+            while let Some(part) = next_full_part(&shared, &mut cursor, &mut budget) {
+                match part {
+                    Ok((text, frames)) => {
+                        bytes += text.len() + frames.iter().map(Vec::len).sum::<usize>();
+                        if bytes > FULL_CACHE_BYTES {
+                            return FullCache::TooBig(version);
+                        }
+                        parts.push((text, frames));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "a full-state part cannot be framed; skipped")
+                    }
+                }
+            }
+            // Stamped with the version it started at: a change while it was written
+            // makes the next peer write a new one.
+            FullCache::Ready(Arc::new(CachedFull {
+                version,
+                nodes,
+                parts,
+            }))
+        })
+        .await
+        .ok()?;
+        *cache = built;
+        match &*cache {
+            FullCache::Ready(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Sends the cached full state, or writes and frames one part at a time off the
+    /// runtime, with the store locked only while a part is written, and sends it as
+    /// fast as the peer takes it; then waits until the peer acknowledged every byte.
     async fn send_full(&self) -> bool {
+        let started = Instant::now();
+        let (parts, nodes) = match self.cached_full().await {
+            Some(full) => {
+                self.shared.owe_full(&self.peer);
+                for (text, frames) in &full.parts {
+                    let mut frames = frames.clone();
+                    self.shared.room.restamp(CHANNEL, &mut frames);
+                    bump(&self.shared.stats.full_parts, 1);
+                    if !self.send_frames(text, frames).await {
+                        return false;
+                    }
+                }
+                (full.parts.len(), full.nodes)
+            }
+            None => match self.stream_full().await {
+                Some(sent) => sent,
+                None => return false,
+            },
+        };
+        self.await_full_delivery(started, nodes, parts).await
+    }
+
+    /// Writes, frames and sends one part at a time. Returns (parts, nodes), or `None`
+    /// when the link went.
+    async fn stream_full(&self) -> Option<(usize, usize)> {
         let shared = self.shared.clone();
         let Ok(mut cursor) =
             tokio::task::spawn_blocking(move || shared.store().full_state_cursor()).await
         else {
-            return false;
+            return None;
         };
         self.shared.owe_full(&self.peer);
-        let (mut parts, nodes, started) = (0, cursor.len(), Instant::now());
+        let (mut parts, nodes) = (0, cursor.len());
         let mut budget = self.shared.cfg.full_part_budget;
         loop {
             let shared = self.shared.clone();
@@ -1014,7 +1156,7 @@ impl Drain {
             })
             .await;
             let Ok((frames, back, fitted)) = next else {
-                return false;
+                return None;
             };
             (cursor, budget) = (back, fitted);
             match frames {
@@ -1023,7 +1165,7 @@ impl Drain {
                     parts += 1;
                     bump(&self.shared.stats.full_parts, 1);
                     if !self.send_frames(&text, frames).await {
-                        return false;
+                        return None;
                     }
                 }
                 Some(Err(e)) => {
@@ -1031,6 +1173,10 @@ impl Drain {
                 }
             }
         }
+        Some((parts, nodes))
+    }
+
+    async fn await_full_delivery(&self, started: Instant, nodes: usize, parts: usize) -> bool {
         let took_ms = started.elapsed().as_millis() as u64;
         match self
             .shared

@@ -83,7 +83,26 @@ pub enum Command {
     /// Read-only look at the graph, as JSON lines: nodes matching QUERY (a GenosDB query,
     /// e.g. '{"type":"todo"}'), or --node ID, or --oplog. Reads a stopped store, or a
     /// running daemon with --url (then ADMIN_TOKEN must be its token).
-    Query(crate::daemon::query::QueryArgs),
+    Query(QueryArgs),
+}
+
+/// What the `query` subcommand prints (it runs in daemon::query).
+#[derive(clap::Args, Debug, Clone)]
+pub struct QueryArgs {
+    /// A GenosDB query (JSON object; the operators of SM_RULES: $eq, $gt, $in, $regex…).
+    pub query: Option<String>,
+    /// Print the node with this id instead.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Print the oplog window (newest LIMIT entries) instead.
+    #[arg(long)]
+    pub oplog: bool,
+    /// At most this many results (1 to 1000).
+    #[arg(long, default_value_t = crate::http::console::look::DEFAULT_LIMIT)]
+    pub limit: usize,
+    /// A running daemon, http://host:port; ADMIN_TOKEN must be its token.
+    #[arg(long)]
+    pub url: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

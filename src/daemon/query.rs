@@ -3,29 +3,11 @@
 //! `--url http://host:port` against a running daemon through ADMIN_TOKEN. Prints one
 //! JSON object a line: nodes, or oplog entries.
 
-use crate::config::Config;
+use crate::config::{Config, QueryArgs};
 use crate::http::console::look;
 use anyhow::{Context, bail};
 use std::io::{Read, Write};
 use std::time::Duration;
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct QueryArgs {
-    /// A GenosDB query (JSON object; the operators of SM_RULES: $eq, $gt, $in, $regex…).
-    pub query: Option<String>,
-    /// Print the node with this id instead.
-    #[arg(long)]
-    pub node: Option<String>,
-    /// Print the oplog window (newest LIMIT entries) instead.
-    #[arg(long)]
-    pub oplog: bool,
-    /// At most this many results (1 to 1000).
-    #[arg(long, default_value_t = look::DEFAULT_LIMIT)]
-    pub limit: usize,
-    /// A running daemon, http://host:port; ADMIN_TOKEN must be its token.
-    #[arg(long)]
-    pub url: Option<String>,
-}
 
 enum Ask {
     Node(String),

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 /// A full state whose unacknowledged bytes have not fallen for this long is stalled:
 /// SCTP is waiting out its retransmission timer (at least 1 s, doubling) a second
 /// time. The link is dropped, and the full state goes out again on the peer's next one.
-pub const DELIVERY_STALL: Duration = Duration::from_millis(2500);
+const DELIVERY_STALL: Duration = Duration::from_millis(2500);
 
 /// A full state whose text and frames take up to this many bytes is kept, framed, until the
 /// graph changes, and sent as it is to every peer that asks: writing and compressing

@@ -38,14 +38,14 @@ pub const CHANNEL: &str = "syncGraph";
 
 /// The largest delta message text we send. 1 MiB is 64 frames, well inside the 100
 /// frames a browser reassembles (§3), even when compression does not help.
-pub const DELTA_BUDGET: usize = 1 << 20;
+pub(super) const DELTA_BUDGET: usize = 1 << 20;
 
 /// The JSON size a full-state part is first written at; see `next_full_part`.
-pub const FULL_PART_BUDGET: usize = 6 << 20;
+pub(super) const FULL_PART_BUDGET: usize = 6 << 20;
 
 /// Messages queued for one peer before it counts as too slow and is dropped. A full
 /// state counts as one entry: its parts are written as the peer takes them.
-pub const OUTBOX_LEN: usize = 256;
+pub(super) const OUTBOX_LEN: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct SyncConfig {

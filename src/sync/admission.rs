@@ -147,4 +147,81 @@ mod tests {
         ids.sort();
         assert_eq!(ids, ["d-small", "f-small", "small"]);
     }
+
+    /// The ids left in a batch's deltas and full states, in order.
+    fn ids(batch: &Batch) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in &batch.messages {
+            match m {
+                Message::Full(full) => out.extend(full.nodes.iter().map(|(id, _)| id.to_string())),
+                Message::Delta { ops, .. } => out.extend(ops.iter().map(|op| match op {
+                    Op::Upsert(u) => u.id.clone(),
+                    Op::Remove(r) => r.id.clone(),
+                    Op::Link(l) => format!("{}->{}", l.source, l.target),
+                })),
+                Message::Op(_) => out.push("live".into()),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn replays_of_refused_live_ops_are_dropped_from_deltas_and_full_states_only() {
+        let ts = |p: u64| format!(r#"{{"physical":{p},"logical":0}}"#);
+        let (t1, t2) = (ts(1), ts(2));
+        let text = format!(
+            r#"[{{"type":"upsert","id":"a","value":1,"timestamp":{t1}}},
+               {{"type":"deltaSync","operations":[
+                  {{"type":"upsert","id":"a","value":1,"timestamp":{t1}}},
+                  {{"type":"upsert","id":"a","value":2,"timestamp":{t2}}},
+                  {{"type":"remove","id":"b","timestamp":{t1}}},
+                  {{"type":"link","sourceId":"x","targetId":"y","timestamp":{t2}}}],"timestamp":null}},
+               {{"type":"fullStateSync","graphData":{{
+                  "a":{{"value":1,"edges":[],"timestamp":{t1}}},
+                  "c":{{"value":3,"edges":[],"timestamp":{t1}}}}},"timestamp":null}}]"#
+        );
+        let mut batch = message::parse_json(&text).unwrap();
+        let mut refused = sm::Refused::new(16);
+        assert_eq!(drop_replays(&refused, &mut batch), 0, "nothing refused yet");
+        let hlc = |physical| crate::store::Hlc {
+            physical,
+            logical: 0,
+        };
+        refused.insert(("a".into(), hlc(1)));
+        refused.insert(("b".into(), hlc(1)));
+        refused.insert((sm::link_key("x", "y"), hlc(2)));
+        assert_eq!(drop_replays(&refused, &mut batch), 4);
+        // The live op stays (the policy judges it), and so do other versions of "a".
+        assert_eq!(ids(&batch), ["live", "a", "c"]);
+    }
+
+    #[test]
+    fn strict_drops_only_unlisted_superadmin_user_nodes() {
+        let listed = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+        let unlisted = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359";
+        let ts = r#"{"physical":1,"logical":0}"#;
+        let text = format!(
+            r#"[{{"type":"deltaSync","operations":[
+                  {{"type":"upsert","id":"user:{unlisted}","value":{{"role":"superadmin"}},"timestamp":{ts}}},
+                  {{"type":"upsert","id":"user:{listed}","value":{{"role":"superadmin"}},"timestamp":{ts}}},
+                  {{"type":"upsert","id":"user:{unlisted}","value":{{"role":"user"}},"timestamp":{ts}}}],"timestamp":null}},
+               {{"type":"fullStateSync","graphData":{{
+                  "user:{unlisted}":{{"value":{{"role":"superadmin"}},"edges":[],"timestamp":{ts}}},
+                  "plain":{{"value":{{"role":"superadmin"}},"edges":[],"timestamp":{ts}}}}},"timestamp":null}}]"#
+        );
+        let lax = Policy::new(vec![listed.into()], false);
+        let mut batch = message::parse_json(&text).unwrap();
+        assert_eq!(strict_filter(&lax, &mut batch), 0, "off without SM_STRICT");
+        let strict = Policy::new(vec![listed.into()], true);
+        assert_eq!(strict_filter(&strict, &mut batch), 2);
+        assert_eq!(
+            ids(&batch),
+            [
+                format!("user:{listed}"),
+                format!("user:{unlisted}"),
+                "plain".to_owned()
+            ]
+        );
+    }
 }

@@ -386,6 +386,47 @@ mod tests {
     use crate::sync::shared::FULL_PART_BUDGET;
     use crate::sync::{Message, engine, message};
 
+    /// A graph of `n` nodes whose values are `len` bytes of text, and each id's value.
+    fn graph(
+        n: usize,
+        len: usize,
+        compressible: bool,
+        random: &mut impl FnMut() -> u64,
+    ) -> (Store, std::collections::BTreeMap<String, String>) {
+        let mut store = Store::new(1000);
+        let mut expected = std::collections::BTreeMap::new();
+        for i in 0..n {
+            let text: String = if compressible {
+                format!("node {i} lorem ipsum ")
+                    .chars()
+                    .cycle()
+                    .take(len)
+                    .collect()
+            } else {
+                const B64: &[u8] =
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+                (0..len)
+                    .map(|_| B64[(random() % 64) as usize] as char)
+                    .collect()
+            };
+            let value = format!("\"{text}\"");
+            let id = format!("n{i:05}");
+            let ts = format!(
+                r#"{{"physical":{},"logical":0}}"#,
+                1_700_000_000_000u64 + i as u64
+            );
+            let op =
+                format!(r#"[{{"type":"upsert","id":"{id}","value":{value},"timestamp":{ts}}}]"#);
+            engine::apply_batch(
+                &mut store,
+                message::parse_json(&op).unwrap(),
+                1_800_000_000_000,
+            );
+            expected.insert(id, value);
+        }
+        (store, expected)
+    }
+
     /// Graph sizes and value sizes around the part boundaries: every part fits the
     /// 100 frames a browser reassembles, and the parts hold every node exactly once,
     /// value for value.
@@ -414,38 +455,7 @@ mod tests {
             seed
         };
         for &(n, len, compressible) in table {
-            let mut store = Store::new(1000);
-            let mut expected = std::collections::BTreeMap::new();
-            for i in 0..n {
-                let text: String = if compressible {
-                    format!("node {i} lorem ipsum ")
-                        .chars()
-                        .cycle()
-                        .take(len)
-                        .collect()
-                } else {
-                    const B64: &[u8] =
-                        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-                    (0..len)
-                        .map(|_| B64[(random() % 64) as usize] as char)
-                        .collect()
-                };
-                let value = format!("\"{text}\"");
-                let id = format!("n{i:05}");
-                let ts = format!(
-                    r#"{{"physical":{},"logical":0}}"#,
-                    1_700_000_000_000u64 + i as u64
-                );
-                let op = format!(
-                    r#"[{{"type":"upsert","id":"{id}","value":{value},"timestamp":{ts}}}]"#
-                );
-                engine::apply_batch(
-                    &mut store,
-                    message::parse_json(&op).unwrap(),
-                    1_800_000_000_000,
-                );
-                expected.insert(id, value);
-            }
+            let (store, expected) = graph(n, len, compressible, &mut random);
             let mut cursor = store.full_state_cursor();
             let mut budget = FULL_PART_BUDGET;
             let mut seen = std::collections::BTreeMap::new();

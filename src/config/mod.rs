@@ -42,8 +42,8 @@ pub const DEFAULT_RELAYS: [&str; 8] = [
 
 pub const MAX_OPLOG_SIZE: usize = 1_000_000;
 
-/// The default MAX_VALUE_BYTES: browsers write values of a few hundred KB.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+/// The default MAX_VALUE_BYTES lives with the sync layer that enforces it.
+pub use crate::sync::DEFAULT_MAX_VALUE_BYTES;
 /// FORWARD_MS when unset: what a forwarded op may wait to share a message with others.
 pub const DEFAULT_FORWARD_MS: u64 = 50;
 

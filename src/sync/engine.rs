@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// When a newly joined peer gets our `sync`, counted from its join. genossrv's
 /// schedule (§6.1); we stop early once the peer has sent its state (see [`Engine`]).
-pub const SYNC_SCHEDULE: [Duration; 4] = [
+pub(crate) const SYNC_SCHEDULE: [Duration; 4] = [
     Duration::ZERO,
     Duration::from_millis(1500),
     Duration::from_millis(4000),
@@ -23,13 +23,13 @@ pub const SYNC_SCHEDULE: [Duration; 4] = [
 /// §7.5). Those answers, and any that are too big to reach us, would each ask for our
 /// full state again. A peer that got every part of ours within the cooldown already
 /// holds everything we would send, so we do not.
-pub const COUNTER_REPLY_COOLDOWN: Duration = Duration::from_secs(30);
+pub(crate) const COUNTER_REPLY_COOLDOWN: Duration = Duration::from_secs(30);
 
 /// A peer whose own `sync` has not reached us this long after its join gets the reply
 /// anyway. Every peer sends `sync` the moment its channel opens, yet real browsers'
 /// first message is sometimes lost at that moment (the harness saw it with genossrv
 /// and with us); the browser never asks again, and would otherwise leave empty-handed.
-pub const UNASKED_REPLY_AFTER: Duration = Duration::from_millis(1500);
+pub(crate) const UNASKED_REPLY_AFTER: Duration = Duration::from_millis(1500);
 
 /// What one batch from a peer did, and what it asks of us.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -113,13 +113,13 @@ struct PeerSync {
 ///   oplog sends nothing back, so it still gets every repeat, which covers a first
 ///   `sync` that reached it before it was listening.
 #[derive(Debug, Default)]
-pub struct Engine {
+pub(crate) struct Engine {
     peers: HashMap<String, PeerSync>,
 }
 
 impl Engine {
     /// A peer joined (or rejoined on a new link): its schedule starts over.
-    pub fn join(&mut self, peer: &str, now: Instant) {
+    pub(crate) fn join(&mut self, peer: &str, now: Instant) {
         self.peers.insert(
             peer.to_owned(),
             PeerSync {
@@ -133,20 +133,12 @@ impl Engine {
         );
     }
 
-    pub fn leave(&mut self, peer: &str) {
+    pub(crate) fn leave(&mut self, peer: &str) {
         self.peers.remove(peer);
     }
 
-    pub fn len(&self) -> usize {
-        self.peers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
-    }
-
     /// Peers whose next `sync` is due at `now`; each is counted as sent.
-    pub fn due_syncs(&mut self, now: Instant) -> Vec<String> {
+    pub(crate) fn due_syncs(&mut self, now: Instant) -> Vec<String> {
         let mut due = Vec::new();
         for (id, p) in &mut self.peers {
             let Some(next) = Self::next_for(p) else {
@@ -166,7 +158,7 @@ impl Engine {
     /// Peers whose own `sync` never came (see UNASKED_REPLY_AFTER), with the global
     /// timestamp their state carried, if any: the reply is decided as if they had
     /// sent `sync` with it. Each peer is returned once per join.
-    pub fn unasked(&mut self, now: Instant) -> Vec<(String, Option<Hlc>)> {
+    pub(crate) fn unasked(&mut self, now: Instant) -> Vec<(String, Option<Hlc>)> {
         let mut due = Vec::new();
         for (id, p) in &mut self.peers {
             if !p.served && p.joined + UNASKED_REPLY_AFTER <= now {
@@ -179,7 +171,7 @@ impl Engine {
 
     /// Peers whose first exchange is still going on: they have not sent their state
     /// and their `sync` schedule has not run out. What we hold may still change a lot.
-    pub fn unsettled(&self, now: Instant) -> usize {
+    pub(crate) fn unsettled(&self, now: Instant) -> usize {
         let window = SYNC_SCHEDULE.last().copied().unwrap_or_default() + UNASKED_REPLY_AFTER;
         self.peers
             .values()
@@ -188,7 +180,7 @@ impl Engine {
     }
 
     /// When the next `sync` or unasked reply falls due, if any is still scheduled.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         let unasked = self
             .peers
             .values()
@@ -209,7 +201,12 @@ impl Engine {
     }
 
     /// The replies a batch from `peer` earns: at most one full state or one delta.
-    pub fn replies(&mut self, peer: &str, applied: &Applied, now: Instant) -> Option<SyncReply> {
+    pub(crate) fn replies(
+        &mut self,
+        peer: &str,
+        applied: &Applied,
+        now: Instant,
+    ) -> Option<SyncReply> {
         let p = self.peers.get_mut(peer)?;
         if applied.answered {
             p.answered = true;

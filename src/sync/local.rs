@@ -39,7 +39,7 @@ pub fn put(store: &mut Store, id: &str, value: &str, wall_ms: u64) -> Result<Loc
     applied(store.upsert(op, wall_ms), ts, text)
 }
 
-pub fn remove(store: &mut Store, id: &str, wall_ms: u64) -> Result<LocalOp, LocalError> {
+pub(crate) fn remove(store: &mut Store, id: &str, wall_ms: u64) -> Result<LocalOp, LocalError> {
     let ts = store.next_ts(wall_ms);
     let mut text = String::new();
     crate::store::Entry::write_plain(&mut text, "remove", id, &ts);
@@ -50,7 +50,7 @@ pub fn remove(store: &mut Store, id: &str, wall_ms: u64) -> Result<LocalOp, Loca
     applied(store.remove(op), ts, text)
 }
 
-pub fn link(
+pub(crate) fn link(
     store: &mut Store,
     source: &str,
     target: &str,

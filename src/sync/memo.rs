@@ -50,12 +50,9 @@ impl PeerMemo {
             .is_some_and(|at| now.saturating_duration_since(*at) < self.ttl)
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.at.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.at.is_empty()
     }
 }
 

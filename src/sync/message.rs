@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use std::io::Read;
 
 /// The largest legacy `deltaSync.operations` blob we inflate (zip-bomb guard).
-pub const MAX_INFLATED_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const MAX_INFLATED_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -90,7 +90,7 @@ pub fn parse_msgpack(bytes: &[u8]) -> Result<Batch, ParseError> {
 }
 
 /// A MessagePack payload as the JSON text of the same value.
-pub fn msgpack_to_json(bytes: &[u8]) -> Result<String, ParseError> {
+pub(crate) fn msgpack_to_json(bytes: &[u8]) -> Result<String, ParseError> {
     let value: serde_json::Value = rmp_serde::from_slice(bytes)?;
     Ok(value.to_string())
 }

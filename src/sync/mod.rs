@@ -1,12 +1,25 @@
 //! The GenosDB sync messages of channel `syncGraph` (genosdb-data.md §6–§8): decoding,
 //! the protocol's decisions, local writes, and the service that runs them on a room.
+//!
+//! - `message`, `engine`, `local`, `memo`: the sans-IO core (codec, decisions, writes).
+//! - `admission`: pure filters over a decoded batch (MAX_VALUE_BYTES, SM replays, SM_STRICT).
+//! - `shared`: the state the service and every outbox share; applies what peers send.
+//! - `forward`: FORWARD_OPS, live ops gathered and handed on.
+//! - `outbox`: one queue per peer, and the full state in parts, cached per store version.
+//! - `service`: the actor on the room's events, and the handle the daemon holds.
+//! - `governor`: keeps the SM's ACLs current.
 
+mod admission;
 pub mod engine;
-pub mod governor;
+mod forward;
+pub(crate) mod governor;
 pub mod local;
-pub mod memo;
+mod memo;
 pub mod message;
+mod outbox;
 pub mod service;
+mod shared;
 
 pub use message::{Batch, Message, ParseError, Rejection};
-pub use service::{CHANNEL, LocalWrite, PeerChange, SyncConfig, SyncHandle, SyncStats};
+pub use service::{LocalWrite, PeerChange, SyncHandle};
+pub use shared::{CHANNEL, DEFAULT_MAX_VALUE_BYTES, SyncConfig, SyncStats};

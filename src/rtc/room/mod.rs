@@ -10,6 +10,7 @@ mod actor;
 mod config;
 mod link;
 mod overlay;
+mod peers;
 mod stats;
 
 pub use config::{
@@ -27,6 +28,7 @@ use super::topic;
 use crate::rate::LogEvery;
 use actor::Actor;
 use overlay::Overlay;
+use peers::PeerTables;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -199,12 +201,9 @@ impl Room {
             links: links.clone(),
             writers: HashMap::new(),
             stats: stats.clone(),
-            pending: HashMap::new(),
-            connected: HashMap::new(),
-            answering: HashMap::new(),
+            peers: PeerTables::default(),
             refusal_log: LogEvery::new(LIMIT_LOG_EVERY),
             types: HashMap::new(),
-            next_link: 0,
         };
         if !actor.cfg.only_superpeers {
             pool.subscribe(

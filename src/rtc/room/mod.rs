@@ -51,7 +51,7 @@ const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
 const ALPHABET: &[u8; 62] = b"0123456789AaBbCcDdEeFfGgHhIiJjKkLlMmNnOoPpQqRrSsTtUuVvWwXxYyZz";
 
 /// A fresh 20-character peer id, as GenosRTC makes them.
-pub fn new_peer_id() -> String {
+pub(crate) fn new_peer_id() -> String {
     let mut b = [0u8; 20];
     getrandom::fill(&mut b).expect("the OS random source works");
     b.iter()
@@ -102,7 +102,7 @@ struct LinkInfo {
 /// One connected peer, as the operator's console shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PeerRow {
+pub(crate) struct PeerRow {
     pub id: String,
     /// `browser` or `superpeer` (what its announce said), or null.
     pub kind: Option<String>,
@@ -122,7 +122,7 @@ impl Writer {
 
 /// What became of everything queued for a peer, from [`Room::wait_delivered`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// The peer's SCTP acknowledged every byte: it holds every message we queued.
     Delivered,
     /// The link closed or was replaced first.
@@ -305,7 +305,7 @@ impl Room {
     /// current link: the link's queue is empty and its channel holds no unacknowledged
     /// byte. Gives up when the link goes, or when the unacknowledged count has not
     /// fallen for `stall` (SCTP is then waiting out retransmission timeouts).
-    pub async fn wait_delivered(&self, peer: &str, stall: Duration) -> Delivery {
+    pub(crate) async fn wait_delivered(&self, peer: &str, stall: Duration) -> Delivery {
         let Some(writer) = self
             .links
             .lock()
@@ -355,7 +355,7 @@ impl Room {
     /// Sends a message to a peer: directly when connected (with `frames` if given,
     /// already encoded for `channel`), else, in cells mode, through the mesh addressed
     /// to it (`_t`), as GenosRTC's channel wrapper does.
-    pub async fn send_message_to(
+    pub(crate) async fn send_message_to(
         &self,
         peer: &str,
         channel: &str,
@@ -378,7 +378,7 @@ impl Room {
     }
 
     /// Cells mode: `mesh.send({_ch, _d, _t})` to the whole room (or to `to`).
-    pub fn mesh_send(
+    pub(crate) fn mesh_send(
         &self,
         channel: &str,
         json_text: &str,
@@ -420,7 +420,7 @@ impl Room {
     }
 
     /// Drops a connected peer that cannot keep up; it resyncs when it comes back.
-    pub fn drop_peer(&self, peer: &str) {
+    pub(crate) fn drop_peer(&self, peer: &str) {
         let writer = self
             .links
             .lock()
@@ -434,7 +434,7 @@ impl Room {
 
     /// Gives the frames of a message encoded earlier for `channel` the channel's next
     /// nonce, as [`Room::encode`] would.
-    pub fn restamp(&self, channel: &str, frames: &mut [Vec<u8>]) {
+    pub(crate) fn restamp(&self, channel: &str, frames: &mut [Vec<u8>]) {
         frame::set_nonce(frames, self.next_nonce(channel));
     }
 
@@ -464,7 +464,7 @@ impl Room {
     }
 
     /// Connected peers with their link's age and bytes, for the operator's console.
-    pub fn peer_table(&self) -> Vec<PeerRow> {
+    pub(crate) fn peer_table(&self) -> Vec<PeerRow> {
         let cells = self.cell_state().map(|(_, cells, _, _)| cells);
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         links
@@ -498,7 +498,7 @@ impl Room {
         &self.stats
     }
 
-    pub fn shared_stats(&self) -> Arc<RoomStats> {
+    pub(crate) fn shared_stats(&self) -> Arc<RoomStats> {
         self.stats.clone()
     }
 

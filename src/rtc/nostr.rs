@@ -379,14 +379,16 @@ struct RelayTask {
 }
 
 impl RelayTask {
-    async fn run(self, client: Client) {
+    /// Adds the relay to the client; None (logged, and shown on /health) when its
+    /// URL is refused.
+    async fn open_relay(&self, client: &Client) -> Option<Relay> {
         let opts = RelayOptions::new()
             .retry_interval(self.cfg.backoff_base)
             .limits(limits(self.cfg.max_message_bytes))
             .notification_channel_size(1024);
         let added = client.pool().add_relay(self.url.as_str(), opts).await;
-        let relay = match added.and(client.pool().relay(self.url.as_str()).await) {
-            Ok(relay) => relay,
+        match added.and(client.pool().relay(self.url.as_str()).await) {
+            Ok(relay) => Some(relay),
             Err(e) => {
                 let error = crate::redact::scrub(&e.to_string(), &self.url);
                 tracing::warn!(relay = %self.shown, %error, "relay URL refused; not used");
@@ -395,8 +397,14 @@ impl RelayTask {
                     .last_error
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = Some(error);
-                return;
+                None
             }
+        }
+    }
+
+    async fn run(self, client: Client) {
+        let Some(relay) = self.open_relay(&client).await else {
+            return;
         };
         let mut notes = relay.notifications();
         let _ = self.relay.set(relay.clone());
@@ -413,40 +421,11 @@ impl RelayTask {
                 }
             };
             match note {
-                Ok(RelayNotification::RelayStatus { status }) => match status {
-                    SdkStatus::Connected => {
-                        tracing::info!(relay = %self.shown, "relay connected");
-                        self.resend(&relay, None);
-                        if self
-                            .inbound
-                            .send(Inbound::Connected { relay: self.id })
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
+                Ok(RelayNotification::RelayStatus { status }) => {
+                    if self.on_status(&relay, status).await {
+                        return;
                     }
-                    SdkStatus::Disconnected
-                    | SdkStatus::Terminated
-                    | SdkStatus::Banned
-                    | SdkStatus::Sleeping => {
-                        if self.status.connected.swap(false, Ordering::Relaxed) {
-                            tracing::info!(relay = %self.shown, "relay disconnected");
-                            if self
-                                .inbound
-                                .send(Inbound::Disconnected { relay: self.id })
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                        if status != SdkStatus::Disconnected {
-                            return;
-                        }
-                    }
-                    _ => {}
-                },
+                }
                 Ok(RelayNotification::Authenticated) => {
                     tracing::info!(relay = %self.shown, "authenticated to the relay (NIP-42)");
                     self.resend(&relay, None);
@@ -487,6 +466,45 @@ impl RelayTask {
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
+    }
+
+    /// The relay's connection changed; true when the task must end.
+    async fn on_status(&self, relay: &Relay, status: SdkStatus) -> bool {
+        match status {
+            SdkStatus::Connected => {
+                tracing::info!(relay = %self.shown, "relay connected");
+                self.resend(relay, None);
+                if self
+                    .inbound
+                    .send(Inbound::Connected { relay: self.id })
+                    .await
+                    .is_err()
+                {
+                    return true;
+                }
+            }
+            SdkStatus::Disconnected
+            | SdkStatus::Terminated
+            | SdkStatus::Banned
+            | SdkStatus::Sleeping => {
+                if self.status.connected.swap(false, Ordering::Relaxed) {
+                    tracing::info!(relay = %self.shown, "relay disconnected");
+                    if self
+                        .inbound
+                        .send(Inbound::Disconnected { relay: self.id })
+                        .await
+                        .is_err()
+                    {
+                        return true;
+                    }
+                }
+                if status != SdkStatus::Disconnected {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        false
     }
 
     /// Sends every subscription (or only `only`) with a fresh `since`.

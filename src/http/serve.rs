@@ -152,6 +152,16 @@ impl HttpStats {
     }
 }
 
+impl crate::figures::Figures for HttpStats {
+    fn figures(&self, out: &mut Vec<crate::figures::Figure>) {
+        out.push(crate::figures::Figure::gauge(
+            "http_connections",
+            "Open HTTP connections from the network, relay connections included",
+            self.connections.load(Ordering::Relaxed) as i64,
+        ));
+    }
+}
+
 /// Where a request came from; in every request's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {

@@ -6,6 +6,7 @@ pub mod governor;
 pub mod local;
 pub mod memo;
 pub mod message;
+mod metrics;
 pub mod service;
 
 pub use message::{Batch, Message, ParseError, Rejection};

@@ -152,3 +152,54 @@ pub(crate) fn body(state: &AppState) -> (StatusCode, Health) {
     };
     (code, body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Running;
+    use crate::persist::PersistStatus;
+    use crate::store::Store;
+    use std::sync::Mutex;
+
+    fn json(state: &AppState) -> (StatusCode, serde_json::Value) {
+        let (code, h) = body(state);
+        (code, serde_json::to_value(h).unwrap())
+    }
+
+    #[test]
+    fn starting_until_the_daemon_runs_then_ok_and_the_first_running_holds() {
+        let state = AppState::new("h", 2, None);
+        let (code, h) = json(&state);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h["status"], "starting");
+        assert_eq!(status_word(&state), "starting");
+        for absent in ["nodes", "oplog", "storage", "signingAs", "presencePeers"] {
+            assert!(h.get(absent).is_none(), "{absent} in {h}");
+        }
+        assert_eq!(h["relays"]["total"], 2);
+        let persist = Arc::new(PersistStatus::default());
+        state.set_running(Running {
+            store: Arc::new(Mutex::new(Store::new(10))),
+            persist: persist.clone(),
+            signing_as: Some("0xabc".into()),
+            sync_room: None,
+        });
+        state.set_running(Running {
+            store: Arc::new(Mutex::new(Store::new(10))),
+            persist: Arc::new(PersistStatus::default()),
+            signing_as: Some("0xother".into()),
+            sync_room: None,
+        });
+        let (code, h) = json(&state);
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(h["status"], "ok");
+        assert_eq!(status_word(&state), "ok");
+        assert_eq!(h["nodes"], 0);
+        assert_eq!(h["storage"], "files");
+        assert_eq!(h["signingAs"], "0xabc");
+        // No room joined: never cut off, however long no relay has been up.
+        state.relays_down_secs.store(3600, Ordering::Relaxed);
+        assert_eq!(state.cut_off(), None);
+        assert_eq!(json(&state).1["status"], "ok");
+    }
+}

@@ -195,3 +195,65 @@ pub(crate) fn resident_bytes() -> Option<u64> {
         .ok()?;
     Some(kb * 1024)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Running;
+    use crate::persist::PersistStatus;
+    use crate::store::Store;
+    use std::sync::Mutex;
+
+    fn names(state: &AppState) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        state.figures(&mut out);
+        out.iter().map(|f| f.name).collect()
+    }
+
+    fn running() -> Running {
+        Running {
+            store: Arc::new(Mutex::new(Store::new(100))),
+            persist: Arc::new(PersistStatus::default()),
+            signing_as: Some("0xabc".into()),
+            sync_room: None,
+        }
+    }
+
+    #[test]
+    fn the_store_and_persistence_appear_once_the_daemon_runs() {
+        let state = AppState::new("m", 0, None);
+        let before = names(&state);
+        assert!(before.contains(&"peers") && before.contains(&"http_connections"));
+        assert!(!before.contains(&"nodes") && !before.contains(&"degraded"));
+        state.set_running(running());
+        let after = names(&state);
+        for name in ["nodes", "oplog_entries", "ops_merged", "degraded"] {
+            assert!(after.contains(&name), "{name} missing: {after:?}");
+        }
+        assert_eq!(after.last(), Some(&"flush_duration_seconds"));
+        // No room: none of its figures, nor the relay watcher's.
+        assert!(!after.contains(&"signals_in") && !after.contains(&"relay_reconnects"));
+    }
+
+    #[test]
+    fn every_family_is_named_once_and_encodes() {
+        let relay = crate::relay::Relay::new(Default::default());
+        let state = AppState::new("m", 0, Some(relay));
+        state.set_running(running());
+        let all = names(&state);
+        let mut unique = all.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), all.len(), "{all:?}");
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &registry(state.clone())).unwrap();
+        for name in all {
+            assert!(
+                body.contains(&format!("# HELP genosdb_{name} ")),
+                "{name} not in {body}"
+            );
+        }
+        assert!(body.contains("genosdb_limit_exceeded_total{limit=\"relay_max_per_ip\"} 0"));
+        assert!(body.contains("genosdb_ops_merged_total{type=\"upsert\"} 0"));
+    }
+}

@@ -10,7 +10,8 @@ mod metrics;
 pub mod serve;
 mod state;
 
-pub use state::{AppState, RELAY_GRACE, Running, SyncRoom};
+pub use state::AppState;
+pub(crate) use state::{Running, SyncRoom};
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
@@ -21,10 +22,10 @@ use axum::{Json, Router};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// In-process connections to this HTTP server, for the daemon's own relay client.
-pub fn local_connector(state: Arc<AppState>) -> serve::LocalConnector {
+pub(crate) fn local_connector(state: Arc<AppState>) -> serve::LocalConnector {
     serve::LocalConnector::new(router(state))
 }
 

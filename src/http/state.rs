@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// How long the daemon may have no relay connected, at start or later, before it calls
 /// itself cut off: a connect may take up to 10 s, and the first retry follows about
 /// 3 s later.
-pub const RELAY_GRACE: Duration = Duration::from_secs(20);
+pub(crate) const RELAY_GRACE: Duration = Duration::from_secs(20);
 
 /// Everything the HTTP handlers read. The counters here are written by the daemon's
 /// tasks from the start; what exists only once the daemon runs is in [`Running`].
@@ -48,7 +48,7 @@ pub struct AppState {
 
 /// The handles of what the daemon has started, for `/health`, `/metrics` and the
 /// console. Set once ([`AppState::set_running`]).
-pub struct Running {
+pub(crate) struct Running {
     /// The graph: its size for `/health`, its merge counts, the console's look.
     pub store: Arc<Mutex<Store>>,
     /// Persistence: degraded or not, the last flush and error, its counters.
@@ -60,7 +60,7 @@ pub struct Running {
 }
 
 /// The joined sync room and the services on it.
-pub struct SyncRoom {
+pub(crate) struct SyncRoom {
     /// Its peers (the console's table) and its cells state (`/health`).
     pub room: Arc<Room>,
     pub room_stats: Arc<RoomStats>,

@@ -1,8 +1,15 @@
-//! HTTP: `/health` (JSON) and `/metrics` (Prometheus text), served by axum.
+//! HTTP: `/health` (JSON), `/metrics` (Prometheus text), the operator's console and,
+//! with RELAY=1, the embedded relay's WebSocket on `/`, served by axum.
 //!
 //! The listener is bound before anything slow starts, because Heroku kills a web dyno
-//! that has not bound its port within 60 s; until the store is loaded `/health` answers
-//! 503 with `"status":"starting"`.
+//! that has not bound its port within 60 s; until the daemon hands over what it has
+//! started ([`Running`], set once) `/health` answers 503 with `"status":"starting"`.
+//!
+//! - [`state`]: [`AppState`] and [`Running`].
+//! - [`health`]: `/health`.
+//! - [`metrics`]: `/metrics`, every part's [`crate::figures::Figures`] in one order.
+//! - [`serve`]: the bounded listener and in-process connections.
+//! - [`console`]: the status page, `/console/status`, `/events`, the ADMIN_TOKEN look.
 
 pub mod console;
 mod health;

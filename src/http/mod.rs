@@ -5,11 +5,11 @@
 //! that has not bound its port within 60 s; until the daemon hands over what it has
 //! started ([`Running`], set once) `/health` answers 503 with `"status":"starting"`.
 //!
-//! - [`state`]: [`AppState`] and [`Running`].
-//! - [`health`]: `/health`.
-//! - [`metrics`]: `/metrics`, every part's [`crate::figures::Figures`] in one order.
-//! - [`serve`]: the bounded listener and in-process connections.
-//! - [`console`]: the status page, `/console/status`, `/events`, the ADMIN_TOKEN look.
+//! - `state`: [`AppState`] and [`Running`].
+//! - `health`: `/health`.
+//! - `metrics`: `/metrics`, every part's [`crate::figures::Figures`] in one order.
+//! - `serve`: the bounded listener and in-process connections.
+//! - `console`: the status page, `/console/status`, `/events`, the ADMIN_TOKEN look.
 
 pub mod console;
 mod health;

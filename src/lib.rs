@@ -6,7 +6,8 @@
 //! (`tests/layers.rs` checks it, and lists the exceptions still to remove):
 //!
 //! 0. [`eth`] (addresses, EIP-55), [`rate`] (token buckets, backoff), [`redact`]
-//!    (secrets out of logs), [`dotenv`] (`.env`, checked).
+//!    (secrets out of logs), [`dotenv`] (`.env`, checked), [`figures`] (the rows each
+//!    stats type lists for `/metrics`).
 //! 1. [`store`]: pure. The graph, hybrid logical clocks, GenosDB's merge rules, the oplog.
 //! 2. [`persist`]: the flusher and its `Backend` trait, the shared error and load types
 //!    (`persist::error`), one compactor thread for every backend, the byte codec, and the
@@ -16,7 +17,8 @@
 //!    room and its cells overlay. [`relay`]: the embedded Nostr relay.
 //! 4. [`sync`]: GenosDB's messages on a room: decoding, the pure protocol engine, the
 //!    service with its per-peer queues, the SM_RULES governor.
-//! 5. [`http`]: `/`, `/health`, `/metrics`, the bounded listener, the relay's WebSocket.
+//! 5. [`http`]: `/`, `/health`, `/metrics`, the bounded listener, the relay's WebSocket,
+//!    the operator's console; `http::Running` holds what the daemon has started.
 //! 6. [`config`]: environment, `.env` and flags, validated into sections.
 //! 7. [`daemon`]: the composition root and the only reader of `Config`: `run`, the
 //!    storage choice (`daemon::storage`), the room wiring, the subcommands.
@@ -51,6 +53,7 @@ pub mod config;
 pub mod daemon;
 pub mod dotenv;
 pub mod eth;
+pub mod figures;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// in earlier layers (or its own). `loadgen` and `fuzzing` are tooling: nothing
 /// imports them.
 const LAYERS: &[&[&str]] = &[
-    &["eth", "rate", "redact", "dotenv"],
+    &["eth", "rate", "redact", "dotenv", "figures"],
     &["store"],
     &["persist", "sm"],
     &["rtc", "relay"],

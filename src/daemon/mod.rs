@@ -74,12 +74,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         persistence,
         lock,
     } = opened.start(&cfg, started)?;
-    state.ready(store.clone(), persistence.status.clone());
-    let sm = sm_config(&cfg, &state);
-    let rtc = cfg
+    let sm = sm_config(&cfg);
+    let (rtc, sync_room) = cfg
         .rtc
         .enabled
-        .then(|| start_rtc(&cfg, addr.port(), &state, &store, sm));
+        .then(|| start_rtc(&cfg, addr.port(), &state, &store, sm))
+        .unzip();
+    state.set_running(http::Running {
+        store: store.clone(),
+        persist: persistence.status.clone(),
+        signing_as: cfg.sm.signer.as_ref().map(|s| s.address().to_owned()),
+        sync_room,
+    });
     tracing::info!("ready");
 
     let signal = signals.recv().await;
@@ -114,7 +120,7 @@ fn start_rtc(
     state: &Arc<AppState>,
     store: &Arc<std::sync::Mutex<crate::store::Store>>,
     sm: SmConfig,
-) -> room::Rtc {
+) -> (room::Rtc, http::SyncRoom) {
     let (rtc, events) = room::start(cfg, cfg.http.host, port, state.clone());
     let peers = state.clone();
     let sync = crate::sync::service::start(
@@ -129,8 +135,6 @@ fn start_rtc(
         },
         move |n, _| peers.peers.store(n, Ordering::Relaxed),
     );
-    state.set_sync_stats(sync.stats.clone());
-    state.set_sm_stats(sync.sm_stats.clone());
     if let (Some(signer), false) = (&cfg.sm.signer, cfg.sm.rules.is_empty()) {
         Governor::new(
             cfg.sm.rules.clone(),
@@ -139,15 +143,22 @@ fn start_rtc(
         )
         .start(store.clone(), sync.clone(), sync.sm_stats.clone());
     }
-    rtc
+    let sync_room = http::SyncRoom {
+        room: rtc.room.clone(),
+        room_stats: rtc.room.shared_stats(),
+        pool: rtc.pool.clone(),
+        sync_stats: sync.stats.clone(),
+        sm_stats: sync.sm_stats.clone(),
+        presence_peers: rtc.presence_peers.clone(),
+    };
+    (rtc, sync_room)
 }
 
 /// The Security Manager's settings for the sync layer, logged once.
-fn sm_config(cfg: &Config, state: &AppState) -> SmConfig {
+fn sm_config(cfg: &Config) -> SmConfig {
     if let Some(signer) = &cfg.sm.signer {
         let address = signer.address();
         tracing::info!(%address, "SM: signing as {address}");
-        let _ = state.signing_as.set(address.to_owned());
     }
     if cfg.sm.strict && !cfg.sm.enabled {
         tracing::warn!("SM_STRICT has no effect without SM_ENABLED=true");

@@ -7,7 +7,7 @@ use crate::rtc::peer::PeerConfig;
 use crate::rtc::room::{Room, RoomConfig, RoomEvent};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use webrtc::peer_connection::RTCIceServer;
@@ -18,6 +18,8 @@ pub struct Rtc {
     pub pool: Arc<RelayPool>,
     /// `app-sync-<DB_NAME>`, when ROOM_PRESENCE=1.
     pub presence: Option<Arc<Room>>,
+    /// Connected peers in the presence room, kept by its event task.
+    pub presence_peers: Option<Arc<AtomicUsize>>,
 }
 
 impl Rtc {
@@ -112,24 +114,23 @@ pub fn start(
     pool_cfg.local = own.clone();
     let (pool, inbound) = RelayPool::start(pool_cfg);
     let pool = Arc::new(pool);
-    let _ = state.relay_pool.set(pool.clone());
     let mut sync_cfg = room_config(cfg, &cfg.sync_room());
     sync_cfg.cells = cfg.rtc.cells;
     let (room, events) = Room::join(sync_cfg, pool.clone(), inbound);
     tracing::info!(peer_id = %room.self_id, room = %cfg.sync_room(), cell_size = cfg.rtc.cells, "joined the sync room");
     let room = Arc::new(room);
-    let _ = state.sync_room.set(room.clone());
-    state.set_room_stats(room.shared_stats());
-    let presence = cfg
+    let (presence, presence_peers) = cfg
         .rtc
         .room_presence
-        .then(|| join_presence(cfg, urls, own, state.clone()));
+        .then(|| join_presence(cfg, urls, own))
+        .unzip();
     tokio::spawn(watch_relays(pool.clone(), state));
     (
         Rtc {
             room,
             pool,
             presence,
+            presence_peers,
         },
         events,
     )
@@ -158,8 +159,7 @@ fn join_presence(
     cfg: &Config,
     urls: Vec<String>,
     own: Option<LocalRelay>,
-    state: Arc<AppState>,
-) -> Arc<Room> {
+) -> (Arc<Room>, Arc<AtomicUsize>) {
     let mut pool_cfg = PoolConfig::new(urls);
     pool_cfg.local = own;
     let (pool, inbound) = RelayPool::start(pool_cfg);
@@ -167,13 +167,13 @@ fn join_presence(
     let (room, mut events) = Room::join(room_config(cfg, &name), Arc::new(pool), inbound);
     tracing::info!(peer_id = %room.self_id, room = %name, "joined the presence room");
     let room = Arc::new(room);
-    state.presence_peers.get_or_init(Default::default);
+    let count = Arc::new(AtomicUsize::new(0));
     let watched = room.clone();
+    let counted = count.clone();
     tokio::spawn(async move {
-        let count = state.presence_peers.get_or_init(Default::default);
         while let Some(ev) = events.recv().await {
             let peers = watched.peers().len();
-            count.store(peers, Ordering::Relaxed);
+            counted.store(peers, Ordering::Relaxed);
             match ev {
                 RoomEvent::Joined { peer, .. } => {
                     tracing::info!(%peer, peers, "presence peer joined")
@@ -183,7 +183,7 @@ fn join_presence(
             }
         }
     });
-    room
+    (room, count)
 }
 
 async fn watch_relays(pool: Arc<RelayPool>, state: Arc<AppState>) {

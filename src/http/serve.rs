@@ -26,19 +26,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// The header timeout of a connection in the reserve.
-pub const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection that is still serving HTTP (not upgraded) after this long is closed:
 /// a client that sends requests and never reads the answers cannot hold its slot.
-pub const MAX_LIFETIME: Duration = Duration::from_secs(300);
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(300);
 /// The same, in the reserve.
 const RESERVE_LIFETIME: Duration = Duration::from_secs(10);
 /// A connection that has sent no whole request for this long may be closed to make
 /// room for a newcomer when every slot is taken.
-pub const SILENT_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const SILENT_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
@@ -71,7 +71,7 @@ impl Default for HttpLimits {
 }
 
 /// The soft RLIMIT_NOFILE, from /proc/self/limits (1024 where it cannot be read).
-pub fn open_files_limit() -> u64 {
+pub(crate) fn open_files_limit() -> u64 {
     std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|t| {
@@ -87,18 +87,18 @@ pub fn open_files_limit() -> u64 {
 #[derive(Debug, Default)]
 pub struct HttpStats {
     /// Open connections from the network (a gauge).
-    pub connections: AtomicUsize,
+    pub(crate) connections: AtomicUsize,
     /// Connections closed at once because every slot was taken.
-    pub refused: AtomicU64,
+    pub(crate) refused: AtomicU64,
     /// Connections closed for not sending their headers in time (or idling too long).
-    pub header_timeouts: AtomicU64,
+    pub(crate) header_timeouts: AtomicU64,
     /// Connections closed at MAX_LIFETIME.
-    pub lifetime_closed: AtomicU64,
+    pub(crate) lifetime_closed: AtomicU64,
     /// Relay upgrades refused on a reserve slot.
-    pub reserve_upgrades_refused: AtomicU64,
+    pub(crate) reserve_upgrades_refused: AtomicU64,
     /// Silent connections closed to make room for a newcomer.
-    pub evicted_silent: AtomicU64,
-    pub accept_errors: AtomicU64,
+    pub(crate) evicted_silent: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
     /// Open connections, for [`HttpStats::evict_silent`].
     open: std::sync::Mutex<HashMap<u64, Open>>,
     next: AtomicU64,
@@ -135,7 +135,7 @@ impl HttpStats {
 }
 
 impl HttpStats {
-    pub fn limits_exceeded(&self) -> [(&'static str, u64); 2] {
+    pub(crate) fn limits_exceeded(&self) -> [(&'static str, u64); 2] {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             (
@@ -152,9 +152,19 @@ impl HttpStats {
     }
 }
 
+impl crate::figures::Figures for HttpStats {
+    fn figures(&self, out: &mut Vec<crate::figures::Figure>) {
+        out.push(crate::figures::Figure::gauge(
+            "http_connections",
+            "Open HTTP connections from the network, relay connections included",
+            self.connections.load(Ordering::Relaxed) as i64,
+        ));
+    }
+}
+
 /// Where a request came from; in every request's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// A TCP client. `reserved`: it holds a reserve slot (no upgrade).
     Network { reserved: bool },
     /// The daemon itself, in process.
@@ -164,14 +174,14 @@ pub enum Origin {
 /// A network connection's slot, released when the last clone goes: the connection
 /// task holds one, and an upgraded relay connection another.
 #[derive(Debug, Clone)]
-pub struct ConnSlot(#[allow(dead_code)] Arc<SlotGuard>);
+pub(crate) struct ConnSlot(#[allow(dead_code)] Arc<SlotGuard>);
 
 #[derive(Debug)]
 struct SlotGuard(Arc<HttpStats>, u64);
 
 impl ConnSlot {
     /// Closes this connection now (a client too slow to read its event stream).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let guard = &self.0;
         let open = guard.0.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(o) = open.get(&guard.1) {
@@ -200,7 +210,6 @@ pub async fn serve(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut log = LogEvery::new(Duration::from_secs(10));
-    let reserve_from = limits.max_connections - limits.reserve();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -219,72 +228,93 @@ pub async fn serve(
                 continue;
             }
         };
-        let mut open = stats.connections.load(Ordering::Relaxed);
-        if open >= limits.max_connections && stats.evict_silent() {
-            // The evicted connection gives its slot back as its task ends.
-            open = limits.max_connections - 1;
-        }
-        if open >= limits.max_connections {
-            stats.refused.fetch_add(1, Ordering::Relaxed);
-            if let Some(unlogged) = log.allow(Instant::now()) {
-                tracing::warn!(
-                    %addr,
-                    limit = "HTTP_MAX_CONNECTIONS",
-                    value = limits.max_connections,
-                    unlogged,
-                    "connection refused: every HTTP slot is taken"
-                );
-            }
-            drop(tcp);
-            continue;
-        }
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        let id = stats.next.fetch_add(1, Ordering::Relaxed);
-        let slot = ConnSlot(Arc::new(SlotGuard(stats.clone(), id)));
-        let requested = Arc::new(AtomicBool::new(false));
-        let reserved = open >= reserve_from;
-        let _ = tcp.set_nodelay(true);
-        let (header_timeout, lifetime) = if reserved {
-            (
-                limits.header_timeout.min(RESERVE_HEADER_TIMEOUT),
-                RESERVE_LIFETIME,
-            )
-        } else {
-            (limits.header_timeout, MAX_LIFETIME)
-        };
-        let conn = Conn {
-            app: app.clone(),
-            origin: Origin::Network { reserved },
-            addr,
-            slot: Some(slot),
-            requested: Some(requested.clone()),
-            header_timeout,
-            keep_alive: !reserved,
-        };
-        // Registered before it runs, so that it can be found and closed.
-        let mut registry = stats.open.lock().unwrap_or_else(|p| p.into_inner());
-        let task_stats = stats.clone();
-        let task = tokio::spawn(async move {
-            let stats = task_stats;
-            match tokio::time::timeout(lifetime, conn.run(TokioIo::new(tcp))).await {
-                Ok(Err(e)) if e.is_timeout() => {
-                    stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+        match admit(&stats, &limits) {
+            Some(open) => start_conn(&app, &stats, &limits, open, tcp, addr),
+            None => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(unlogged) = log.allow(Instant::now()) {
+                    tracing::warn!(
+                        %addr,
+                        limit = "HTTP_MAX_CONNECTIONS",
+                        value = limits.max_connections,
+                        unlogged,
+                        "connection refused: every HTTP slot is taken"
+                    );
                 }
-                Ok(_) => {}
-                Err(_) => {
-                    stats.lifetime_closed.fetch_add(1, Ordering::Relaxed);
-                }
+                drop(tcp);
             }
-        });
-        registry.insert(
-            id,
-            Open {
-                since: Instant::now(),
-                requested,
-                abort: task.abort_handle(),
-            },
-        );
+        }
     }
+}
+
+/// Whether a newcomer gets a slot: `Some(connections open before it)`, after closing
+/// a silent connection when every slot is taken; None when there is none to close.
+fn admit(stats: &HttpStats, limits: &HttpLimits) -> Option<usize> {
+    let mut open = stats.connections.load(Ordering::Relaxed);
+    if open >= limits.max_connections && stats.evict_silent() {
+        // The evicted connection gives its slot back as its task ends.
+        open = limits.max_connections - 1;
+    }
+    (open < limits.max_connections).then_some(open)
+}
+
+/// Serves an admitted connection in its own task, registered so that it can be
+/// found and closed; `open` connections were there before it (past the reserve's
+/// threshold it gets a reserve slot).
+fn start_conn(
+    app: &Router,
+    stats: &Arc<HttpStats>,
+    limits: &HttpLimits,
+    open: usize,
+    tcp: TcpStream,
+    addr: SocketAddr,
+) {
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    let id = stats.next.fetch_add(1, Ordering::Relaxed);
+    let slot = ConnSlot(Arc::new(SlotGuard(stats.clone(), id)));
+    let requested = Arc::new(AtomicBool::new(false));
+    let reserved = open >= limits.max_connections - limits.reserve();
+    let _ = tcp.set_nodelay(true);
+    let (header_timeout, lifetime) = if reserved {
+        (
+            limits.header_timeout.min(RESERVE_HEADER_TIMEOUT),
+            RESERVE_LIFETIME,
+        )
+    } else {
+        (limits.header_timeout, MAX_LIFETIME)
+    };
+    let conn = Conn {
+        app: app.clone(),
+        origin: Origin::Network { reserved },
+        addr,
+        slot: Some(slot),
+        requested: Some(requested.clone()),
+        header_timeout,
+        keep_alive: !reserved,
+    };
+    // Registered before it runs, so that it can be found and closed.
+    let mut registry = stats.open.lock().unwrap_or_else(|p| p.into_inner());
+    let task_stats = stats.clone();
+    let task = tokio::spawn(async move {
+        let stats = task_stats;
+        match tokio::time::timeout(lifetime, conn.run(TokioIo::new(tcp))).await {
+            Ok(Err(e)) if e.is_timeout() => {
+                stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                stats.lifetime_closed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    registry.insert(
+        id,
+        Open {
+            since: Instant::now(),
+            requested,
+            abort: task.abort_handle(),
+        },
+    );
 }
 
 /// One HTTP connection and what its requests are tagged with.
@@ -338,7 +368,7 @@ impl Conn {
 
 /// Opens in-process connections to the daemon's own HTTP server (its relay).
 #[derive(Clone)]
-pub struct LocalConnector {
+pub(crate) struct LocalConnector {
     app: Router,
 }
 
@@ -349,12 +379,12 @@ impl std::fmt::Debug for LocalConnector {
 }
 
 impl LocalConnector {
-    pub fn new(app: Router) -> Self {
+    pub(crate) fn new(app: Router) -> Self {
         Self { app }
     }
 
     /// A new connection; its server side runs on the current runtime.
-    pub fn connect(&self) -> tokio::io::DuplexStream {
+    pub(crate) fn connect(&self) -> tokio::io::DuplexStream {
         let (client, server) = tokio::io::duplex(64 << 10);
         let conn = Conn {
             app: self.app.clone(),
@@ -369,5 +399,27 @@ impl LocalConnector {
             let _ = conn.run(TokioIo::new(server)).await;
         });
         client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newcomer_gets_a_slot_only_below_the_limit() {
+        let stats = HttpStats::default();
+        let limits = HttpLimits {
+            max_connections: 4,
+            header_timeout: Duration::from_secs(1),
+        };
+        assert_eq!(limits.reserve(), 2);
+        assert_eq!(admit(&stats, &limits), Some(0));
+        stats.connections.store(3, Ordering::Relaxed);
+        assert_eq!(admit(&stats, &limits), Some(3));
+        // Full, and no silent connection to close.
+        stats.connections.store(4, Ordering::Relaxed);
+        assert_eq!(admit(&stats, &limits), None);
+        assert_eq!(stats.evicted_silent.load(Ordering::Relaxed), 0);
     }
 }

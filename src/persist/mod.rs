@@ -11,6 +11,7 @@ pub mod compactor;
 pub mod error;
 pub mod files;
 mod merge;
+mod metrics;
 pub mod pg;
 
 pub use error::{CompactReport, Loaded, StoreError};

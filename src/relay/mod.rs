@@ -14,6 +14,7 @@
 
 pub mod event;
 pub mod filter;
+mod metrics;
 pub mod router;
 
 use crate::rate::{LogEvery, TokenBucket};

@@ -7,5 +7,6 @@ pub mod frame;
 pub mod nostr;
 pub mod peer;
 pub mod room;
+mod room_metrics;
 pub mod seal;
 pub mod topic;

@@ -4,6 +4,7 @@
 pub mod governance;
 pub mod js;
 pub mod key;
+mod metrics;
 pub mod policy;
 pub mod query;
 pub mod sig;

@@ -16,6 +16,7 @@ pub(crate) mod governor;
 pub mod local;
 mod memo;
 pub mod message;
+mod metrics;
 mod outbox;
 pub mod service;
 mod shared;

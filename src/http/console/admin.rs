@@ -49,11 +49,6 @@ impl Admin {
     }
 }
 
-/// What ADMIN_TOKEN may be: 16 to 512 visible ASCII characters.
-pub fn token_ok(v: &str) -> bool {
-    (16..=512).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic())
-}
-
 fn digest(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
 }

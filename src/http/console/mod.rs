@@ -10,9 +10,9 @@
 //! ids of the room (public in the room itself) and relay URLs with their credentials
 //! redacted: never a secret, never graph content.
 
-pub mod admin;
-pub mod look;
-pub mod sampler;
+pub(crate) mod admin;
+pub(crate) mod look;
+pub(crate) mod sampler;
 
 use super::AppState;
 use axum::Router;
@@ -29,15 +29,15 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
 /// The page, served from the binary: inline CSS and JS, no external request.
-pub const PAGE: &str = include_str!("page.html");
+pub(crate) const PAGE: &str = include_str!("page.html");
 /// Events kept for the page and for a new `/events` client.
 pub const EVENT_RING: usize = 100;
 /// Events one `/events` client may have queued; past it the client is dropped.
-pub const CLIENT_QUEUE: usize = 256;
+pub(crate) const CLIENT_QUEUE: usize = 256;
 /// `/events` clients at once; more get 503.
-pub const MAX_EVENT_CLIENTS: usize = 32;
+pub(crate) const MAX_EVENT_CLIENTS: usize = 32;
 /// Peers listed in `/console/status` (the count is always whole).
-pub const MAX_PEER_ROWS: usize = 500;
+pub(crate) const MAX_PEER_ROWS: usize = 500;
 
 /// The console's shared state, in [`AppState`].
 pub struct Console {
@@ -52,7 +52,7 @@ pub struct Console {
     /// `/events` clients dropped for not reading.
     pub clients_dropped: AtomicU64,
     /// ADMIN_TOKEN and its attempt limiter.
-    pub admin: admin::Admin,
+    pub(crate) admin: admin::Admin,
 }
 
 impl Default for Console {
@@ -102,14 +102,14 @@ impl Console {
     }
 }
 
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Starts the sampler once, when there is a runtime.
-pub fn start(state: &Arc<AppState>) {
+pub(crate) fn start(state: &Arc<AppState>) {
     if tokio::runtime::Handle::try_current().is_err()
         || state.console.started.swap(true, Ordering::Relaxed)
     {
@@ -118,7 +118,7 @@ pub fn start(state: &Arc<AppState>) {
     tokio::spawn(sampler::run(Arc::downgrade(state)));
 }
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/console/status", get(status))
         .route("/events", get(events))
@@ -129,7 +129,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 /// A browser asking for a page: `text/html` in Accept.
-pub fn wants_html(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
@@ -137,7 +137,7 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
         .any(|v| v.split(',').any(|t| t.trim().starts_with("text/html")))
 }
 
-pub fn page() -> Response {
+pub(crate) fn page() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),

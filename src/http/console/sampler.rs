@@ -103,39 +103,27 @@ fn sample(before: &Seen, now: &Seen, secs: f64) -> Sample {
     }
 }
 
-fn status_word(state: &AppState) -> &'static str {
-    match state.store() {
-        None => "starting",
-        Some(_) => {
-            let degraded =
-                state.persist().is_some_and(|p| p.degraded()) || state.cut_off().is_some();
-            if degraded { "degraded" } else { "ok" }
-        }
-    }
-}
-
 fn read(state: &AppState) -> Seen {
     let mut s = Seen {
-        status: status_word(state),
+        status: super::super::health::status_word(state),
         ..Seen::default()
     };
-    if let Some(room) = state.sync_room.get() {
-        s.peers = room
+    let mut limits: Vec<(&'static str, u64)> = state.http.limits_exceeded().to_vec();
+    if let Some(sr) = state.sync_room() {
+        s.peers = sr
+            .room
             .peer_table()
             .into_iter()
             .map(|p| (p.id, p.kind))
             .collect();
-    }
-    if let Some(pool) = state.relay_pool.get() {
+        let pool = &sr.pool;
         for i in 0..pool.len() {
             if let Some(st) = pool.status(i) {
                 s.relays.push(st.connected.load(Ordering::Relaxed));
                 s.reconnects.push(st.reconnects.load(Ordering::Relaxed));
             }
         }
-    }
-    let mut limits: Vec<(&'static str, u64)> = state.http.limits_exceeded().to_vec();
-    if let Some(rs) = state.room_stats() {
+        let rs = &sr.room_stats;
         limits.extend(rs.limits_exceeded());
         s.bytes_in = rs.bytes_in.load(Ordering::Relaxed);
         s.bytes_out = rs.bytes_out.load(Ordering::Relaxed);
@@ -146,10 +134,9 @@ fn read(state: &AppState) -> Seen {
     for (k, v) in limits {
         *s.limits.entry(k).or_default() += v;
     }
-    if let Some(sm) = state.sm_stats() {
-        s.sm = sm.rejected().into_iter().collect();
-    }
-    if let Some(ss) = state.sync_stats() {
+    if let Some(sr) = state.sync_room() {
+        s.sm = sr.sm_stats.rejected().into_iter().collect();
+        let ss = &sr.sync_stats;
         s.full = ss.full_replies.load(Ordering::Relaxed);
         s.delta = ss.delta_replies.load(Ordering::Relaxed);
         s.merged = ss.merged.load(Ordering::Relaxed);
@@ -189,9 +176,8 @@ fn diff(state: &AppState, before: &Seen, now: &Seen) {
         c.publish(kind, json!({"status": now.status, "reason": reason}));
     }
     let urls: Vec<String> = state
-        .relay_pool
-        .get()
-        .map(|p| p.urls().map(|u| redact::url(u).into_owned()).collect())
+        .sync_room()
+        .map(|s| s.pool.urls().map(|u| redact::url(u).into_owned()).collect())
         .unwrap_or_default();
     for (i, up) in now.relays.iter().enumerate() {
         let was = before.relays.get(i).copied().unwrap_or(false);
@@ -245,10 +231,10 @@ struct RelayRow {
 
 /// `/console/status` as JSON text.
 pub fn status(state: &AppState) -> String {
-    let (_, health) = super::super::health_body(state);
-    let (mut peers, total) = match state.sync_room.get() {
-        Some(room) => {
-            let t = room.peer_table();
+    let (_, health) = super::super::health::body(state);
+    let (mut peers, total) = match state.sync_room() {
+        Some(s) => {
+            let t = s.room.peer_table();
             let n = t.len();
             (t, n)
         }
@@ -257,8 +243,8 @@ pub fn status(state: &AppState) -> String {
     peers.sort_by(|a, b| a.since.cmp(&b.since).then_with(|| a.id.cmp(&b.id)));
     peers.truncate(super::MAX_PEER_ROWS);
     let relays: Vec<RelayRow> = state
-        .relay_pool
-        .get()
+        .sync_room()
+        .map(|s| &s.pool)
         .map(|pool| {
             pool.urls()
                 .enumerate()

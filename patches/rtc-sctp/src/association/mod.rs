@@ -3340,6 +3340,19 @@ impl Association {
 
             Timer::T3RTX => {
                 self.stats.inc_t3timeouts();
+                // PATCH(genosdb-fallback, RTO min): name every T3-rtx expiry (the timer a lost
+                // tail chunk waits for) with the RTO that fired, under its own log target.
+                debug!(
+                    target: "rtc_sctp::rtx",
+                    "[{}] T3-rtx expired rto_ms={} n_rtos={} t3_total={} fast_retrans_total={} srtt_ms={}",
+                    self.side,
+                    self.rto_mgr.get_rto(),
+                    n_rtos,
+                    self.stats.get_num_t3timeouts(),
+                    self.stats.get_num_fast_retrans(),
+                    self.rto_mgr.srtt
+                );
+                // END PATCH
                 self.rto_mgr.backoff();
                 // Refresh before C2 or mark_all_to_retrasmit reads abandoned().
                 if let Err(err) =

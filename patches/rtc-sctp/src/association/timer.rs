@@ -168,7 +168,14 @@ impl TimerTable {
 // RFC 9260 §16 recommends a one-second initial RTO.  This value is used by
 // both T1-init and T1-cookie before an RTT measurement is available.
 const RTO_INITIAL: u64 = 1000; // msec
-const RTO_MIN: u64 = 1000; // msec
+// PATCH(genosdb-fallback, RTO min): RFC 9260 §16 suggests RTO.Min = 1 s, which on a
+// loopback/LAN link (SRTT of a few ms) makes every tail loss (a lost last DATA chunk has no
+// later chunk to trigger fast retransmit) cost a full second. WebRTC's own SCTP stack
+// (dcsctp, Chrome's data channels) uses rto_min = 220 ms, chosen to stay above the
+// peer's delayed-SACK timeout (min(RTO/2, 200 ms) in dcsctp, 200 ms in usrsctp), so an
+// idle tail is not retransmitted spuriously. RTO_INITIAL stays at 1 s (no RTT yet).
+const RTO_MIN: u64 = 220; // msec
+// END PATCH
 const RTO_MAX: u64 = 60000; // msec
 const RTO_ALPHA: u64 = 1;
 const RTO_BETA: u64 = 2;
@@ -276,6 +283,24 @@ mod tests {
         rto.backoff();
         assert_eq!(RTO_MAX, rto.get_rto());
     }
+
+    // PATCH(genosdb-fallback, RTO min)
+    #[test]
+    fn loopback_rtt_gives_the_webrtc_min_rto_not_one_second() {
+        let mut rto = RtoManager::new();
+        for _ in 0..8 {
+            rto.set_new_rtt(1);
+        }
+        assert_eq!(rto.get_rto(), RTO_MIN);
+        assert!(RTO_MIN < 1000, "a tail loss must not wait a second");
+        // above the peer's largest delayed-SACK timeout (200 ms), so no spurious T3-rtx
+        assert!(RTO_MIN > 200);
+        // a slow path still gets srtt + 4·rttvar
+        let mut slow = RtoManager::new();
+        slow.set_new_rtt(300);
+        assert_eq!(slow.get_rto(), 300 + 4 * 150);
+    }
+    // END PATCH
 
     #[test]
     fn rto_manager_uses_rfc9260_initial_rto() {

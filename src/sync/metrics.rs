@@ -1,6 +1,6 @@
 //! The sync layer's figures for `/metrics`, read from [`SyncStats`].
 
-use super::service::SyncStats;
+use super::SyncStats;
 use crate::figures::{Figure, Figures};
 use std::sync::atomic::Ordering;
 

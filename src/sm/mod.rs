@@ -1,6 +1,7 @@
 //! The Security Manager (genosdb-data.md §10): verifying signed writes as browsers
 //! do, signing what the daemon sends when it has a key, and SM_RULES governance.
 
+mod date;
 pub mod governance;
 pub mod js;
 pub mod key;

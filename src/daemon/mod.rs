@@ -4,7 +4,7 @@
 
 pub mod query;
 pub mod room;
-pub mod storage;
+pub(crate) mod storage;
 pub mod tools;
 
 use crate::config::Config;

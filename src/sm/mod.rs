@@ -2,11 +2,11 @@
 //! do, signing what the daemon sends when it has a key, and SM_RULES governance.
 
 mod date;
-pub mod governance;
+pub(crate) mod governance;
 pub mod js;
 pub mod key;
 pub mod policy;
-pub mod query;
+pub(crate) mod query;
 pub mod sig;
 
 use crate::store::json::{self, RawObject};

@@ -4,7 +4,7 @@
 
 pub mod query;
 pub mod room;
-pub mod storage;
+pub(crate) mod storage;
 pub mod tools;
 
 use crate::config::Config;
@@ -28,29 +28,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Listen before anything else: a SIGTERM during start-up must not kill us mid-write.
     let mut signals = Signals::install()?;
     log_config(&cfg);
-    let relays = if cfg.rtc.enabled {
-        cfg.rtc.relay_urls.len()
-    } else {
-        0
-    };
-    let relay = match cfg.relay.enabled {
-        true => Some(
-            Relay::with_own_threads(cfg.relay.limits)
-                .context("cannot start the embedded relay's threads")?,
-        ),
-        false => None,
-    };
-    let state = AppState::new(&cfg.db_name, relays, relay);
-    state.console.admin.set_token(&cfg.http.admin_token.0);
+    let state = app_state(&cfg)?;
 
-    let listener = TcpListener::bind((cfg.http.host, cfg.http.port))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot bind {}:{} (HOST, PORT)",
-                cfg.http.host, cfg.http.port
-            )
-        })?;
+    let listener = bind_http(&cfg).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, relay = cfg.relay.enabled, "listening for /health and /metrics");
     let (stop_http, stopped) = watch::channel(false);
@@ -111,6 +91,37 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::mem::forget(store);
     std::mem::forget(state);
     Ok(())
+}
+
+/// The state HTTP serves, with the embedded relay started when RELAY is on.
+fn app_state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
+    let relays = if cfg.rtc.enabled {
+        cfg.rtc.relay_urls.len()
+    } else {
+        0
+    };
+    let relay = match cfg.relay.enabled {
+        true => Some(
+            Relay::with_own_threads(cfg.relay.limits)
+                .context("cannot start the embedded relay's threads")?,
+        ),
+        false => None,
+    };
+    let state = AppState::new(&cfg.db_name, relays, relay);
+    state.console.admin.set_token(&cfg.http.admin_token.0);
+    Ok(state)
+}
+
+/// The HTTP listener on HOST:PORT.
+async fn bind_http(cfg: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((cfg.http.host, cfg.http.port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind {}:{} (HOST, PORT)",
+                cfg.http.host, cfg.http.port
+            )
+        })
 }
 
 /// Joins the room and runs sync (and the SM_RULES governor) on it.

@@ -2,7 +2,7 @@
 //! split across worker processes, against one daemon on loopback that signals through
 //! its embedded relay. See docs/DEVELOPMENT.md, *Load generator*.
 
-pub mod daemon;
+pub(crate) mod daemon;
 pub mod peer;
 pub mod scenarios;
 pub mod stats;

@@ -1,12 +1,13 @@
 //! The Security Manager (genosdb-data.md §10): verifying signed writes as browsers
 //! do, signing what the daemon sends when it has a key, and SM_RULES governance.
 
-pub mod governance;
+mod date;
+pub(crate) mod governance;
 pub mod js;
 pub mod key;
 mod metrics;
 pub mod policy;
-pub mod query;
+pub(crate) mod query;
 pub mod sig;
 
 use crate::store::json::{self, RawObject};

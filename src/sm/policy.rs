@@ -8,6 +8,7 @@
 //! runs without the store lock; [`Policy::decide`] reads roles from the graph as it
 //! was before the batch, as browsers do.
 
+use super::date::date_ms;
 use super::js::Js;
 use super::sig;
 use crate::eth;
@@ -320,62 +321,21 @@ impl Policy {
             Some("sync" | "syncReceive" | "deltaSync") => "sync",
             _ => "unknown",
         };
-        let own_node = format!("user:{signer}");
-        let is_own_upsert = kind.as_deref() == Some("upsert")
-            && payload
-                .get("id")
-                .is_some_and(|id| id.strict_eq(&Js::str(&own_node)));
         let mut value = payload.get("value").cloned();
         let mut edits = Edits::default();
-        if is_own_upsert {
-            if !graph.exists(&own_node) {
-                // Self-registration: always as a guest, whatever the op asked.
-                edits.value = Some(format!(r#"{{"ethAddress":"{signer}","role":"guest"}}"#));
-                if !payload.get("timestamp").is_some_and(Js::truthy) {
-                    edits.timestamp = Some(now_ts());
-                }
-                return Verdict::Rewrite(rewrite(&obj, &edits));
-            }
-            let asked = value.as_ref().and_then(|v| v.get("role")).cloned();
-            if !role.strict_eq(&Js::str("superadmin"))
-                && asked
-                    .as_ref()
-                    .is_some_and(|r| r.truthy() && !r.strict_eq(&role))
-            {
-                // A user cannot change its own role: the op keeps the current one.
-                if let (Some(v), Some(raw_value)) = (value.as_mut(), obj.get("value")) {
-                    v.set("role", role.clone());
-                    edits.value = Some(with_member(raw_value, "role", &role.to_json()));
-                }
+        if kind.as_deref() == Some("upsert") {
+            let own = OwnUpsert {
+                obj: &obj,
+                signer: &signer,
+                payload: &payload,
+                role: &role,
+            };
+            if let Some(v) = own.check(&mut value, &mut edits, graph, now_ts) {
+                return v;
             }
         }
-        let value_role = value.as_ref().and_then(|v| v.get("role"));
-        if value_role.is_some_and(|r| r.strict_eq(&Js::str("superadmin"))) {
-            let named = value
-                .as_ref()
-                .and_then(|v| v.get("ethAddress"))
-                .cloned()
-                .unwrap_or_else(|| Js::str(""));
-            match get_address(&named) {
-                // getAddress throws inside the middleware: the batch is lost.
-                None => return Verdict::Abort,
-                Some(a) if !self.is_super_admin(&a) => {
-                    return Verdict::Drop {
-                        reason: Reason::SuperadminGrant,
-                        signer: Some(signer),
-                    };
-                }
-                Some(_) => {}
-            }
-            if self.strict && kind.as_deref() == Some("upsert") {
-                let id = payload.get("id").and_then(Js::as_string);
-                if !id.as_deref().is_some_and(|id| self.names_super_admin(id)) {
-                    return Verdict::Drop {
-                        reason: Reason::Strict,
-                        signer: Some(signer),
-                    };
-                }
-            }
+        if let Some(v) = self.superadmin_grant(value.as_ref(), kind.as_deref(), &payload, &signer) {
+            return v;
         }
         if !role_key(&role).is_some_and(|r| self.roles.can(&r, action)) {
             return Verdict::Drop {
@@ -385,6 +345,46 @@ impl Policy {
         }
         edits.signer = Some(signer);
         Verdict::Rewrite(rewrite(&obj, &edits))
+    }
+
+    /// A value naming the superadmin role must name a listed superadmin (and, under
+    /// SM_STRICT, be an upsert of that superadmin's own node); `None` lets it pass.
+    fn superadmin_grant(
+        &self,
+        value: Option<&Js>,
+        kind: Option<&str>,
+        payload: &Js,
+        signer: &str,
+    ) -> Option<Verdict> {
+        let value_role = value.and_then(|v| v.get("role"));
+        if !value_role.is_some_and(|r| r.strict_eq(&Js::str("superadmin"))) {
+            return None;
+        }
+        let named = value
+            .and_then(|v| v.get("ethAddress"))
+            .cloned()
+            .unwrap_or_else(|| Js::str(""));
+        match get_address(&named) {
+            // getAddress throws inside the middleware: the batch is lost.
+            None => return Some(Verdict::Abort),
+            Some(a) if !self.is_super_admin(&a) => {
+                return Some(Verdict::Drop {
+                    reason: Reason::SuperadminGrant,
+                    signer: Some(signer.to_owned()),
+                });
+            }
+            Some(_) => {}
+        }
+        if self.strict && kind == Some("upsert") {
+            let id = payload.get("id").and_then(Js::as_string);
+            if !id.as_deref().is_some_and(|id| self.names_super_admin(id)) {
+                return Some(Verdict::Drop {
+                    reason: Reason::Strict,
+                    signer: Some(signer.to_owned()),
+                });
+            }
+        }
+        None
     }
 
     /// Is `id` the `user:` node of a listed superadmin?
@@ -468,6 +468,58 @@ fn rewrite(obj: &RawObject, edits: &Edits) -> String {
     out
 }
 
+/// An upsert, looked at as one its signer may make of its own `user:` node.
+struct OwnUpsert<'a> {
+    obj: &'a RawObject<'a>,
+    signer: &'a str,
+    payload: &'a Js,
+    role: &'a Js,
+}
+
+impl OwnUpsert<'_> {
+    /// Self-registration (the node does not exist yet) is always rewritten as a guest:
+    /// that verdict is returned. A user cannot change its own role: the op keeps the
+    /// current one, through `value` and `edits`. Other upserts are left alone.
+    fn check(
+        &self,
+        value: &mut Option<Js>,
+        edits: &mut Edits,
+        graph: &dyn Graph,
+        now_ts: &mut dyn FnMut() -> String,
+    ) -> Option<Verdict> {
+        let (signer, role) = (self.signer, self.role);
+        let own_node = format!("user:{signer}");
+        let is_own = self
+            .payload
+            .get("id")
+            .is_some_and(|id| id.strict_eq(&Js::str(&own_node)));
+        if !is_own {
+            return None;
+        }
+        if !graph.exists(&own_node) {
+            // Self-registration: always as a guest, whatever the op asked.
+            edits.value = Some(format!(r#"{{"ethAddress":"{signer}","role":"guest"}}"#));
+            if !self.payload.get("timestamp").is_some_and(Js::truthy) {
+                edits.timestamp = Some(now_ts());
+            }
+            return Some(Verdict::Rewrite(rewrite(self.obj, edits)));
+        }
+        let asked = value.as_ref().and_then(|v| v.get("role")).cloned();
+        if !role.strict_eq(&Js::str("superadmin"))
+            && asked
+                .as_ref()
+                .is_some_and(|r| r.truthy() && !r.strict_eq(role))
+        {
+            // A user cannot change its own role: the op keeps the current one.
+            if let (Some(v), Some(raw_value)) = (value.as_mut(), self.obj.get("value")) {
+                v.set("role", role.clone());
+                edits.value = Some(with_member(raw_value, "role", &role.to_json()));
+            }
+        }
+        None
+    }
+}
+
 /// `raw` (an object) with every `key` member set to `value`.
 fn with_member(raw: &RawValue, key: &str, value: &str) -> String {
     let Some(obj) = RawObject::parse(raw) else {
@@ -486,161 +538,9 @@ fn with_member(raw: &RawValue, key: &str, value: &str) -> String {
     out
 }
 
-/// `new Date(v).getTime()` for the forms JSON can carry: numbers are milliseconds,
-/// strings are read as ECMAScript's date-time format (date-only forms and forms
-/// without an offset as UTC). Anything else is NaN, which never counts as past.
-pub fn date_ms(v: &Js) -> f64 {
-    match v {
-        Js::Num(n) if n.abs() <= 8.64e15 => n.trunc(),
-        Js::Bool(b) => f64::from(u8::from(*b)),
-        Js::Null => 0.0,
-        Js::Str(_) | Js::Arr(_) | Js::Obj(_) => {
-            parse_iso(&String::from_utf16_lossy(&v.to_js_string())).unwrap_or(f64::NAN)
-        }
-        Js::Num(_) => f64::NAN,
-    }
-}
-
-fn parse_iso(s: &str) -> Option<f64> {
-    let b = s.as_bytes();
-    let mut i = 0;
-    let num = |i: &mut usize, n: usize| -> Option<i64> {
-        let digits = b.get(*i..*i + n)?;
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        *i += n;
-        std::str::from_utf8(digits).ok()?.parse().ok()
-    };
-    let year = match b.first()? {
-        b'+' | b'-' => {
-            let neg = b[0] == b'-';
-            i = 1;
-            let y = num(&mut i, 6)?;
-            if neg && y == 0 {
-                return None;
-            }
-            if neg { -y } else { y }
-        }
-        _ => num(&mut i, 4)?,
-    };
-    let (mut month, mut day) = (1, 1);
-    if b.get(i) == Some(&b'-') {
-        i += 1;
-        month = num(&mut i, 2)?;
-        if b.get(i) == Some(&b'-') {
-            i += 1;
-            day = num(&mut i, 2)?;
-        }
-    }
-    let (mut h, mut m, mut sec, mut ms) = (0, 0, 0, 0.0);
-    let mut offset_min = 0;
-    if b.get(i) == Some(&b'T') {
-        i += 1;
-        h = num(&mut i, 2)?;
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        i += 1;
-        m = num(&mut i, 2)?;
-        if b.get(i) == Some(&b':') {
-            i += 1;
-            sec = num(&mut i, 2)?;
-            if b.get(i) == Some(&b'.') {
-                i += 1;
-                let start = i;
-                while b.get(i).is_some_and(u8::is_ascii_digit) {
-                    i += 1;
-                }
-                if i == start {
-                    return None;
-                }
-                let frac: f64 = format!("0.{}", &s[start..i]).parse().ok()?;
-                ms = (frac * 1000.0).trunc();
-            }
-        }
-        match b.get(i) {
-            Some(b'Z') => i += 1,
-            Some(&sign @ (b'+' | b'-')) => {
-                i += 1;
-                let oh = num(&mut i, 2)?;
-                if b.get(i) != Some(&b':') {
-                    return None;
-                }
-                i += 1;
-                let om = num(&mut i, 2)?;
-                offset_min = (oh * 60 + om) * if sign == b'+' { 1 } else { -1 };
-            }
-            _ => {}
-        }
-    }
-    let valid = i == b.len()
-        && (1..=12).contains(&month)
-        && (1..=days_in_month(year, month)).contains(&day)
-        && (h < 24 || (h == 24 && m == 0 && sec == 0 && ms == 0.0))
-        && m < 60
-        && sec < 60;
-    if !valid {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let t = (days * 86_400 + h * 3600 + m * 60 + sec - offset_min * 60) as f64 * 1000.0 + ms;
-    (t.abs() <= 8.64e15).then_some(t)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn iso_dates_as_date_parse_reads_them() {
-        assert_eq!(parse_iso("1970-01-01T00:00:00.000Z"), Some(0.0));
-        assert_eq!(
-            parse_iso("2026-11-25T07:39:49.695Z"),
-            Some(1_795_592_389_695.0)
-        );
-        assert_eq!(parse_iso("2026-11-25"), Some(1_795_564_800_000.0));
-        assert_eq!(parse_iso("2026-11"), Some(1_793_491_200_000.0));
-        assert_eq!(
-            parse_iso("2026-11-25T08:39:49.695+01:00"),
-            Some(1_795_592_389_695.0)
-        );
-        assert_eq!(parse_iso("+002026-11-25T07:39Z"), Some(1_795_592_340_000.0));
-        for bad in [
-            "",
-            "2026-13-01",
-            "2026-02-30",
-            "2026-11-25T25:00Z",
-            "soon",
-            "2026-11-25 07:39",
-            "-000000-01-01",
-        ] {
-            assert_eq!(parse_iso(bad), None, "{bad}");
-        }
-        assert_eq!(date_ms(&Js::Num(12.7)), 12.0);
-        assert!(date_ms(&Js::Num(9e15)).is_nan());
-        assert!(date_ms(&Js::str("tomorrow")).is_nan());
-    }
 
     #[test]
     fn roles_inherit() {

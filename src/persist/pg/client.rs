@@ -13,7 +13,7 @@ use crate::persist::merge_effect;
 use crate::store::{Effect, Store};
 use std::time::{Duration, Instant};
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{IsolationLevel, NoTls};
+use tokio_postgres::{IsolationLevel, NoTls, Transaction};
 
 /// Where a daemon's tail of the journal stands: the snapshot it last read in. Every
 /// row visible there has been read. A row committed since has an id past `max_id`
@@ -261,15 +261,7 @@ impl PgClient {
             if version == 0 {
                 return Ok((Vec::new(), Vec::new(), Tail::default()));
             }
-            let parts: Vec<Vec<u8>> = tx
-                .query(
-                    "SELECT bytes FROM gdbf_snapshot WHERE db = $1 ORDER BY part",
-                    &[&dbname],
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let parts = snapshot_parts(&tx, &dbname).await?;
             // A store of the single-writer schema (read by export before a daemon of
             // this version migrated it) has no ids: its seqs order it.
             let rows_sql = if version >= 2 {
@@ -277,16 +269,7 @@ impl PgClient {
             } else {
                 "SELECT seq, records, bytes FROM gdbf_journal WHERE db = $1 ORDER BY seq"
             };
-            let rows: Vec<Row> = tx
-                .query(rows_sql, &[&dbname])
-                .await?
-                .iter()
-                .map(|r| Row {
-                    id: r.get(0),
-                    records: r.get(1),
-                    bytes: r.get(2),
-                })
-                .collect();
+            let rows = journal_rows(&tx, rows_sql, &dbname).await?;
             let tail = if version >= 2 {
                 let h = tx.query_one(HORIZON_SQL, &[&dbname]).await?;
                 Tail {
@@ -497,29 +480,14 @@ impl PgClient {
             if !got {
                 return Ok(None);
             }
-            let parts: Vec<Vec<u8>> = tx
-                .query(
-                    "SELECT bytes FROM gdbf_snapshot WHERE db = $1 ORDER BY part",
-                    &[&dbname],
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let rows: Vec<Row> = tx
-                .query(
-                    "SELECT id, records, bytes
-                     FROM gdbf_journal WHERE db = $1 AND NOT folded ORDER BY id FOR UPDATE",
-                    &[&dbname],
-                )
-                .await?
-                .iter()
-                .map(|r| Row {
-                    id: r.get(0),
-                    records: r.get(1),
-                    bytes: r.get(2),
-                })
-                .collect();
+            let parts = snapshot_parts(&tx, &dbname).await?;
+            let rows = journal_rows(
+                &tx,
+                "SELECT id, records, bytes
+                 FROM gdbf_journal WHERE db = $1 AND NOT folded ORDER BY id FOR UPDATE",
+                &dbname,
+            )
+            .await?;
             if extra.is_none() && rows.is_empty() {
                 return Ok(None);
             }
@@ -544,19 +512,7 @@ impl PgClient {
             }
             let bytes = codec::encode_snapshot(&store, 0);
             write_snapshot(&tx, &dbname, &bytes, store.len()).await?;
-            // The rows folded are marked, not deleted: the other daemons' tails may not
-            // have read them yet. Folded rows older than `retain` go.
-            tx.execute(
-                "UPDATE gdbf_journal SET folded = true WHERE id = ANY($1)",
-                &[&ids],
-            )
-            .await?;
-            tx.execute(
-                "DELETE FROM gdbf_journal WHERE db = $1 AND folded
-                    AND created_at < now() - make_interval(secs => $2)",
-                &[&dbname, &retain],
-            )
-            .await?;
+            mark_folded(&tx, &dbname, &ids, retain).await?;
             tx.commit().await?;
             Ok(Some(CompactReport {
                 segments: ids.len(),
@@ -566,6 +522,60 @@ impl PgClient {
             }))
         })
     }
+}
+
+/// The snapshot of `db`, its parts in order.
+async fn snapshot_parts(
+    tx: &Transaction<'_>,
+    db: &str,
+) -> Result<Vec<Vec<u8>>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT bytes FROM gdbf_snapshot WHERE db = $1 ORDER BY part",
+            &[&db],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The journal rows `sql` selects (id, records, bytes) for `db` as `$1`.
+async fn journal_rows(
+    tx: &Transaction<'_>,
+    sql: &str,
+    db: &str,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let rows = tx.query(sql, &[&db]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Row {
+            id: r.get(0),
+            records: r.get(1),
+            bytes: r.get(2),
+        })
+        .collect())
+}
+
+/// Marks the rows folded into the snapshot: marked, not deleted, as the other
+/// daemons' tails may not have read them yet. Folded rows older than `retain`
+/// seconds go.
+async fn mark_folded(
+    tx: &Transaction<'_>,
+    db: &str,
+    ids: &[i64],
+    retain: f64,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE gdbf_journal SET folded = true WHERE id = ANY($1)",
+        &[&ids],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM gdbf_journal WHERE db = $1 AND folded
+            AND created_at < now() - make_interval(secs => $2)",
+        &[&db, &retain],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Applies journal rows to `store` by the merge rules; the ids folded, in order. A row

@@ -1,44 +1,17 @@
 //! Two WebRTC peers built from this crate, on loopback: GenosRTC frames of 1 B, 16 KiB
 //! and 1 MiB cross the "data" channel both ways, and a close reaches the other side.
 
-use genosdb_fallback::rtc::frame::{self, Payload, Reassembler};
+mod common;
+
+use common::rtc::{next, receive_message, send_message};
 use genosdb_fallback::rtc::peer::{Peer, PeerConfig, PeerEvent};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::Receiver;
 
 fn loopback() -> PeerConfig {
     PeerConfig {
         udp_addrs: vec!["127.0.0.1:0".into()],
         include_loopback: true,
         ..PeerConfig::default()
-    }
-}
-
-async fn next(rx: &mut Receiver<PeerEvent>) -> PeerEvent {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("a peer event in time")
-        .expect("the event queue is open")
-}
-
-async fn receive_message(rx: &mut Receiver<PeerEvent>) -> frame::Message {
-    let mut r = Reassembler::default();
-    loop {
-        match next(rx).await {
-            PeerEvent::Message(bytes) => {
-                if let Some(m) = r.push(&bytes, Instant::now()).unwrap() {
-                    return m;
-                }
-            }
-            PeerEvent::Open => continue,
-            PeerEvent::Closed => panic!("closed while a message was expected"),
-        }
-    }
-}
-
-async fn send_message(peer: &Peer, nonce: u8, data: &[u8]) {
-    for f in frame::encode("syncGraph", nonce, Payload::Binary(data), None).unwrap() {
-        peer.send(&f).await.unwrap();
     }
 }
 

@@ -8,14 +8,15 @@
 //! daemon's rtc-sctp must name the T3-rtx expiry that repaired it with an RTO under 1 s.
 //! No timing is asserted: the RTO is read from the log line the patch adds.
 
-use genosdb_fallback::rtc::frame::{self, Payload, Reassembler};
+mod common;
+
+use common::rtc::{next, receive_message, send_message};
 use genosdb_fallback::rtc::peer::{Peer, PeerConfig, PeerEvent};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc::Receiver;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -70,34 +71,6 @@ fn redirect(sdp: &str, to: u16) -> (u16, String) {
         })
         .collect();
     (port.expect("a 127.0.0.1 host candidate"), out.join("\r\n"))
-}
-
-async fn next(rx: &mut Receiver<PeerEvent>) -> PeerEvent {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("a peer event in time")
-        .expect("the event queue is open")
-}
-
-async fn receive_message(rx: &mut Receiver<PeerEvent>) -> frame::Message {
-    let mut r = Reassembler::default();
-    loop {
-        match next(rx).await {
-            PeerEvent::Message(bytes) => {
-                if let Some(m) = r.push(&bytes, Instant::now()).unwrap() {
-                    return m;
-                }
-            }
-            PeerEvent::Open => continue,
-            PeerEvent::Closed => panic!("closed while a message was expected"),
-        }
-    }
-}
-
-async fn send_message(peer: &Peer, nonce: u8, data: &[u8]) {
-    for f in frame::encode("syncGraph", nonce, Payload::Binary(data), None).unwrap() {
-        peer.send(&f).await.unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

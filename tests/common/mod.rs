@@ -13,6 +13,7 @@ pub mod peer;
 pub mod pg;
 pub mod picky_relay;
 pub mod provision;
+pub mod rtc;
 pub mod tmpfs;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_genosdb-fallback");

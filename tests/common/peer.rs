@@ -8,6 +8,7 @@ use genosdb_fallback::sm::SmConfig;
 use genosdb_fallback::store::Store;
 use genosdb_fallback::sync::{PeerChange, SyncConfig, SyncHandle, service};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -17,6 +18,7 @@ pub struct TestPeer {
     pub store: Arc<Mutex<Store>>,
     pub sync: SyncHandle,
     superpeers: Arc<Mutex<HashSet<String>>>,
+    joins: Arc<AtomicU64>,
 }
 
 /// A browser-like room member: no `type`, loopback only, quick announces.
@@ -108,6 +110,8 @@ impl TestPeer {
         let room = Arc::new(room);
         let superpeers: Arc<Mutex<HashSet<String>>> = Arc::default();
         let seen = superpeers.clone();
+        let joins: Arc<AtomicU64> = Arc::default();
+        let joined = joins.clone();
         let sync = service::start(
             room.clone(),
             events,
@@ -115,6 +119,9 @@ impl TestPeer {
             sync_cfg,
             move |_, change| {
                 let mut s = seen.lock().unwrap();
+                if matches!(change, PeerChange::Joined { .. }) {
+                    joined.fetch_add(1, Ordering::Relaxed);
+                }
                 match change {
                     PeerChange::Joined { peer, kind } if kind.as_deref() == Some("superpeer") => {
                         s.insert(peer.clone());
@@ -131,11 +138,24 @@ impl TestPeer {
             store,
             sync,
             superpeers,
+            joins,
         }
     }
 
     pub fn superpeers(&self) -> usize {
         self.superpeers.lock().unwrap().len()
+    }
+
+    /// Whether the superpeer with room id `id` is connected now.
+    #[allow(dead_code)]
+    pub fn has_superpeer(&self, id: &str) -> bool {
+        self.superpeers.lock().unwrap().contains(id)
+    }
+
+    /// How many times a peer joined this one (a link that comes up again counts again).
+    #[allow(dead_code)]
+    pub fn joins(&self) -> u64 {
+        self.joins.load(Ordering::Relaxed)
     }
 
     /// Waits until `n` superpeers are connected.

@@ -14,10 +14,13 @@
 use super::codec::{self, CodecError, JOURNAL_HEADER_LEN};
 use super::compactor::{Compactor, Reaped};
 use super::error::{CompactReport, Loaded, StoreError};
+use super::syncer::Syncer;
 use crate::store::Store;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -255,7 +258,7 @@ pub fn remove_stale_temps(layout: &Layout) {
 /// The live journal segment, appended by the flusher.
 pub struct JournalWriter {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     base: u64,
     /// Length of the durable prefix; anything past it after a failed write is cut off.
     len: u64,
@@ -278,23 +281,25 @@ impl JournalWriter {
             .map_err(io_err(&path))?;
         Ok(Self {
             path,
-            file,
+            file: Arc::new(file),
             base,
             len,
             records,
         })
     }
 
-    /// Appends framed records and makes them durable. On failure the segment is cut
-    /// back to its durable length, so a retry never leaves a broken record mid-file.
+    /// Appends framed records and makes them durable.
     pub fn append(&mut self, bytes: &[u8], records: u64) -> Result<(), StoreError> {
-        use std::io::{Seek, SeekFrom};
-        let result = (|| {
-            self.file.seek(SeekFrom::Start(self.len))?;
-            self.file.write_all(bytes)?;
-            self.file.sync_data()
-        })();
-        match result {
+        self.write(bytes, records)?;
+        self.sync()
+    }
+
+    /// Appends framed records without waiting for the disk: from here they survive the
+    /// process's death, and [`JournalWriter::sync`] (or a [`Syncer`]) makes them
+    /// survive the machine's. On failure the segment is cut back to its last whole
+    /// record, so a retry never leaves a broken record mid-file.
+    pub fn write(&mut self, bytes: &[u8], records: u64) -> Result<(), StoreError> {
+        match self.file.write_all_at(bytes, self.len) {
             Ok(()) => {
                 self.len += bytes.len() as u64;
                 self.records += records;
@@ -305,6 +310,16 @@ impl JournalWriter {
                 Err(io_err(&self.path)(e))
             }
         }
+    }
+
+    /// Waits until everything written is on the disk.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.file.sync_data().map_err(io_err(&self.path))
+    }
+
+    /// The open segment, for a [`Syncer`].
+    pub(crate) fn file(&self) -> &Arc<File> {
+        &self.file
     }
 
     pub fn len(&self) -> u64 {
@@ -324,6 +339,10 @@ impl JournalWriter {
     /// the caller then calls [`JournalWriter::create`] until it succeeds.
     pub fn seal(self, layout: &Layout) -> Result<Self, (Option<Self>, StoreError)> {
         let next = self.next_seq();
+        // A sealed segment is whole on disk: only the live one may end torn.
+        if let Err(e) = self.sync() {
+            return Err((Some(self), e));
+        }
         if let Err(e) = seal_live(layout, self.base) {
             return Err((Some(self), e));
         }
@@ -442,6 +461,8 @@ pub struct FilesBackend {
     oplog_size: usize,
     compact_bytes: u64,
     writer: Option<JournalWriter>,
+    /// Syncs what `append` wrote, so that the next append never waits for the disk.
+    syncer: Option<Syncer>,
     compactor: Compactor,
     /// Sealed segments left by an earlier run are folded in at the first maintenance.
     checked_sealed: bool,
@@ -449,13 +470,42 @@ pub struct FilesBackend {
 
 impl FilesBackend {
     pub fn new(cfg: &super::PersistConfig, writer: JournalWriter) -> Self {
+        Self::with_syncer(cfg, writer, Syncer::start())
+    }
+
+    pub(crate) fn with_syncer(
+        cfg: &super::PersistConfig,
+        writer: JournalWriter,
+        syncer: io::Result<Syncer>,
+    ) -> Self {
         Self {
             layout: cfg.layout.clone(),
             oplog_size: cfg.oplog_size,
             compact_bytes: cfg.compact_bytes,
             writer: Some(writer),
+            syncer: syncer
+                .map_err(|e| tracing::warn!(error = %e, "no journal sync thread; each flush waits for the disk"))
+                .ok(),
             compactor: Compactor::new("compactor"),
             checked_sealed: false,
+        }
+    }
+
+    /// Appends, then syncs on the sync thread (or here, when there is none).
+    fn write(&mut self, first_seq: u64, bytes: &[u8], records: u64) -> Result<(), StoreError> {
+        if self.writer.is_none() {
+            self.writer = Some(JournalWriter::create(&self.layout, first_seq)?);
+        }
+        let Some(w) = self.writer.as_mut() else {
+            return Err(StoreError::Unstable);
+        };
+        match &self.syncer {
+            Some(syncer) => {
+                w.write(bytes, records)?;
+                syncer.dirty(w.file());
+                Ok(())
+            }
+            None => w.append(bytes, records),
         }
     }
 
@@ -546,19 +596,22 @@ impl FilesBackend {
 
 impl super::Backend for FilesBackend {
     fn append(&mut self, first_seq: u64, bytes: &[u8], records: u64) -> Result<(), StoreError> {
-        match self.writer.as_mut() {
-            Some(w) => w.append(bytes, records),
-            None => {
-                let mut w = JournalWriter::create(&self.layout, first_seq)?;
-                let r = w.append(bytes, records);
-                self.writer = Some(w);
-                r
-            }
-        }
+        self.write(first_seq, bytes, records)
+    }
+
+    fn take_sync_failure(&mut self) -> Option<StoreError> {
+        let e = self.syncer.as_ref()?.take_failure()?;
+        Some(StoreError::Io {
+            path: self.layout.journal(),
+            source: e,
+        })
     }
 
     fn rewrite(&mut self, snapshot: &[u8], next_seq: u64, _nodes: usize) -> Result<(), StoreError> {
         self.compactor.wait();
+        if let Some(s) = &self.syncer {
+            s.wait_idle();
+        }
         self.writer = None;
         self.writer = Some(rewrite_from_memory(&self.layout, snapshot, next_seq)?);
         Ok(())
@@ -582,5 +635,8 @@ impl super::Backend for FilesBackend {
 
     fn stop(&mut self) {
         self.compactor.cancel_and_wait();
+        if let Some(s) = self.syncer.as_mut() {
+            s.stop();
+        }
     }
 }

@@ -13,6 +13,9 @@ pub mod files;
 mod merge;
 mod metrics;
 pub mod pg;
+#[cfg(test)]
+mod sync_tests;
+mod syncer;
 
 pub use error::{CompactReport, Loaded, StoreError};
 pub use merge::{merge_effect, merge_into};
@@ -196,8 +199,16 @@ pub trait Backend: Send {
         Err(StoreError::Unstable)
     }
 
-    /// Durably appends framed records whose seqs start at `first_seq`.
+    /// Appends framed records whose seqs start at `first_seq`. When this returns they
+    /// survive the process's death; a backend may make them survive the machine's a
+    /// little later (see [`Backend::take_sync_failure`]).
     fn append(&mut self, first_seq: u64, bytes: &[u8], records: u64) -> Result<(), StoreError>;
+
+    /// Records that an append reported written could not be made durable after it
+    /// (a failed fdatasync). The flusher then writes the whole graph from memory.
+    fn take_sync_failure(&mut self) -> Option<StoreError> {
+        None
+    }
 
     /// Replaces everything stored with one snapshot (of `nodes` nodes) covering seqs
     /// below `next_seq`.
@@ -352,6 +363,11 @@ impl Flusher {
     }
 
     fn tick(&mut self) {
+        if let Some(e) = self.backend.take_sync_failure() {
+            self.status.failed(&e);
+            tracing::error!(error = %e, backend = self.status.backend, "written records may not be on disk; writing the graph whole from memory");
+            self.drop_queue();
+        }
         let taken = self.pending.take();
         if taken.overflowed {
             self.drop_queue();

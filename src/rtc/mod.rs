@@ -10,3 +10,4 @@ pub mod room;
 mod room_metrics;
 pub mod seal;
 pub mod topic;
+pub mod udp;

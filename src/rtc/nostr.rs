@@ -24,7 +24,7 @@
 mod transport;
 
 use crate::rate::Backoff;
-use nostr_sdk::pool::RelayLimits;
+use nostr_sdk::pool::{RelayLimits, RelayPoolOptions};
 use nostr_sdk::prelude::{
     Alphabet, ClientMessage, Event, Filter, Keys, MachineReadablePrefix, MemoryDatabase,
     MemoryDatabaseOptions, RelayMessage, SingleLetterTag, SubscriptionId, Timestamp,
@@ -172,7 +172,11 @@ impl RelayPool {
             .signer(cfg.keys.clone())
             .database(seen)
             .websocket_transport(transport)
-            .opts(ClientOptions::new().automatic_authentication(true))
+            .opts(
+                ClientOptions::new()
+                    .pool(RelayPoolOptions::new().notification_channel_size(POOL_NOTIFICATIONS))
+                    .automatic_authentication(true),
+            )
             .build();
         let relays = cfg
             .urls
@@ -324,6 +328,12 @@ pub fn demands_pow(msg: &str) -> bool {
 
 /// Event ids remembered to drop the copy of an event that another relay brings.
 const SEEN_EVENT_IDS: usize = 4096;
+
+/// Slots of the client's pool-wide notification channel. Nothing here listens to it
+/// (each relay task reads its relay's own channel), but tokio's broadcast channel
+/// allocates and initializes every slot up front: nostr-sdk's default of 4,096 was
+/// 1.4 MiB per client, resident for nothing (heap profile, BENCHMARKS.md, issue 19).
+const POOL_NOTIFICATIONS: usize = 64;
 
 /// How long a relay that answered `CLOSED rate-limited:` is left alone before the
 /// subscription is asked for again: the first pause, and the most it grows to when the

@@ -207,6 +207,7 @@ impl Peer {
             .with_configuration(config)
             .with_setting_engine(settings)
             .with_handler(handler)
+            .with_runtime(super::udp::NoGroRuntime::shared())
             .with_udp_addrs(cfg.udp_addrs.clone())
             .with_data_channel_send_buffer_limit(cfg.send_buffer_limit)
             .build()

@@ -249,8 +249,14 @@ async fn the_console_shows_peers_and_events_and_nothing_secret() {
             .unwrap_or_default();
         !event.is_null()
     });
-    assert!(event["maxMs"].is_u64() && event["medianMs"].is_u64(), "{event}");
-    assert!(event["maxMs"].as_u64() >= event["medianMs"].as_u64(), "{event}");
+    assert!(
+        event["maxMs"].is_u64() && event["medianMs"].is_u64(),
+        "{event}"
+    );
+    assert!(
+        event["maxMs"].as_u64() >= event["medianMs"].as_u64(),
+        "{event}"
+    );
     let metrics = d.get("/metrics").1;
     let timed: u64 = metrics
         .lines()

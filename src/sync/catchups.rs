@@ -81,7 +81,11 @@ impl Catchups {
     /// The last `n` catch-ups served, oldest first.
     pub fn last(&self, n: usize) -> Vec<Catchup> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.iter().skip(recent.len().saturating_sub(n)).cloned().collect()
+        recent
+            .iter()
+            .skip(recent.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
     /// The remembered catch-ups after `seq`, oldest first.
@@ -117,7 +121,10 @@ mod tests {
         assert_eq!(last[1].ms, RECENT as u64 + 9);
         assert!(c.since(RECENT as u64 + 10).is_empty());
         let tail = c.last(3);
-        assert_eq!(tail.iter().map(|c| c.seq).collect::<Vec<_>>(), [1032, 1033, 1034]);
+        assert_eq!(
+            tail.iter().map(|c| c.seq).collect::<Vec<_>>(),
+            [1032, 1033, 1034]
+        );
         assert_eq!(tail[2].kind, "delta");
     }
 }

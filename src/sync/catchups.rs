@@ -61,10 +61,11 @@ impl Default for Catchups {
 impl Catchups {
     /// Records one catch-up served to `peer` (`full` or not), `took` after its sync.
     pub(super) fn served(&self, peer: &str, full: bool, took: Duration) {
+        self.seconds.observe(took.as_secs_f64());
+        // Counted under the ring's lock, so that `read_since` sees counts and ring alike.
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let counter = if full { &self.full } else { &self.delta };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.seconds.observe(took.as_secs_f64());
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let seq = recent.back().map_or(0, |c| c.seq) + 1;
         if recent.len() == RECENT {
             recent.pop_front();
@@ -90,9 +91,20 @@ impl Catchups {
 
     /// The remembered catch-ups after `seq`, oldest first.
     pub fn since(&self, seq: u64) -> Vec<Catchup> {
+        self.read_since(seq).2
+    }
+
+    /// Full states and deltas served so far, and the remembered catch-ups after `seq`,
+    /// read at one moment: every catch-up counted is in the list unless it is older
+    /// than `seq` or the ring dropped it.
+    pub fn read_since(&self, seq: u64) -> (u64, u64, Vec<Catchup>) {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let newer = recent.iter().rev().take_while(|c| c.seq > seq).count();
-        recent.iter().skip(recent.len() - newer).cloned().collect()
+        (
+            self.full.load(Ordering::Relaxed),
+            self.delta.load(Ordering::Relaxed),
+            recent.iter().skip(recent.len() - newer).cloned().collect(),
+        )
     }
 }
 

@@ -77,10 +77,11 @@ pub async fn run(state: Weak<AppState>) {
         let Some(state) = state.upgrade() else {
             return;
         };
-        let now = read(&state);
+        let mut now = read(&state);
         let new: Vec<u64> = match state.sync_room() {
             Some(sr) => {
-                let new = sr.sync_stats.catchups.since(catchup_seq);
+                let (full, delta, new) = sr.sync_stats.catchups.read_since(catchup_seq);
+                (now.full, now.delta) = (full, delta);
                 catchup_seq = new.last().map_or(catchup_seq, |c| c.seq);
                 new.into_iter().map(|c| c.ms).collect()
             }
@@ -178,10 +179,8 @@ fn read(state: &AppState) -> Seen {
     }
     if let Some(sr) = state.sync_room() {
         s.sm = sr.sm_stats.rejected().into_iter().collect();
-        let ss = &sr.sync_stats;
-        s.full = ss.catchups.full.load(Ordering::Relaxed);
-        s.delta = ss.catchups.delta.load(Ordering::Relaxed);
-        s.merged = ss.merged.load(Ordering::Relaxed);
+        // Catch-ups (`full`, `delta`) are read in `run`, with their times.
+        s.merged = sr.sync_stats.merged.load(Ordering::Relaxed);
     }
     s
 }

@@ -18,7 +18,7 @@ DATA_DIR=${DATA:-$(mktemp -d)} RELAY=1 RELAY_URLS= ICE_SERVERS= HOST=127.0.0.1 P
   RELAY_MAX_PER_IP=5000 MAX_PEERS=1100 DB_NAME=loadgen RUST_LOG=info \
   $BIN/genosdb-fallback > $OUT/daemon.log 2>&1 &
 DPID=$!
-until grep -q 'joined the sync room' $OUT/daemon.log; do sleep 0.5; done
+until grep -qs 'joined the sync room' $OUT/daemon.log; do sleep 0.5; done
 PORT=$(grep -o 'addr=127.0.0.1:[0-9]*' $OUT/daemon.log | head -1 | cut -d: -f2)
 SPID=$(grep 'joined the sync room' $OUT/daemon.log | head -1 | grep -o 'peer_id=[A-Za-z0-9]*' | cut -d= -f2)
 echo "daemon pid $DPID port $PORT superpeer $SPID"

@@ -207,6 +207,78 @@ async fn the_console_shows_peers_and_events_and_nothing_secret() {
     );
     assert_clean("/console/status", &status);
 
+    // A newcomer catches up from the daemon: the JSON the page reads lists its
+    // catch-up with its time, the charts' event carries the times, /metrics counts it.
+    let late = TestPeer::join_tweaked(
+        port,
+        common::DB,
+        Arc::new(Mutex::new(Store::new(1000))),
+        |cfg| cfg.password = PASSWORD.into(),
+    );
+    late.wait_superpeers(1).await;
+    late.wait_store("the newcomer caught up", |s| {
+        common::peer::value_of(s, "console-probe").is_some()
+    })
+    .await;
+    let late_id = late.room.self_id.clone();
+    let mut served = serde_json::Value::Null;
+    common::wait_until("the newcomer's catch-up in /console/status", || {
+        let st: serde_json::Value =
+            serde_json::from_str(&request(port, "GET", "/console/status", &[], "").2).unwrap();
+        served = st["catchups"]
+            .as_array()
+            .and_then(|a| a.iter().rev().find(|c| c["peer"] == late_id.as_str()))
+            .cloned()
+            .unwrap_or_default();
+        !served.is_null()
+    });
+    assert!(served["ms"].is_u64(), "{served}");
+    assert!(served["at"].is_u64(), "{served}");
+    assert!(
+        matches!(served["type"].as_str(), Some("full" | "delta")),
+        "{served}"
+    );
+    let mut event = serde_json::Value::Null;
+    common::wait_until("a catch-up event with its times", || {
+        let st: serde_json::Value =
+            serde_json::from_str(&request(port, "GET", "/console/status", &[], "").2).unwrap();
+        event = st["events"]
+            .as_array()
+            .and_then(|a| a.iter().rev().find(|e| e["kind"] == "catchup"))
+            .cloned()
+            .unwrap_or_default();
+        !event.is_null()
+    });
+    assert!(
+        event["maxMs"].is_u64() && event["medianMs"].is_u64(),
+        "{event}"
+    );
+    assert!(
+        event["maxMs"].as_u64() >= event["medianMs"].as_u64(),
+        "{event}"
+    );
+    let metrics = d.get("/metrics").1;
+    let timed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("genosdb_sync_catchup_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(timed >= 1, "no catch-up timed on /metrics:\n{metrics}");
+    // Joins are pushed where they happen, once each (the sampler does not add its own).
+    let (_, _, status) = request(port, "GET", "/console/status", &[], "");
+    let st: serde_json::Value = serde_json::from_str(&status).unwrap();
+    for who in [id.as_str(), late_id.as_str()] {
+        let joins = st["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "join" && e["peer"] == who)
+            .count();
+        assert_eq!(joins, 1, "{who} joined {joins} times in:\n{status}");
+    }
+    assert_clean("/console/status", &status);
+    late.leave().await;
+
     // The graph: nothing without the token, the node with it.
     let body = r#"{"id":"console-probe"}"#;
     for headers in [

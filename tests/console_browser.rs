@@ -1,6 +1,7 @@
 //! The console page in a real headless Chromium (Debian's `chromium`, driven by
 //! `playwright-core`; `.ci/run` installs both) against the daemon with Rust peers: it
-//! shows the right peer count, a join shows up within 2 s (the bar), it logs no
+//! shows the right peer count, a join shows up within 2 s (the bar), the peers'
+//! catch-ups are charted with their time, it logs no
 //! console error and makes no request off 127.0.0.1. Skipped when chromium is missing
 //! (playwright-core installs itself on first use), except under `CI=true`. With SCREENSHOT=<path> it saves
 //! the page (docs/console.png comes from here).
@@ -86,6 +87,11 @@ async fn the_page_shows_peers_and_joins_live_in_chromium() {
     let r = next();
     assert_eq!(r["ok"], true, "the join did not show within 2 s: {r}");
     eprintln!("join shown after {} ms", r["ms"]);
+    // The peers' catch-ups are charted with their time.
+    writeln!(stdin, "catchup").unwrap();
+    let r = next();
+    assert_eq!(r["ok"], true, "no catch-up with its time on the page: {r}");
+    eprintln!("catch-up shown: {}", r["shown"]);
 
     let gone = peers.pop().unwrap();
     gone.leave().await;

@@ -12,8 +12,8 @@ use crate::http::{self, AppState};
 use crate::relay::Relay;
 use crate::sm::SmConfig;
 use crate::sm::policy::Policy;
-use crate::sync::SyncConfig;
 use crate::sync::governor::Governor;
+use crate::sync::{PeerChange, SyncConfig};
 use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -134,6 +134,8 @@ fn start_rtc(
 ) -> (room::Rtc, http::SyncRoom) {
     let (rtc, events) = room::start(cfg, cfg.http.host, port, state.clone());
     let peers = state.clone();
+    // Joins and leaves reach the console (and `/events`) as they happen.
+    state.console.push_peers();
     let sync = crate::sync::service::start(
         rtc.room.clone(),
         events,
@@ -144,7 +146,15 @@ fn start_rtc(
             forward: cfg.rtc.forward,
             ..SyncConfig::default()
         },
-        move |n, _| peers.peers.store(n, Ordering::Relaxed),
+        move |n, change| {
+            peers.peers.store(n, Ordering::Relaxed);
+            match change {
+                PeerChange::Joined { peer, kind } => {
+                    peers.console.peer_joined(peer, kind.as_deref(), n)
+                }
+                PeerChange::Left { peer } => peers.console.peer_left(peer, n),
+            }
+        },
     );
     if let (Some(signer), false) = (&cfg.sm.signer, cfg.sm.rules.is_empty()) {
         Governor::new(

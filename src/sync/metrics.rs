@@ -59,6 +59,11 @@ impl Figures for SyncStats {
                 &self.full_for_delta,
             ),
             Figure::count("sync_delta_replies", "Deltas served", &self.delta_replies),
+            Figure::histogram(
+                "sync_catchup_duration_seconds",
+                "Catch-ups served, from the peer's sync to its full state acknowledged to the last byte or its delta handed to the link",
+                &self.catchups.seconds,
+            ),
             Figure::count(
                 "sync_counter_replies",
                 "Full states sent because a peer's full state lacked our nodes",

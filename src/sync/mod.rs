@@ -7,9 +7,11 @@
 //! - `forward`: FORWARD_OPS, live ops gathered and handed on.
 //! - `outbox`: one queue per peer, and the full state in parts, cached per store version.
 //! - `service`: the actor on the room's events, and the handle the daemon holds.
+//! - `catchups`: catch-ups served and their times, for `/metrics` and the console.
 //! - `governor`: keeps the SM's ACLs current.
 
 mod admission;
+pub mod catchups;
 pub mod engine;
 mod forward;
 pub(crate) mod governor;

@@ -22,11 +22,12 @@ const DELIVERY_STALL: Duration = Duration::from_millis(2500);
 /// it costs far more than sending it. A bigger one is written part by part as it goes.
 const FULL_CACHE_BYTES: usize = 64 << 20;
 
-impl From<SyncReply> for Outgoing {
-    fn from(reply: SyncReply) -> Self {
+impl Outgoing {
+    /// The reply to a sync taken up at `asked`.
+    pub(super) fn reply(reply: SyncReply, asked: Instant) -> Self {
         match reply {
-            SyncReply::Full => Outgoing::Full,
-            SyncReply::Delta => Outgoing::Delta,
+            SyncReply::Full => Outgoing::Full(asked),
+            SyncReply::Delta => Outgoing::Delta(asked),
         }
     }
 }
@@ -34,10 +35,11 @@ impl From<SyncReply> for Outgoing {
 pub(super) enum Outgoing {
     Text(Arc<str>),
     Forwarded(Arc<Forwarded>),
-    /// Our full state, written part by part as the peer takes them.
-    Full,
-    /// Our whole oplog window, hydrated.
-    Delta,
+    /// Our full state, written part by part as the peer takes them, for a sync taken
+    /// up at the instant given (a catch-up's time starts there).
+    Full(Instant),
+    /// Our whole oplog window, hydrated, for a sync taken up at the instant given.
+    Delta(Instant),
 }
 
 /// One peer's queue, drained by its own task.
@@ -71,8 +73,8 @@ impl Outbox {
 
     pub(super) fn push(&self, item: Outgoing) -> Result<(), QueueFull> {
         let covered = match &item {
-            Outgoing::Full => self.full_queued.swap(true, Ordering::AcqRel),
-            Outgoing::Delta => {
+            Outgoing::Full(_) => self.full_queued.swap(true, Ordering::AcqRel),
+            Outgoing::Delta(_) => {
                 self.full_queued.load(Ordering::Acquire)
                     || self.delta_queued.swap(true, Ordering::AcqRel)
             }
@@ -98,15 +100,20 @@ impl Drain {
             let sent = match item {
                 Outgoing::Text(text) => self.send_text(&text).await,
                 Outgoing::Forwarded(f) => self.send_frames(&f.text, f.frames.clone()).await,
-                Outgoing::Full => {
+                Outgoing::Full(asked) => {
                     self.full_queued.store(false, Ordering::Release);
                     bump(&self.shared.stats.full_replies, 1);
-                    self.send_full().await
+                    self.send_full(asked).await
                 }
-                Outgoing::Delta => {
+                Outgoing::Delta(asked) => {
                     self.delta_queued.store(false, Ordering::Release);
                     bump(&self.shared.stats.delta_replies, 1);
-                    self.send_delta().await
+                    let sent = self.send_delta().await;
+                    if sent {
+                        let stats = &self.shared.stats.catchups;
+                        stats.served(&self.peer, false, asked.elapsed());
+                    }
+                    sent
                 }
             };
             if !sent {
@@ -193,7 +200,7 @@ impl Drain {
     /// Sends the cached full state, or writes and frames one part at a time off the
     /// runtime, with the store locked only while a part is written, and sends it as
     /// fast as the peer takes it; then waits until the peer acknowledged every byte.
-    async fn send_full(&self) -> bool {
+    async fn send_full(&self, asked: Instant) -> bool {
         let started = Instant::now();
         let (parts, nodes) = match self.cached_full().await {
             Some(full) => {
@@ -213,7 +220,7 @@ impl Drain {
                 None => return false,
             },
         };
-        self.await_full_delivery(started, nodes, parts).await
+        self.await_full_delivery(asked, started, nodes, parts).await
     }
 
     /// Writes, frames and sends one part at a time. Returns (parts, nodes), or `None`
@@ -256,7 +263,13 @@ impl Drain {
         Some((parts, nodes))
     }
 
-    async fn await_full_delivery(&self, started: Instant, nodes: usize, parts: usize) -> bool {
+    async fn await_full_delivery(
+        &self,
+        asked: Instant,
+        started: Instant,
+        nodes: usize,
+        parts: usize,
+    ) -> bool {
         let took_ms = started.elapsed().as_millis() as u64;
         match self
             .shared
@@ -267,6 +280,8 @@ impl Drain {
             Delivery::Delivered => {
                 self.shared.full_delivered(&self.peer);
                 bump(&self.shared.stats.full_delivered, 1);
+                let stats = &self.shared.stats.catchups;
+                stats.served(&self.peer, true, asked.elapsed());
                 let acked_ms = started.elapsed().as_millis() as u64;
                 if nodes >= 10_000 {
                     tracing::info!(peer = %self.peer, nodes, parts, took_ms, acked_ms, "full state delivered");

@@ -257,6 +257,7 @@ impl Service {
     }
 
     async fn on_message(&mut self, peer: String, message: frame::Message) {
+        let asked = Instant::now();
         let shared = self.shared.clone();
         bump(&shared.stats.messages_in, 1);
         let from = peer.clone();
@@ -304,9 +305,9 @@ impl Service {
                 if applied.requests.is_empty() {
                     bump(&self.shared.stats.counter_replies, 1);
                 }
-                self.enqueue(&peer, Outgoing::Full);
+                self.enqueue(&peer, Outgoing::Full(asked));
             }
-            Some(SyncReply::Delta) => self.enqueue(&peer, Outgoing::Delta),
+            Some(SyncReply::Delta) => self.enqueue(&peer, Outgoing::Delta(asked)),
             None => {}
         }
     }
@@ -399,7 +400,7 @@ impl Service {
             }
             tracing::debug!(%peer, reply = reply_name(Some(reply)), "the peer's sync never came; replying anyway");
             bump(&self.shared.stats.unasked_replies, 1);
-            self.enqueue(&peer, reply.into());
+            self.enqueue(&peer, Outgoing::reply(reply, Instant::now()));
         }
     }
 

@@ -102,6 +102,8 @@ pub struct SyncStats {
     pub oversized_values: AtomicU64,
     pub forwarded_ops: AtomicU64,
     pub forwarded_messages: AtomicU64,
+    /// Catch-ups served, each with its time.
+    pub catchups: super::catchups::Catchups,
 }
 
 pub(super) fn bump(counter: &AtomicU64, n: u64) {

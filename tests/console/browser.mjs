@@ -1,5 +1,6 @@
 // Drives headless Chromium (playwright-core) through the console page, for
-// tests/console_browser.rs. Args: <page url>. Stdin: lines "expect <peers> [<peer id>]".
+// tests/console_browser.rs. Args: <page url>. Stdin: lines "expect <peers> [<peer id>]",
+// "catchup" (the catch-up time chart names a catch-up served, with its time) and "quit".
 // Stdout: one JSON line per expectation, then a summary line. Every request the page
 // makes is intercepted: anything not on 127.0.0.1 is recorded and refused.
 import { createRequire } from "node:module";
@@ -40,6 +41,15 @@ const rl = readline.createInterface({ input: process.stdin });
 for await (const line of rl) {
   const [cmd, n, id] = line.trim().split(/\s+/);
   if (cmd === "quit") break;
+  if (cmd === "catchup") {
+    let ok = true;
+    try {
+      await page.waitForFunction(() => /^last: (full|delta) \d+ ms/.test(document.getElementById("c-ctime-v").textContent),
+        null, { timeout: 15000, polling: 100 });
+    } catch (_) { ok = false; }
+    say({ catchup: true, ok, shown: await page.textContent("#c-ctime-v") });
+    continue;
+  }
   if (cmd !== "expect") continue;
   const t0 = Date.now();
   let ok = true;

@@ -2,10 +2,13 @@
 //! JSON it draws), `/events` (Server-Sent Events) and, behind ADMIN_TOKEN, a read-only
 //! look at the graph (see [`admin`]).
 //!
-//! Nothing here adds work to the hot paths. One task ([`sampler`]) reads the counters
-//! the daemon keeps anyway once a second, turns their changes into events (joins,
-//! leaves, relay reconnects, limits hit, SM refusals, degraded and recovered, catch-ups
-//! served) and keeps a ring of 10 s samples for the charts of the last hour. What the
+//! Nothing here adds work to the hot paths. Joins and leaves are pushed as they happen
+//! (the daemon wires the sync layer's peer callback to [`Console::peer_joined`] and
+//! [`Console::peer_left`]); one task ([`sampler`]) reads the counters the daemon keeps
+//! anyway once a second, turns their changes into events (relay reconnects, limits
+//! hit, SM refusals, degraded and recovered, catch-ups served with their times; joins
+//! and leaves too where nothing pushes them) and keeps a ring of 10 s samples for the
+//! charts of the last hour. What the
 //! page and `/events` show is what `/health` and `/metrics` already say, plus the peer
 //! ids of the room (public in the room itself) and relay URLs with their credentials
 //! redacted: never a secret, never graph content.
@@ -47,6 +50,9 @@ pub struct Console {
     seq: AtomicU64,
     pub(crate) history: Mutex<sampler::History>,
     started: AtomicBool,
+    /// Joins and leaves are pushed ([`Console::push_peers`]): the sampler does not
+    /// diff the peer table for them.
+    pushed: AtomicBool,
     /// `/events` clients now.
     pub clients: AtomicUsize,
     /// `/events` clients dropped for not reading.
@@ -63,6 +69,7 @@ impl Default for Console {
             seq: AtomicU64::new(0),
             history: Mutex::default(),
             started: AtomicBool::new(false),
+            pushed: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
             clients_dropped: AtomicU64::new(0),
             admin: admin::Admin::default(),
@@ -93,6 +100,29 @@ impl Console {
             ring.push_back(text.clone());
         }
         let _ = self.tx.send(text);
+    }
+
+    /// From now on joins and leaves come through [`Console::peer_joined`] and
+    /// [`Console::peer_left`], called where they happen; call it before the first.
+    pub fn push_peers(&self) {
+        self.pushed.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn peers_pushed(&self) -> bool {
+        self.pushed.load(Ordering::Relaxed)
+    }
+
+    /// A peer joined; `peers` connected now.
+    pub fn peer_joined(&self, peer: &str, kind: Option<&str>, peers: usize) {
+        self.publish(
+            "join",
+            serde_json::json!({"peer": peer, "type": kind, "peers": peers}),
+        );
+    }
+
+    /// A peer left; `peers` connected now.
+    pub fn peer_left(&self, peer: &str, peers: usize) {
+        self.publish("leave", serde_json::json!({"peer": peer, "peers": peers}));
     }
 
     /// The last [`EVENT_RING`] events, oldest first.

@@ -1,5 +1,7 @@
 //! Once a second, reads the daemon's counters and turns their changes into console
-//! events; every 10 s, one chart sample (an hour of them is kept).
+//! events; every 10 s, one chart sample (an hour of them is kept). Joins and leaves
+//! are pushed where they happen when the daemon wires them ([`super::Console::push_peers`]);
+//! only then does this stop diffing the peer table for them.
 
 use super::super::AppState;
 use crate::redact;
@@ -14,6 +16,11 @@ use std::time::Duration;
 pub const SAMPLE_SECS: u64 = 10;
 /// Samples kept: one hour.
 pub const SAMPLES: usize = 360;
+/// Catch-up times kept for one sample's median and max; past it, the rest of the
+/// interval is counted but not timed.
+const TIMES_PER_SAMPLE: usize = 4096;
+/// Catch-ups listed, each with its time, in `/console/status`.
+pub const CATCHUP_ROWS: usize = 20;
 
 /// One chart point: the state at `at`, and rates over the `SAMPLE_SECS` before it.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -24,9 +31,14 @@ pub struct Sample {
     pub merged_per_sec: f64,
     pub bytes_in_per_sec: f64,
     pub bytes_out_per_sec: f64,
-    /// Full states and deltas served in the interval.
+    /// Catch-ups served in the interval: full states the peer acknowledged to the last
+    /// byte, deltas handed to the link.
     pub catchups_full: u64,
     pub catchups_delta: u64,
+    /// Their times, from the peer's sync to served (see `sync::catchups`), in ms:
+    /// the median and the max over the interval; `null` when there was none.
+    pub catchup_median_ms: Option<u64>,
+    pub catchup_max_ms: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +50,7 @@ pub struct History {
 #[derive(Debug, Default, Clone)]
 struct Seen {
     peers: HashMap<String, Option<String>>,
+    peer_count: usize,
     status: &'static str,
     relays: Vec<bool>,
     reconnects: Vec<u64>,
@@ -56,18 +69,32 @@ pub async fn run(state: Weak<AppState>) {
     let mut seen: Option<Seen> = None;
     let mut at_sample: Option<Seen> = None;
     let mut n: u64 = 0;
+    // The last catch-up read, and the times of those served since the last sample.
+    let mut catchup_seq: u64 = 0;
+    let mut times: Vec<u64> = Vec::new();
     loop {
         tick.tick().await;
         let Some(state) = state.upgrade() else {
             return;
         };
-        let now = read(&state);
+        let mut now = read(&state);
+        let new: Vec<u64> = match state.sync_room() {
+            Some(sr) => {
+                let (full, delta, new) = sr.sync_stats.catchups.read_since(catchup_seq);
+                (now.full, now.delta) = (full, delta);
+                catchup_seq = new.last().map_or(catchup_seq, |c| c.seq);
+                new.into_iter().map(|c| c.ms).collect()
+            }
+            None => Vec::new(),
+        };
+        let room = TIMES_PER_SAMPLE.saturating_sub(times.len());
+        times.extend(new.iter().take(room));
         if let Some(before) = &seen {
-            diff(&state, before, &now);
+            diff(&state, before, &now, &new);
         }
         if n.is_multiple_of(SAMPLE_SECS) {
             if let Some(before) = &at_sample {
-                let s = sample(before, &now, SAMPLE_SECS as f64);
+                let s = sample(before, &now, SAMPLE_SECS as f64, &mut times);
                 {
                     let mut h = state
                         .console
@@ -84,22 +111,32 @@ pub async fn run(state: Weak<AppState>) {
                     .publish("sample", serde_json::to_value(s).unwrap_or_default());
             }
             at_sample = Some(now.clone());
+            times.clear();
         }
         seen = Some(now);
         n += 1;
     }
 }
 
-fn sample(before: &Seen, now: &Seen, secs: f64) -> Sample {
+/// The median and the max of `times` (sorted in place).
+fn median_max(times: &mut [u64]) -> (Option<u64>, Option<u64>) {
+    times.sort_unstable();
+    (times.get(times.len() / 2).copied(), times.last().copied())
+}
+
+fn sample(before: &Seen, now: &Seen, secs: f64, times: &mut [u64]) -> Sample {
     let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+    let (catchup_median_ms, catchup_max_ms) = median_max(times);
     Sample {
         at: super::now_ms(),
-        peers: now.peers.len(),
+        peers: now.peer_count,
         merged_per_sec: rate(before.merged, now.merged),
         bytes_in_per_sec: rate(before.bytes_in, now.bytes_in),
         bytes_out_per_sec: rate(before.bytes_out, now.bytes_out),
         catchups_full: now.full.saturating_sub(before.full),
         catchups_delta: now.delta.saturating_sub(before.delta),
+        catchup_median_ms,
+        catchup_max_ms,
     }
 }
 
@@ -110,12 +147,18 @@ fn read(state: &AppState) -> Seen {
     };
     let mut limits: Vec<(&'static str, u64)> = state.http.limits_exceeded().to_vec();
     if let Some(sr) = state.sync_room() {
-        s.peers = sr
-            .room
-            .peer_table()
-            .into_iter()
-            .map(|p| (p.id, p.kind))
-            .collect();
+        // Pushed joins and leaves keep the count; the table is read only to diff it.
+        if state.console.peers_pushed() {
+            s.peer_count = state.peers.load(Ordering::Relaxed);
+        } else {
+            s.peers = sr
+                .room
+                .peer_table()
+                .into_iter()
+                .map(|p| (p.id, p.kind))
+                .collect();
+            s.peer_count = s.peers.len();
+        }
         let pool = &sr.pool;
         for i in 0..pool.len() {
             if let Some(st) = pool.status(i) {
@@ -136,16 +179,15 @@ fn read(state: &AppState) -> Seen {
     }
     if let Some(sr) = state.sync_room() {
         s.sm = sr.sm_stats.rejected().into_iter().collect();
-        let ss = &sr.sync_stats;
-        s.full = ss.full_replies.load(Ordering::Relaxed);
-        s.delta = ss.delta_replies.load(Ordering::Relaxed);
-        s.merged = ss.merged.load(Ordering::Relaxed);
+        // Catch-ups (`full`, `delta`) are read in `run`, with their times.
+        s.merged = sr.sync_stats.merged.load(Ordering::Relaxed);
     }
     s
 }
 
-/// Publishes what changed between two ticks.
-fn diff(state: &AppState, before: &Seen, now: &Seen) {
+/// Publishes what changed between two ticks; `times` are the catch-ups' times read
+/// this tick.
+fn diff(state: &AppState, before: &Seen, now: &Seen, times: &[u64]) {
     let c = &state.console;
     for (id, kind) in &now.peers {
         if !before.peers.contains_key(id) {
@@ -217,7 +259,11 @@ fn diff(state: &AppState, before: &Seen, now: &Seen) {
         now.delta.saturating_sub(before.delta),
     );
     if full + delta > 0 {
-        c.publish("catchup", json!({"full": full, "delta": delta}));
+        let (median_ms, max_ms) = median_max(&mut times.to_vec());
+        c.publish(
+            "catchup",
+            json!({"full": full, "delta": delta, "medianMs": median_ms, "maxMs": max_ms}),
+        );
     }
 }
 
@@ -269,6 +315,10 @@ pub fn status(state: &AppState) -> String {
         .iter()
         .copied()
         .collect();
+    let catchups = state
+        .sync_room()
+        .map(|s| s.sync_stats.catchups.last(CATCHUP_ROWS))
+        .unwrap_or_default();
     let events: Vec<serde_json::Value> = state
         .console
         .recent()
@@ -282,6 +332,7 @@ pub fn status(state: &AppState) -> String {
         "relays": relays,
         "samples": samples,
         "sampleSecs": SAMPLE_SECS,
+        "catchups": catchups,
         "events": events,
         "admin": state.console.admin.enabled(),
         "eventClients": state.console.clients.load(Ordering::Relaxed),

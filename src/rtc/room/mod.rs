@@ -14,8 +14,9 @@ mod peers;
 mod stats;
 
 pub use config::{
-    DEFAULT_BYTES_BURST, DEFAULT_BYTES_RATE, DEFAULT_MAX_PEERS, DEFAULT_MSG_BURST,
-    DEFAULT_MSG_RATE, PENDING_PER_CONNECTION, PENDING_PER_KEY, PeerLimits, RoomConfig,
+    DEFAULT_BYTES_BURST, DEFAULT_BYTES_RATE, DEFAULT_DIAL_WAIT, DEFAULT_MAX_PEERS,
+    DEFAULT_MSG_BURST, DEFAULT_MSG_RATE, PENDING_PER_CONNECTION, PENDING_PER_KEY, PeerLimits,
+    RoomConfig,
 };
 pub use stats::RoomStats;
 
@@ -30,7 +31,7 @@ use actor::Actor;
 use overlay::Overlay;
 use peers::PeerTables;
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -204,6 +205,7 @@ impl Room {
             peers: PeerTables::default(),
             refusal_log: LogEvery::new(LIMIT_LOG_EVERY),
             types: HashMap::new(),
+            invited: HashSet::new(),
         };
         if !actor.cfg.only_superpeers {
             pool.subscribe(

@@ -340,3 +340,143 @@ async fn only_superpeers_links_to_the_superpeer_and_never_to_other_peers() {
     assert_eq!(c.peers(), vec![s.self_id.clone()]);
     assert_eq!(s.peers().len(), 3);
 }
+
+/// A peer heard announcing on the room's topic is first invited to dial (an announce on
+/// its own topic, no offer: GenosRTC dials on any announce, with an offer it began
+/// gathering when it joined); one that offers is answered and linked without a dial of
+/// ours, and one that does not is dialled once its wait is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_heard_announcing_is_invited_to_dial_then_dialled_if_it_does_not() {
+    use genosdb_fallback::rtc::nostr::{Inbound, topic_filter};
+    use genosdb_fallback::rtc::peer::{Peer, PeerEvent};
+    use genosdb_fallback::rtc::seal::SealKey;
+    use genosdb_fallback::rtc::topic;
+    use serde_json::{Value, json};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_ready(&data_dir(&tmp), &[("RELAY", "1")]);
+    let room = "graph-sync-room-invite";
+    // A wait far longer than the eager peer takes to offer, even on a loaded machine.
+    let mut cfg = config(room, "");
+    cfg.dial_wait = Duration::from_secs(3);
+    let (a, mut a_rx) = join(d.port, cfg);
+    let root = topic::root_topic(topic::APP_ID, room);
+    let a_topic = topic::self_topic(topic::APP_ID, room, &a.self_id);
+    let seal = SealKey::derive("", topic::APP_ID, room);
+
+    // Two hand-signalled peers: each listens on its own topic, announces on the room's.
+    let mut pool_cfg = PoolConfig::new(vec![format!("ws://127.0.0.1:{}", d.port)]);
+    pool_cfg.backoff_base = Duration::from_millis(100);
+    let (pool, mut inbound) = RelayPool::start(pool_cfg);
+    let pool = std::sync::Arc::new(pool);
+    let (silent, eager) = ("silentPeer0000000001", "eagerPeer00000000002");
+    for (i, x) in [silent, eager].iter().enumerate() {
+        let t = topic::self_topic(topic::APP_ID, room, x);
+        pool.subscribe(&format!("self{i}"), topic_filter(topic::kind_of(&t), &t));
+    }
+    loop {
+        if let Some(Inbound::Connected { .. }) = inbound.recv().await {
+            break;
+        }
+    }
+    // What `a` sends each of them, in order: "announce" or "offer".
+    let mut got: Vec<(String, &str)> = Vec::new();
+    let mut recv = async |got: &mut Vec<(String, &str)>| -> Value {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), inbound.recv()).await {
+                Ok(Some(Inbound::Event { event, .. })) => {
+                    let m: Value = serde_json::from_str(&event.content).unwrap();
+                    if m["peerId"] != json!(a.self_id) {
+                        continue;
+                    }
+                    let to = [silent, eager]
+                        .into_iter()
+                        .find(|x| {
+                            event.tags.iter().any(|t| {
+                                t.content() == Some(&topic::self_topic(topic::APP_ID, room, x))
+                            })
+                        })
+                        .unwrap()
+                        .to_owned();
+                    let kind = if m.get("offer").is_some() {
+                        "offer"
+                    } else if m.get("answer").is_some() {
+                        "answer"
+                    } else {
+                        "announce"
+                    };
+                    got.push((to, kind));
+                    return m;
+                }
+                Ok(Some(_)) => continue,
+                _ => panic!("a sent nothing more; so far {got:?}"),
+            }
+        }
+    };
+    // A peer announces every 300 ms, as a browser does every 2.5 s, so one that went out
+    // before `a` subscribed is not the only one.
+    let announce = |x: &str| {
+        let (pool, root) = (pool.clone(), root.clone());
+        let content = json!({"peerId": x}).to_string();
+        tokio::spawn(async move {
+            let keys = common::nostr_keys(11);
+            loop {
+                pool.publish(&common::signal_event(&keys, &root, &content), None);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let keys = common::nostr_keys(11);
+
+    // The silent peer never offers: invited first, then dialled.
+    let announcing = announce(silent);
+    recv(&mut got).await;
+    recv(&mut got).await;
+    assert_eq!(
+        got,
+        vec![
+            (silent.to_owned(), "announce"),
+            (silent.to_owned(), "offer")
+        ],
+        "an invitation, then a dial"
+    );
+    announcing.abort();
+
+    // The eager peer offers on the invitation: answered, and the link opens.
+    // Its offer is gathered before it announces, as GenosRTC's pool is.
+    let (link, mut events, offer) = Peer::offer(&config(room, "").peer).await.unwrap();
+    got.clear();
+    let announcing = announce(eager);
+    recv(&mut got).await;
+    assert_eq!(got, vec![(eager.to_owned(), "announce")], "an invitation");
+    let content = json!({"peerId": eager, "offer": {"type": "offer", "sdp": seal.seal(&offer)}});
+    pool.publish(
+        &common::signal_event(&keys, &a_topic, &content.to_string()),
+        None,
+    );
+    let answer = loop {
+        let m = recv(&mut got).await;
+        if let Some(sdp) = m["answer"]["sdp"].as_str() {
+            break seal.open(sdp).unwrap();
+        }
+    };
+    link.accept_answer(&answer).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.recv()).await {
+            Ok(Some(PeerEvent::Open)) => break,
+            Ok(Some(_)) => continue,
+            _ => panic!("the eager peer's link never opened"),
+        }
+    }
+    assert_eq!(joined(&mut a_rx).await.0, eager);
+    assert_eq!(
+        got.iter()
+            .filter(|(x, k)| x == eager && *k == "offer")
+            .count(),
+        0,
+        "a never dialled the peer that offered: {got:?}"
+    );
+    announcing.abort();
+    link.close().await;
+    a.leave().await;
+}

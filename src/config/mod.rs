@@ -153,6 +153,8 @@ pub struct RtcSettings {
     /// SEND_WINDOW_BYTES: what one data channel may have sent and not yet had
     /// acknowledged; sends wait beyond it.
     pub send_window: usize,
+    /// DIAL_WAIT_MS: how long a peer heard announcing gets to dial us before we dial it.
+    pub dial_wait: Duration,
 }
 
 /// The embedded Nostr relay (RELAY).

@@ -154,4 +154,7 @@ pub struct RawSettings {
     /// Bytes one data channel may have unacknowledged (SEND_WINDOW_BYTES).
     #[arg(long, env = "SEND_WINDOW_BYTES", global = true)]
     pub send_window_bytes: Option<String>,
+    /// Milliseconds a peer heard announcing gets to dial us first (DIAL_WAIT_MS).
+    #[arg(long, env = "DIAL_WAIT_MS", global = true)]
+    pub dial_wait_ms: Option<String>,
 }

@@ -43,6 +43,7 @@ const PEER_BYTES_BURST: Num = Num::new("PEER_BYTES_BURST", BYTES, 0, TB);
 const MAX_MESSAGE_BYTES: Num = Num::new("MAX_MESSAGE_BYTES", BYTES, 65_536, 256 << 20);
 const MAX_VALUE_BYTES: Num = Num::new("MAX_VALUE_BYTES", BYTES, 1, 1 << 30);
 const SEND_WINDOW_BYTES: Num = Num::new("SEND_WINDOW_BYTES", BYTES, 16_384, 16 << 20);
+const DIAL_WAIT_MS: Num = Num::new("DIAL_WAIT_MS", "milliseconds", 0, 10_000);
 const CELL_SIZE: Num =
     Num::new("CELL_SIZE", COUNT, 2, 1000).note("the browsers' rtc.cells.cellSize");
 const FORWARD_MS: Num = Num::new("FORWARD_MS", "milliseconds", 1, 1000);
@@ -112,6 +113,10 @@ impl RawSettings {
                 self.send_window_bytes.as_deref(),
                 crate::rtc::peer::DEFAULT_SEND_WINDOW as u64,
             )? as usize,
+            dial_wait: Duration::from_millis(DIAL_WAIT_MS.parse(
+                self.dial_wait_ms.as_deref(),
+                crate::rtc::room::DEFAULT_DIAL_WAIT.as_millis() as u64,
+            )?),
         })
     }
 

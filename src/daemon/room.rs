@@ -141,6 +141,7 @@ fn room_config(cfg: &Config, room: &str) -> RoomConfig {
     room_cfg.password = cfg.rtc.password.0.clone();
     room_cfg.limits = cfg.rtc.peer_limits;
     room_cfg.frames.max_bytes = cfg.rtc.max_message_bytes;
+    room_cfg.dial_wait = cfg.rtc.dial_wait;
     room_cfg.peer = PeerConfig {
         ice_servers: ice_servers(cfg),
         // Loopback candidates too: single-host setups and loopback-only sandboxes need them.

@@ -18,7 +18,7 @@ use crate::rtc::seal::SealKey;
 use crate::rtc::topic;
 use nostr_sdk::prelude::{Alphabet, EventBuilder, Keys, Kind, SingleLetterTag, Tag, TagKind};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -51,6 +51,12 @@ pub(super) enum Internal {
         peer: String,
         link: u64,
     },
+    /// An invited peer's time to dial us is over.
+    DialDue {
+        peer: String,
+        relay: usize,
+        source: Source,
+    },
 }
 
 pub(super) struct Actor {
@@ -73,6 +79,8 @@ pub(super) struct Actor {
     /// MAX_PEERS refusals are logged at most once per LIMIT_LOG_EVERY.
     pub(super) refusal_log: LogEvery,
     pub(super) types: HashMap<String, String>,
+    /// Peers asked to dial us whose `dial_wait` is not over (see `signal.rs`, `invite`).
+    pub(super) invited: HashSet<String>,
 }
 
 impl Actor {
@@ -267,6 +275,11 @@ impl Actor {
                 result,
             } => self.on_answered(peer, relay, link, result),
             Internal::Opened { peer, link } => self.on_opened(peer, link).await,
+            Internal::DialDue {
+                peer,
+                relay,
+                source,
+            } => self.on_dial_due(peer, relay, source),
             Internal::Closed { peer: x, link } => {
                 if self.peers.connected(&x).is_some_and(|c| c.link == link) {
                     self.drop_connected(&x);

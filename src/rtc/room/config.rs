@@ -32,6 +32,12 @@ pub struct RoomConfig {
     /// announce dials again.
     pub answer_timeout: Duration,
     pub max_pending_dials: usize,
+    /// How long a peer heard announcing on the room's topic gets to dial us after we
+    /// answered with an announce on its own topic, before we dial it ourselves
+    /// (DIAL_WAIT_MS; zero dials at once). A GenosDB browser dials on any announce with
+    /// an offer it began gathering when it joined, and answers an offer only after a
+    /// fresh ICE gathering, so its own offer links sooner than ours.
+    pub dial_wait: Duration,
     /// Answer `@_ping`. Only a test turns this off, to play a peer that went deaf.
     pub answer_pings: bool,
     /// Cells mode (§8) with this cell size; `None` is the full mesh.
@@ -48,6 +54,10 @@ pub struct RoomConfig {
     /// knows the daemon's id dials it as a browser would on its announce.
     pub dial: Vec<String>,
 }
+
+/// The default DIAL_WAIT_MS: longer than a browser takes to gather its first offer
+/// (150–210 ms on loopback), short enough that a peer that never dials costs little.
+pub const DEFAULT_DIAL_WAIT: Duration = Duration::from_millis(400);
 
 /// The default MAX_PEERS.
 pub const DEFAULT_MAX_PEERS: usize = 256;
@@ -102,6 +112,7 @@ impl RoomConfig {
             dial_timeout: Duration::from_millis(57_333),
             answer_timeout: Duration::from_secs(10),
             max_pending_dials: 10,
+            dial_wait: DEFAULT_DIAL_WAIT,
             answer_pings: true,
             cells: None,
             limits: PeerLimits::default(),

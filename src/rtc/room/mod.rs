@@ -43,17 +43,6 @@ const SEND_STALL: Duration = Duration::from_secs(10);
 /// How often [`Room::wait_delivered`] looks at what the remote has acknowledged.
 const DELIVERY_POLL: Duration = Duration::from_millis(3);
 
-/// Tail-loss probing in [`Room::wait_delivered`]: once everything is handed to SCTP and
-/// the unacknowledged count has not fallen for this long, a `@_ping` goes out, up to
-/// [`TAIL_PROBES`] of them, one per poll, until it falls again. A packet lost at the
-/// tail of a transfer has no later packets to report it missing, so only SCTP's
-/// retransmission timer (at least 220 ms, doubling) would repair it; each probe is a
-/// later packet the receiver acknowledges at once, reporting the gap, and three such
-/// reports make SCTP retransmit it (fast retransmit, RFC 9260 §7.2.4). The browser
-/// answers each with `@_pong`. Without a loss the probe only hastens the last SACK.
-const TAIL_PROBE_AFTER: Duration = Duration::from_millis(15);
-const TAIL_PROBES: u32 = 3;
-
 /// Messages a link keeps while it waits to be attached (a handful arrive in practice).
 const EARLY_MESSAGES: usize = 64;
 
@@ -332,7 +321,6 @@ impl Room {
         // Two empty readings in a row: a frame the link task has taken off the queue
         // and not yet handed to the channel is counted by neither.
         let mut empty_once = false;
-        let mut probes = 0;
         loop {
             if writer.dropped.load(Ordering::Relaxed) || !writer.attached.load(Ordering::Relaxed) {
                 return Delivery::Gone;
@@ -351,19 +339,11 @@ impl Room {
             }
             let pending = unacked + queued * frame::MAX_FRAME_LEN;
             if pending < least {
-                (least, progress_at, probes) = (pending, Instant::now(), 0);
+                (least, progress_at) = (pending, Instant::now());
             } else if progress_at.elapsed() >= stall {
                 return Delivery::Stalled {
                     unacknowledged: pending,
                 };
-            } else if queued == 0
-                && unacked > 0
-                && probes < TAIL_PROBES
-                && progress_at.elapsed() >= TAIL_PROBE_AFTER
-                && writer.frames.try_send(frame::control(frame::PING)).is_ok()
-            {
-                probes += 1;
-                tracing::debug!(peer, unacked, probe = probes, "tail-loss probe");
             }
             tokio::time::sleep(DELIVERY_POLL).await;
         }

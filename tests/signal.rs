@@ -224,7 +224,7 @@ async fn a_relay_demanding_proof_of_work_is_dropped_and_others_go_on() {
     // A dead relay, a proof-of-work relay and a live one.
     let dead = "ws://127.0.0.1:9".to_owned();
     let (p, mut p_rx) = RelayPool::start(fast(vec![dead, pow_url, live.clone()]));
-    let (watcher, mut w_rx) = RelayPool::start(fast(vec![live]));
+    let (watcher, mut w_rx) = RelayPool::start(fast(vec![live.clone()]));
     subscribe(&watcher, "graph-sync-room-pow");
     wait_for(&mut w_rx, "watcher connected", is_connected).await;
     // Both connect, in whichever order.
@@ -236,6 +236,22 @@ async fn a_relay_demanding_proof_of_work_is_dropped_and_others_go_on() {
             up[relay] = true;
         }
     }
+
+    // The watcher's Connected means its socket is open, not that the relay has its REQ
+    // yet: a third client announces until the watcher hears it, so "first" below cannot
+    // reach the relay before the watcher listens (it did once in CI).
+    let (probe, mut probe_rx) = RelayPool::start(fast(vec![live.clone()]));
+    wait_for(&mut probe_rx, "probe connected", is_connected).await;
+    let repeat = announce_every(Arc::new(probe), || {
+        announce(&key(6), "graph-sync-room-pow", "warmup")
+    });
+    wait_for(
+        &mut w_rx,
+        "the watcher's subscription",
+        |m| matches!(m, Inbound::Event { event, .. } if event.content.contains("warmup")),
+    )
+    .await;
+    repeat.abort();
 
     p.publish(&announce(&key(5), "graph-sync-room-pow", "first"), None);
     wait_for(&mut p_rx, "the pow relay dropped", |m| {
@@ -253,6 +269,7 @@ async fn a_relay_demanding_proof_of_work_is_dropped_and_others_go_on() {
                 matches!(m, Inbound::Event { .. })
             })
             .await
+            && !event.content.contains("warmup")
         {
             heard.push(event.content);
         }

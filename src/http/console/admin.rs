@@ -135,6 +135,33 @@ pub struct OplogReq {
     limit: Option<usize>,
 }
 
+type AdminStore = Arc<Mutex<crate::store::Store>>;
+
+/// What every admin request goes through: the token and its rate limit, then its JSON
+/// body (an empty body reads as `{}`), then a loaded store.
+fn admit<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    from: std::net::SocketAddr,
+    body: &[u8],
+    expected: &str,
+) -> Result<(T, AdminStore), Box<Response>> {
+    if let Some(r) = refusal(state, headers, from) {
+        return Err(Box::new(r));
+    }
+    let body = if body.is_empty() { b"{}" } else { body };
+    let Ok(req) = serde_json::from_slice::<T>(body) else {
+        return Err(Box::new(json_error(StatusCode::BAD_REQUEST, expected)));
+    };
+    let Some(store) = state.store().cloned() else {
+        return Err(Box::new(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store is loading",
+        )));
+    };
+    Ok((req, store))
+}
+
 /// `POST /admin/node {"id": …}` → `{"node": {…} | null}`.
 pub async fn node(
     State(state): State<Arc<AppState>>,
@@ -142,14 +169,10 @@ pub async fn node(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = refusal(&state, &headers, from) {
-        return r;
-    }
-    let Ok(req) = serde_json::from_slice::<NodeReq>(&body) else {
-        return json_error(StatusCode::BAD_REQUEST, "expected {\"id\": \"<node id>\"}");
-    };
-    let Some(store) = state.store() else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "the store is loading");
+    let expected = "expected {\"id\": \"<node id>\"}";
+    let (req, store) = match admit::<NodeReq>(&state, &headers, from, &body, expected) {
+        Ok(admitted) => admitted,
+        Err(r) => return *r,
     };
     let found = look::node(&store.lock().unwrap_or_else(|p| p.into_inner()), &req.id);
     json_text(format!(
@@ -165,21 +188,14 @@ pub async fn query(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = refusal(&state, &headers, from) {
-        return r;
-    }
-    let Ok(req) = serde_json::from_slice::<QueryReq>(&body) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "expected {\"query\": {<GenosDB query>}, \"limit\": <n>}",
-        );
+    let expected = "expected {\"query\": {<GenosDB query>}, \"limit\": <n>}";
+    let (req, store) = match admit::<QueryReq>(&state, &headers, from, &body, expected) {
+        Ok(admitted) => admitted,
+        Err(r) => return *r,
     };
     let q = match look::compile(&req.query.to_string()) {
         Ok(q) => q,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
-    };
-    let Some(store) = state.store().cloned() else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "the store is loading");
     };
     let limit = req.limit.unwrap_or(look::DEFAULT_LIMIT);
     let found = tokio::task::spawn_blocking(move || {
@@ -205,23 +221,14 @@ pub async fn oplog(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = refusal(&state, &headers, from) {
-        return r;
-    }
-    let limit = if body.is_empty() {
-        None
-    } else {
-        match serde_json::from_slice::<OplogReq>(&body) {
-            Ok(r) => r.limit,
-            Err(_) => return json_error(StatusCode::BAD_REQUEST, "expected {\"limit\": <n>}"),
-        }
-    };
-    let Some(store) = state.store() else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "the store is loading");
+    let expected = "expected {\"limit\": <n>}";
+    let (req, store) = match admit::<OplogReq>(&state, &headers, from, &body, expected) {
+        Ok(admitted) => admitted,
+        Err(r) => return *r,
     };
     let entries = look::oplog(
         &store.lock().unwrap_or_else(|p| p.into_inner()),
-        limit.unwrap_or(look::DEFAULT_LIMIT),
+        req.limit.unwrap_or(look::DEFAULT_LIMIT),
     );
     json_text(format!("{{\"oplog\":{}}}", list(&entries)))
 }

@@ -143,6 +143,16 @@ pub enum SendError {
 /// Connected peers' writers, by peer id.
 type Links = Arc<Mutex<HashMap<String, Writer>>>;
 
+/// The ids of the peers with a link now.
+fn linked_ids(links: &Links) -> Vec<String> {
+    links
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect()
+}
+
 /// The handle the rest of the daemon holds.
 pub struct Room {
     pub self_id: String,
@@ -488,12 +498,7 @@ impl Room {
 
     /// Connected peers.
     pub fn peers(&self) -> Vec<String> {
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        linked_ids(&self.links)
     }
 
     pub fn stats(&self) -> &RoomStats {

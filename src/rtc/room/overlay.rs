@@ -20,12 +20,7 @@ pub(super) struct Overlay {
 
 impl Overlay {
     fn connected(&self) -> Vec<String> {
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        super::linked_ids(&self.links)
     }
 
     /// Queues envelopes to their peers; a peer whose queue is full misses it (the

@@ -493,11 +493,11 @@ impl FilesBackend {
 
     /// Appends, then syncs on the sync thread (or here, when there is none).
     fn write(&mut self, first_seq: u64, bytes: &[u8], records: u64) -> Result<(), StoreError> {
-        if self.writer.is_none() {
-            self.writer = Some(JournalWriter::create(&self.layout, first_seq)?);
-        }
-        let Some(w) = self.writer.as_mut() else {
-            return Err(StoreError::Unstable);
+        let w = match self.writer.as_mut() {
+            Some(w) => w,
+            None => self
+                .writer
+                .insert(JournalWriter::create(&self.layout, first_seq)?),
         };
         match &self.syncer {
             Some(syncer) => {

@@ -4,6 +4,7 @@
 
 pub mod cells;
 pub mod frame;
+mod ifaces;
 pub mod nostr;
 pub mod peer;
 pub mod room;

@@ -32,13 +32,14 @@ pub const CHANNEL_LABEL: &str = "data";
 pub const MAX_MESSAGE_SIZE: u32 = 64 * 1024;
 
 /// Bytes one data channel may have sent and not yet had acknowledged before `send`
-/// waits (SEND_WINDOW_BYTES). The receiver's socket must hold a whole window: a
-/// Chromium peer reads through a 128 KiB UDP receive buffer, and a burst larger than
-/// that while its network thread is busy loses packets. A packet lost at the tail of a
-/// transfer waits for SCTP's retransmission timer (at least 1 s, doubling), and
-/// rtc-sctp's slow start after it refills the buffer at once, so a 2 MiB window turned
-/// one lost packet into rounds of 1, 2, 4, 8, 16 s. genossrv's sender holds 64 KiB.
-pub const DEFAULT_SEND_WINDOW: usize = 64 << 10;
+/// waits (SEND_WINDOW_BYTES). The receiver's socket must hold a whole window with room
+/// to spare: Chromium reads each link through a UDP socket with a 128 KiB budget
+/// (`ss -uam`: rb131072), which loopback datagrams of ~1.2 KB fill at about 50. With
+/// 64 KiB in flight the harness saw drops in most 10k-node catch-ups, each repaired only
+/// by SCTP's retransmission timer (220 ms, rtc-sctp patch); with 16–32 KiB none, and
+/// the same median delivery (BENCHMARKS.md). A 2 MiB window once turned one lost packet
+/// into rounds of 1, 2, 4, 8, 16 s.
+pub const DEFAULT_SEND_WINDOW: usize = 32 << 10;
 
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -214,7 +215,10 @@ impl Peer {
             .with_setting_engine(settings)
             .with_handler(handler)
             .with_runtime(super::udp::NoGroRuntime::shared())
-            .with_udp_addrs(cfg.udp_addrs.clone())
+            .with_udp_addrs(super::ifaces::bind_addrs(
+                &cfg.udp_addrs,
+                cfg.include_loopback,
+            ))
             .with_data_channel_send_buffer_limit(cfg.send_buffer_limit)
             .build()
             .await

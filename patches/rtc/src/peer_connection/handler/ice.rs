@@ -25,7 +25,19 @@ pub(crate) struct IceHandlerContext {
     /// accumulator up with this key instead of re-`format!`ing it on every packet
     /// — that formatting was a heap allocation on the hot path in both directions.
     pub(crate) selected_pair_key: Option<String>,
+
+    /// PATCH(genosdb-fallback, early checks): datagrams (DTLS) from a remote that passed a
+    /// connectivity check, received before ICE selected a pair, at most
+    /// [`EARLY_DATAGRAMS`]; passed up once it has. END PATCH
+    pub(crate) early: VecDeque<TaggedRTCMessageInternal>,
 }
+
+/// PATCH(genosdb-fallback, early checks): a browser answering our offer checks us before
+/// its answer reaches us (rtc-ice answers those early checks), is ICE-writable at once and
+/// sends its DTLS ClientHello then. Dropping it cost each link we dialled Chromium's first
+/// DTLS retransmission timeout (about 50 ms). A ClientHello flight is a datagram or two.
+/// END PATCH
+const EARLY_DATAGRAMS: usize = 4;
 
 impl IceHandlerContext {
     pub(crate) fn new(ice_transport: IceTransport) -> Self {
@@ -37,6 +49,7 @@ impl IceHandlerContext {
             event_outs: VecDeque::new(),
 
             selected_pair_key: None,
+            early: VecDeque::new(),
         }
     }
 }
@@ -99,6 +112,21 @@ impl<'a>
             // Use default for transport to make DTLS tunneled
             msg.transport = TransportContext::default();
             self.ctx.read_outs.push_back(msg);
+        } else if self.ctx.early.len() < EARLY_DATAGRAMS
+            && self
+                .ctx
+                .ice_transport
+                .agent
+                .is_valid_non_stun_traffic(msg.now, msg.transport)
+        {
+            // PATCH(genosdb-fallback, early checks): kept until a pair is selected.
+            debug!(
+                "datagram from {:?} before a pair is selected; kept",
+                msg.transport.peer_addr
+            );
+            msg.transport = TransportContext::default();
+            self.ctx.early.push_back(msg);
+            // END PATCH
         } else {
             trace!(
                 "drop message from {:?} to {:?} before ICE connection is connected",
@@ -216,6 +244,10 @@ impl<'a>
                         now,
                         event: RTCEventInternal::ICESelectedCandidatePairChange,
                     });
+                    // PATCH(genosdb-fallback, early checks): what came before goes up now.
+                    let early: Vec<_> = self.ctx.early.drain(..).collect();
+                    self.ctx.read_outs.extend(early);
+                    // END PATCH
                 }
                 ::ice::Event::RoleChange(is_controlling) => {
                     self.stats.transport.on_ice_role_changed(is_controlling);

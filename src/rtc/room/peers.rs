@@ -193,6 +193,14 @@ impl<P: Clone> PeerTables<P> {
         })
     }
 
+    /// Whether a dial of ours to `x` already has its answer: `x` took our offer, so an
+    /// offer of its own that crosses it is not answered (see `Actor::on_offer`).
+    pub(super) fn dial_answered(&self, x: &str) -> bool {
+        self.pending
+            .get(x)
+            .is_some_and(|p| p.iter().any(|d| d.ours && d.answered))
+    }
+
     /// The dial an answer from `pubkey` on `relay` completes, marked answered: ours,
     /// not answered yet, on that relay, offered, and (if a signal made it) by that key.
     pub(super) fn take_answerable_dial(
@@ -398,6 +406,21 @@ mod tests {
         assert!(t.take_pending("x", l2).is_some());
         assert!(!t.is_pending("x") && !t.has_link_to("x"));
         assert_eq!(t.building(), 0);
+    }
+
+    #[test]
+    fn a_dial_counts_as_answered_once_its_answer_is_taken() {
+        let mut t = T::default();
+        let now = Instant::now();
+        dial(&mut t, "x", 0, now, Some(src("k", None)));
+        assert!(t.offered_on("x", 0) && !t.dial_answered("x"));
+        assert!(t.take_answerable_dial("x", 0, "someone-else").is_none());
+        assert!(
+            !t.dial_answered("x"),
+            "an answer from another key does not count"
+        );
+        assert!(t.take_answerable_dial("x", 0, "k").is_some());
+        assert!(t.dial_answered("x") && !t.dial_answered("y"));
     }
 
     #[test]

@@ -190,10 +190,16 @@ impl Actor {
         room
     }
 
-    /// An offer: answered, unless our own offer on that relay wins the glare.
+    /// An offer: answered, unless our own offer wins the glare: it was answered already
+    /// (the peer took it, and its link is coming up), or it is out on that relay and our
+    /// peer id is the greater (GenosRTC's rule). A browser that answers our offer may still
+    /// send one from its pool, dialling because it heard our announce; answering that
+    /// replaced a link just before it opened, and the browser's first message on it with it.
     fn on_offer(&mut self, x: String, relay: usize, sealed: &str, source: Source) {
-        let ours_wins = self.peers.offered_on(&x, relay) && self.self_id.as_str() > x.as_str();
-        tracing::debug!(peer = %x, relay, ours_wins, "offer received");
+        let answered = self.peers.dial_answered(&x);
+        let ours_wins =
+            answered || (self.peers.offered_on(&x, relay) && self.self_id.as_str() > x.as_str());
+        tracing::debug!(peer = %x, relay, ours_wins, answered, "offer received");
         if ours_wins {
             return;
         }

@@ -398,3 +398,36 @@ async fn readers_get_the_graph_as_it_is_when_they_ask_not_as_it_was_cached() {
     assert!(last.value("round2").is_some());
     assert!(metric(port, "sync_full_replies") >= 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_state_is_written_ahead_once_the_graph_stands_still() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay(&tmp);
+    let dir = data_dir(&tmp);
+    import_random(&tmp, &dir, 1500, 512);
+    let d = superpeer(&dir, &format!("ws://127.0.0.1:{}", relay.port), &[]);
+    let port = d.port;
+    // No peer has asked for it yet: the graph stood still, so it was written ahead.
+    wait_metric(port, "sync_full_prebuilt", 1).await;
+    let writer = TestPeer::join(relay.port, DB);
+    holds_exactly(&writer, &export(&dir), Duration::from_secs(60)).await;
+    writer
+        .sync
+        .put("late", r#""written after the first write-ahead""#)
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        common::wait_until("the daemon holds the write", || {
+            common::health(port)["nodes"].as_u64() == Some(1501)
+        })
+    })
+    .await
+    .unwrap();
+    // The changed graph is written ahead again once it stands still.
+    wait_metric(port, "sync_full_prebuilt", 2).await;
+    writer.leave().await;
+    // A fresh reader gets the graph as it is now, from what was written ahead.
+    let reader = TestPeer::join(relay.port, DB);
+    holds_exactly(&reader, &export(&dir), Duration::from_secs(60)).await;
+    assert!(reader.value("late").is_some());
+}

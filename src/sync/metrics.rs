@@ -44,6 +44,11 @@ impl Figures for SyncStats {
                 &self.full_parts,
             ),
             Figure::count(
+                "sync_full_prebuilt",
+                "Full states written ahead of a catch-up once the graph stood still",
+                &self.full_prebuilt,
+            ),
+            Figure::count(
                 "sync_full_delivered",
                 "Full states the peer acknowledged to the last byte",
                 &self.full_delivered,

@@ -6,6 +6,7 @@
 //! - `shared`: the state the service and every outbox share; applies what peers send.
 //! - `forward`: FORWARD_OPS, live ops gathered and handed on.
 //! - `outbox`: one queue per peer, and the full state in parts, cached per store version.
+//! - `warm`: writes that cache ahead once the graph has stood still.
 //! - `service`: the actor on the room's events, and the handle the daemon holds.
 //! - `catchups`: catch-ups served and their times, for `/metrics` and the console.
 //! - `governor`: keeps the SM's ACLs current.
@@ -22,6 +23,7 @@ mod metrics;
 mod outbox;
 pub mod service;
 mod shared;
+mod warm;
 
 pub use message::{Batch, Message, ParseError, Rejection};
 pub use service::{LocalWrite, PeerChange, SyncHandle};

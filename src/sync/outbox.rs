@@ -143,58 +143,9 @@ impl Drain {
             .is_ok()
     }
 
-    /// The full state at the store's current version, framed: the cached one, or one
-    /// written now and cached. `None` when the SM signs what we send (each message is
-    /// signed afresh), or when it is too big to keep.
+    /// The full state at the store's current version, framed (see [`full_cache`]).
     async fn cached_full(&self) -> Option<Arc<CachedFull>> {
-        if self.shared.cfg.sm.signer.is_some() {
-            return None;
-        }
-        let mut cache = self.shared.full_cache.lock().await;
-        let version = self.shared.store().version();
-        match &*cache {
-            FullCache::Ready(c) if c.version == version => return Some(c.clone()),
-            FullCache::TooBig(v) if *v == version => return None,
-            _ => {}
-        }
-        let shared = self.shared.clone();
-        let built = tokio::task::spawn_blocking(move || {
-            let (mut cursor, version) = {
-                let store = shared.store();
-                (store.full_state_cursor(), store.version())
-            };
-            let nodes = cursor.len();
-            let mut budget = shared.cfg.full_part_budget;
-            let (mut parts, mut bytes) = (Vec::new(), 0usize);
-            while let Some(part) = next_full_part(&shared, &mut cursor, &mut budget) {
-                match part {
-                    Ok((text, frames)) => {
-                        bytes += text.len() + frames.iter().map(Vec::len).sum::<usize>();
-                        if bytes > FULL_CACHE_BYTES {
-                            return FullCache::TooBig(version);
-                        }
-                        parts.push((text, frames));
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "a full-state part cannot be framed; skipped")
-                    }
-                }
-            }
-            // Stamped with the version it started at: a change while it was written
-            // makes the next peer write a new one.
-            FullCache::Ready(Arc::new(CachedFull {
-                version,
-                nodes,
-                parts,
-            }))
-        })
-        .await
-        .ok()?;
-        *cache = built;
-        match &*cache {
-            FullCache::Ready(c) => Some(c.clone()),
-            _ => None,
-        }
+        full_cache(&self.shared).await
     }
 
     /// Sends the cached full state, or writes and frames one part at a time off the
@@ -335,6 +286,60 @@ impl Drain {
             }
         }
         true
+    }
+}
+
+/// The full state at the store's current version, framed: the cached one, or one
+/// written now and cached. `None` when the SM signs what we send (each message is
+/// signed afresh), or when it is too big to keep.
+pub(super) async fn full_cache(shared: &Arc<Shared>) -> Option<Arc<CachedFull>> {
+    if shared.cfg.sm.signer.is_some() {
+        return None;
+    }
+    let mut cache = shared.full_cache.lock().await;
+    let version = shared.store().version();
+    match &*cache {
+        FullCache::Ready(c) if c.version == version => return Some(c.clone()),
+        FullCache::TooBig(v) if *v == version => return None,
+        _ => {}
+    }
+    let shared = shared.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let (mut cursor, version) = {
+            let store = shared.store();
+            (store.full_state_cursor(), store.version())
+        };
+        let nodes = cursor.len();
+        let mut budget = shared.cfg.full_part_budget;
+        let (mut parts, mut bytes) = (Vec::new(), 0usize);
+        while let Some(part) = next_full_part(&shared, &mut cursor, &mut budget) {
+            match part {
+                Ok((text, frames)) => {
+                    bytes += text.len() + frames.iter().map(Vec::len).sum::<usize>();
+                    if bytes > FULL_CACHE_BYTES {
+                        return FullCache::TooBig(version);
+                    }
+                    parts.push((text, frames));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a full-state part cannot be framed; skipped")
+                }
+            }
+        }
+        // Stamped with the version it started at: a change while it was written
+        // makes the next peer write a new one.
+        FullCache::Ready(Arc::new(CachedFull {
+            version,
+            nodes,
+            parts,
+        }))
+    })
+    .await
+    .ok()?;
+    *cache = built;
+    match &*cache {
+        FullCache::Ready(c) => Some(c.clone()),
+        _ => None,
     }
 }
 

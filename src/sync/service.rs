@@ -122,6 +122,7 @@ pub fn start(
         mesh_peers: HashMap::new(),
         forward: Forwarder::default(),
     };
+    tokio::spawn(super::warm::run(Arc::downgrade(&service.shared)));
     tokio::spawn(service.run(events, writes));
     SyncHandle {
         writes: writes_tx,

@@ -86,6 +86,8 @@ pub struct SyncStats {
     pub syncs_sent: AtomicU64,
     pub full_replies: AtomicU64,
     pub full_parts: AtomicU64,
+    /// Full states written ahead of a catch-up, once the graph stood still (`warm`).
+    pub full_prebuilt: AtomicU64,
     /// Full states the peer's SCTP acknowledged to the last byte.
     pub full_delivered: AtomicU64,
     /// Full states whose delivery stalled (the link was dropped, the full state owed).

@@ -80,6 +80,30 @@ impl Agent {
         now.saturating_duration_since(self.start_time) > min_wait
     }
 
+    /// PATCH(genosdb-fallback, early checks): the controlling tick's nomination, shared
+    /// with the success path (`handle_success_response`): the best pair that has succeeded
+    /// is nominated once it may be. False when there is none yet. END PATCH
+    fn nominate_best_valid_pair(&mut self, now: Instant) -> bool {
+        let Some(pair_index) = self.get_best_valid_candidate_pair() else {
+            return false;
+        };
+        let p = self.candidate_pairs[pair_index];
+        if !(self.is_nominatable(now, p.local_index, true)
+            && self.is_nominatable(now, p.remote_index, false))
+        {
+            return false;
+        }
+        trace!(
+            "Nominatable pair found, nominating ({}, {})",
+            self.local_candidates[p.local_index],
+            self.remote_candidates[p.remote_index],
+        );
+        self.candidate_pairs[pair_index].nominated = true;
+        self.nominated_pair = Some(pair_index);
+        self.nominate_pair(now);
+        true
+    }
+
     fn nominate_pair(&mut self, now: Instant) {
         let result = {
             let Some(remote_credentials) = &self.ufrag_pwd.remote_credentials else {
@@ -228,32 +252,8 @@ impl ControllingSelector for Agent {
             }
         } else if nominated_pair_is_some {
             self.nominate_pair(now);
-        } else {
-            let has_nominated_pair = if let Some(pair_index) = self.get_best_valid_candidate_pair()
-            {
-                let p = self.candidate_pairs[pair_index];
-                self.is_nominatable(now, p.local_index, true)
-                    && self.is_nominatable(now, p.remote_index, false)
-            } else {
-                false
-            };
-
-            if has_nominated_pair {
-                if let Some(pair_index) = self.get_best_valid_candidate_pair() {
-                    let p = &mut self.candidate_pairs[pair_index];
-                    trace!(
-                        "Nominatable pair found, nominating ({}, {})",
-                        self.local_candidates[p.local_index],
-                        self.remote_candidates[p.remote_index],
-                    );
-                    p.nominated = true;
-                    self.nominated_pair = Some(pair_index);
-                }
-
-                self.nominate_pair(now);
-            } else {
-                self.ping_all_candidates(now);
-            }
+        } else if !self.nominate_best_valid_pair(now) {
+            self.ping_all_candidates(now);
         }
     }
 
@@ -348,19 +348,8 @@ impl ControllingSelector for Agent {
                     // answered before its answer reached us (see `handle_early_binding_request`)
                     // has no reason to check again soon, and every link we dialled waited
                     // out the tick.
-                    // The same choice as the tick's (`contact_candidates`): the best pair
-                    // that has succeeded, once it may be nominated.
-                    if let Some(best) = self.get_best_valid_candidate_pair() {
-                        let (l, r) = (
-                            self.candidate_pairs[best].local_index,
-                            self.candidate_pairs[best].remote_index,
-                        );
-                        if self.is_nominatable(now, l, true) && self.is_nominatable(now, r, false) {
-                            self.candidate_pairs[best].nominated = true;
-                            self.nominated_pair = Some(best);
-                            self.nominate_pair(now);
-                        }
-                    }
+                    // The same choice as the tick's (`contact_candidates`).
+                    self.nominate_best_valid_pair(now);
                     // END PATCH
                 }
             } else {

@@ -1436,49 +1436,9 @@ impl Agent {
             }
 
             if remote_candidate_index.is_none() {
-                // Use the local candidate's network type for the peer-reflexive candidate
-                let network_type = self.local_candidates[local_index].network_type();
-                let (ip, port) = (remote_addr.ip(), remote_addr.port());
-
-                let prflx_candidate_config = CandidatePeerReflexiveConfig {
-                    base_config: CandidateConfig {
-                        network: network_type.to_string(),
-                        address: ip.to_string(),
-                        port,
-                        component: self.local_candidates[local_index].component(),
-                        ..CandidateConfig::default()
-                    },
-                    rel_addr: "".to_owned(),
-                    rel_port: 0,
-                };
-
-                match prflx_candidate_config.new_candidate_peer_reflexive() {
-                    Ok(prflx_candidate) => {
-                        if let Ok(added) = self.add_remote_candidate(prflx_candidate)
-                            && added
-                        {
-                            // Look the candidate up by address rather than assuming it
-                            // is the last element: `add_remote_candidate` may not have
-                            // appended it (e.g. a duplicate), and this stays correct if
-                            // the vector is ever mutated underneath us. See issue #88.
-                            remote_candidate_index = self.find_remote_candidate(remote_addr);
-                        }
-                    }
-                    Err(err) => {
-                        error!(
-                            "[{}]: Failed to create new remote prflx candidate ({})",
-                            self.get_name(),
-                            err
-                        );
-                        return Err(err);
-                    }
-                };
-
-                debug!(
-                    "[{}]: adding a new peer-reflexive candidate: {} ",
-                    self.get_name(),
-                    remote_addr
-                );
+                // PATCH(genosdb-fallback, early checks): shared with early checks.
+                remote_candidate_index = self.learn_peer_reflexive(local_index, remote_addr)?;
+                // END PATCH
             }
 
             trace!(
@@ -1498,6 +1458,61 @@ impl Agent {
         }
 
         Ok(())
+    }
+
+    // PATCH(genosdb-fallback, early checks): upstream's peer-reflexive learning from
+    // `handle_inbound`, moved here unchanged so early checks share it. The candidate's
+    // index, or `None` when it was not added. END PATCH
+    fn learn_peer_reflexive(
+        &mut self,
+        local_index: usize,
+        remote_addr: SocketAddr,
+    ) -> Result<Option<usize>> {
+        let mut index = None;
+        // Use the local candidate's network type for the peer-reflexive candidate
+        let network_type = self.local_candidates[local_index].network_type();
+        let (ip, port) = (remote_addr.ip(), remote_addr.port());
+
+        let prflx_candidate_config = CandidatePeerReflexiveConfig {
+            base_config: CandidateConfig {
+                network: network_type.to_string(),
+                address: ip.to_string(),
+                port,
+                component: self.local_candidates[local_index].component(),
+                ..CandidateConfig::default()
+            },
+            rel_addr: "".to_owned(),
+            rel_port: 0,
+        };
+
+        match prflx_candidate_config.new_candidate_peer_reflexive() {
+            Ok(prflx_candidate) => {
+                if let Ok(added) = self.add_remote_candidate(prflx_candidate)
+                    && added
+                {
+                    // Look the candidate up by address rather than assuming it
+                    // is the last element: `add_remote_candidate` may not have
+                    // appended it (e.g. a duplicate), and this stays correct if
+                    // the vector is ever mutated underneath us. See issue #88.
+                    index = self.find_remote_candidate(remote_addr);
+                }
+            }
+            Err(err) => {
+                error!(
+                    "[{}]: Failed to create new remote prflx candidate ({})",
+                    self.get_name(),
+                    err
+                );
+                return Err(err);
+            }
+        };
+
+        debug!(
+            "[{}]: adding a new peer-reflexive candidate: {} ",
+            self.get_name(),
+            remote_addr
+        );
+        Ok(index)
     }
 
     // PATCH(genosdb-fallback, early checks): a Binding request that arrives before the
@@ -1533,24 +1548,9 @@ impl Agent {
         )?;
         let remote_index = match self.find_remote_candidate(remote_addr) {
             Some(index) => index,
-            None => {
-                let network_type = self.local_candidates[local_index].network_type();
-                let prflx = CandidatePeerReflexiveConfig {
-                    base_config: CandidateConfig {
-                        network: network_type.to_string(),
-                        address: remote_addr.ip().to_string(),
-                        port: remote_addr.port(),
-                        component: self.local_candidates[local_index].component(),
-                        ..CandidateConfig::default()
-                    },
-                    rel_addr: "".to_owned(),
-                    rel_port: 0,
-                }
-                .new_candidate_peer_reflexive()?;
-                self.add_remote_candidate(prflx)?;
-                self.find_remote_candidate(remote_addr)
-                    .ok_or(Error::ErrUnhandledStunpacket)?
-            }
+            None => self
+                .learn_peer_reflexive(local_index, remote_addr)?
+                .ok_or(Error::ErrUnhandledStunpacket)?,
         };
         debug!(
             "[{}]: answering an early check from {} (no remote credentials yet)",

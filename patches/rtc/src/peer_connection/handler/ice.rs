@@ -245,8 +245,7 @@ impl<'a>
                         event: RTCEventInternal::ICESelectedCandidatePairChange,
                     });
                     // PATCH(genosdb-fallback, early checks): what came before goes up now.
-                    let early: Vec<_> = self.ctx.early.drain(..).collect();
-                    self.ctx.read_outs.extend(early);
+                    self.ctx.read_outs.append(&mut self.ctx.early);
                     // END PATCH
                 }
                 ::ice::Event::RoleChange(is_controlling) => {

@@ -298,10 +298,11 @@ pub(super) async fn full_cache(shared: &Arc<Shared>) -> Option<Arc<CachedFull>> 
     }
     let mut cache = shared.full_cache.lock().await;
     let version = shared.store().version();
-    match &*cache {
-        FullCache::Ready(c) if c.version == version => return Some(c.clone()),
-        FullCache::TooBig(v) if *v == version => return None,
-        _ => {}
+    if cache.version() == Some(version) {
+        return match &*cache {
+            FullCache::Ready(c) => Some(c.clone()),
+            _ => None,
+        };
     }
     let shared = shared.clone();
     let built = tokio::task::spawn_blocking(move || {

@@ -154,6 +154,17 @@ pub(super) enum FullCache {
     TooBig(u64),
 }
 
+impl FullCache {
+    /// The store version it was written at, if any.
+    pub(super) fn version(&self) -> Option<u64> {
+        match self {
+            FullCache::Ready(c) => Some(c.version),
+            FullCache::TooBig(v) => Some(*v),
+            FullCache::Empty => None,
+        }
+    }
+}
+
 impl Shared {
     pub(super) fn new(
         room: Arc<Room>,

@@ -10,7 +10,7 @@
 //! a core here, and one that never changes costs one write per change.
 
 use super::outbox::full_cache;
-use super::shared::{FullCache, Shared, bump};
+use super::shared::{Shared, bump};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -72,11 +72,7 @@ pub(super) async fn run(shared: Weak<Shared>) {
         }
         // A cache being written right now (by a reader) is left alone.
         let cached = match shared.full_cache.try_lock() {
-            Ok(cache) => match &*cache {
-                FullCache::Ready(c) => Some(c.version),
-                FullCache::TooBig(v) => Some(*v),
-                FullCache::Empty => None,
-            },
+            Ok(cache) => cache.version(),
             Err(_) => continue,
         };
         let version = shared.store().version();
